@@ -1,0 +1,355 @@
+"""The composition root: a validated scenario in, a ready simulation out.
+
+This is the one place that knows every layer: it resolves catalog names, picks latency
+models, resolves vLLM's device-dependent defaults, sizes KV caches and wires the
+components together. Everything it rejects is reported as a :class:`ScenarioError`
+naming the dotted key and the allowed values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from llmserve_env.config.errors import DataFileError, ScenarioError
+from llmserve_env.config.loader import load_scenario_file
+from llmserve_env.config.schema import EngineConfig, InstanceGroup, Scenario
+from llmserve_env.paths import scenarios_dir
+from llmserve_env.perf.base import LatencyModel
+from llmserve_env.perf.hardware import GIB, DeviceSpec, device_catalog, resolve_device
+from llmserve_env.perf.memory import num_kv_blocks
+from llmserve_env.perf.model_arch import ModelArch, load_model_arch
+from llmserve_env.perf.roofline import RooflineModel
+from llmserve_env.sim.instance import EngineParams, Instance
+from llmserve_env.sim.kernel import Kernel
+from llmserve_env.sim.metrics import SLO, MetricsRecorder
+from llmserve_env.sim.rng import rng_tree
+from llmserve_env.sim.router import make_router
+from llmserve_env.sim.simulation import Simulation
+from llmserve_env.sim.stats import ItlHistogram
+from llmserve_env.sim.workload import WorkloadData, build_workload
+
+# --------------------------------------------------------------------------- scenarios
+
+
+def scenario_names() -> list[str]:
+    """Names of the shipped scenarios (paths below ``scenarios/`` without ``.yaml``)."""
+    root = scenarios_dir()
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+
+
+def scenario_path(name_or_path: str | Path) -> Path:
+    """Resolve a shipped scenario name or a file path.
+
+    Raises:
+        ScenarioError: naming the shipped scenarios when neither exists.
+    """
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    root = scenarios_dir()
+    for candidate in (root / f"{name_or_path}.yaml", root / str(name_or_path)):
+        if candidate.is_file():
+            return candidate
+    raise ScenarioError(
+        [
+            (
+                str(name_or_path),
+                f"no such scenario file or shipped scenario; shipped: {', '.join(scenario_names())}",
+            )
+        ]
+    )
+
+
+def scenario_description(path: Path) -> str:
+    """The ``description`` of a scenario file, without validating it."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return "(unreadable)"
+    return str(data.get("description", "")) if isinstance(data, dict) else ""
+
+
+def load_scenario(
+    name_or_path: str | Path, overrides: Iterable[str] = (), seed: int | None = None
+) -> Scenario:
+    """Load a shipped scenario by name, or any scenario file, with overrides applied.
+
+    Args:
+        name_or_path: Shipped name (``default``, ``benchmark/h100-llama3.1-8b-10k``) or path.
+        overrides: ``dotted.key=value`` strings.
+        seed: Replaces the scenario's ``seed`` when given.
+    """
+    overrides = list(overrides)
+    if seed is not None:
+        overrides.append(f"seed={seed}")
+    scenario = load_scenario_file(scenario_path(name_or_path), overrides)
+    check_references(scenario)
+    return scenario
+
+
+# --------------------------------------------------------------------------- instances
+
+
+@dataclass(frozen=True)
+class InstancePlan:
+    """Everything needed to build one instance, resolved from the scenario."""
+
+    name: str
+    node_id: int
+    node_name: str
+    group: InstanceGroup
+    key: str
+    """Dotted key of the instance group in the scenario."""
+    arch: ModelArch
+    device: DeviceSpec
+    params: EngineParams
+
+
+def _group_key(node_index: int, group_index: int) -> str:
+    return f"cluster.nodes[{node_index}].instances[{group_index}]"
+
+
+def check_references(scenario: Scenario) -> None:
+    """Check catalog names (models, devices) and that each instance fits its devices.
+
+    Raises:
+        ScenarioError: listing every bad reference with its dotted key.
+    """
+    problems: list[tuple[str, str]] = []
+    for n, node in enumerate(scenario.cluster.nodes):
+        for g, group in enumerate(node.instances):
+            key = _group_key(n, g)
+            try:
+                arch = load_model_arch(group.model)
+            except KeyError as exc:
+                problems.append((f"{key}.model", str(exc.args[0])))
+                continue
+            except DataFileError as exc:
+                problems.append((f"{key}.model", str(exc)))
+                continue
+            try:
+                device = resolve_device(group.device)
+            except KeyError as exc:
+                problems.append((f"{key}.device", str(exc.args[0])))
+                continue
+            try:
+                resolve_engine(group.engine, arch, device, group.tp, group.dtype, scenario)
+            except ValueError as exc:
+                problems.append((key, str(exc)))
+    if problems:
+        raise ScenarioError(problems)
+
+
+def vllm_batch_defaults(device: DeviceSpec) -> tuple[int, int]:
+    """vLLM's serving defaults ``(max_num_batched_tokens, max_num_seqs)`` for a device:
+    larger on GPUs with at least 70 GiB that are not A100s (vLLM ``EngineArgs``)."""
+    if device.mem_gib >= 70 and "a100" not in device.name.lower():
+        return 8192, 1024
+    return 2048, 256
+
+
+def resolve_engine(
+    engine: EngineConfig,
+    arch: ModelArch,
+    device: DeviceSpec,
+    tp: int,
+    dtype: str,
+    scenario: Scenario,
+) -> EngineParams:
+    """Turn engine knobs into concrete numbers (defaults, KV blocks, context length).
+
+    Raises:
+        ValueError: when the model does not fit or the knobs clash.
+    """
+    default_tokens, default_seqs = vllm_batch_defaults(device)
+    max_tokens = engine.max_num_batched_tokens or default_tokens
+    max_seqs = engine.max_num_seqs or default_seqs
+    if engine.num_gpu_blocks_override is not None:
+        blocks = engine.num_gpu_blocks_override
+    else:
+        blocks = num_kv_blocks(
+            arch,
+            device,
+            tp=tp,
+            dtype=dtype,
+            block_size=engine.block_size,
+            gpu_memory_utilization=engine.gpu_memory_utilization,
+            max_num_batched_tokens=max_tokens,
+            max_num_seqs=max_seqs,
+            activation_reserve_gib=engine.activation_reserve_gib,
+        )
+    kv_tokens = blocks * engine.block_size
+    if engine.max_model_len is not None:
+        max_len = engine.max_model_len
+        if max_len > kv_tokens:
+            raise ValueError(
+                f"engine.max_model_len={max_len} needs more KV cache than the instance has "
+                f"({kv_tokens} tokens in {blocks} blocks); lower max_model_len or raise "
+                "gpu_memory_utilization / tp"
+            )
+    else:
+        # vLLM would refuse to start; we fit the context to the cache instead.
+        max_len = min(arch.max_position_embeddings, kv_tokens)
+    if not engine.enable_chunked_prefill and max_tokens < max_len:
+        raise ValueError(
+            f"with enable_chunked_prefill off, max_num_batched_tokens ({max_tokens}) must be "
+            f">= max_model_len ({max_len})"
+        )
+    return EngineParams(
+        max_num_seqs=max_seqs,
+        max_num_batched_tokens=max_tokens,
+        block_size=engine.block_size,
+        num_blocks=blocks,
+        enable_prefix_caching=engine.enable_prefix_caching,
+        enable_chunked_prefill=engine.enable_chunked_prefill,
+        long_prefill_token_threshold=engine.long_prefill_token_threshold,
+        max_model_len=max_len,
+        scheduling_policy=engine.scheduling_policy,
+        max_num_waiting=engine.max_num_waiting,
+        max_decode_run=scenario.simulation.max_decode_run,
+    )
+
+
+def plan_instances(scenario: Scenario) -> list[InstancePlan]:
+    """Expand node and instance ``count`` fields into one plan per instance."""
+    plans: list[InstancePlan] = []
+    node_id = 0
+    for n, node in enumerate(scenario.cluster.nodes):
+        for node_copy in range(node.count):
+            node_name = node.name or f"node{node_id}"
+            if node.name and node.count > 1:
+                node_name = f"{node.name}-{node_copy}"
+            for g, group in enumerate(node.instances):
+                key = _group_key(n, g)
+                arch = load_model_arch(group.model)
+                device = resolve_device(group.device)
+                try:
+                    params = resolve_engine(group.engine, arch, device, group.tp, group.dtype, scenario)
+                except ValueError as exc:
+                    raise ScenarioError([(key, str(exc))]) from exc
+                base = group.name or arch.name.split("/")[-1]
+                for _ in range(group.count):
+                    plans.append(
+                        InstancePlan(
+                            name=f"{base}-{len(plans)}",
+                            node_id=node_id,
+                            node_name=node_name,
+                            group=group,
+                            key=key,
+                            arch=arch,
+                            device=device,
+                            params=params,
+                        )
+                    )
+            node_id += 1
+    return plans
+
+
+def make_latency_model(plan: InstancePlan) -> LatencyModel:
+    """The latency model of an instance, by its ``perf`` setting."""
+    group = plan.group
+    match group.perf:
+        case "auto" | "analytical":
+            return RooflineModel(plan.arch, plan.device, tp=group.tp, dtype=group.dtype)
+        case _:
+            raise ScenarioError(
+                [(f"{plan.key}.perf", f"profile folders are not supported yet: {group.perf}")]
+            )
+
+
+# --------------------------------------------------------------------------- simulation
+
+
+def build_simulation(
+    scenario: Scenario,
+    *,
+    external_routing: bool = False,
+    workload: WorkloadData | None = None,
+) -> Simulation:
+    """Build a ready-to-run simulation from a validated scenario.
+
+    Args:
+        scenario: The scenario.
+        external_routing: Halt at each arrival for an external routing decision
+            (the routing environment) instead of using ``router.policy``.
+        workload: Reuse already generated requests (they are read-only and shared).
+    """
+    check_references(scenario)
+    rngs = rng_tree(scenario.seed)
+    if workload is None:
+        workload = build_workload(scenario.workload, rngs)
+    kernel = Kernel()
+    slo = SLO(
+        ttft_s=None if scenario.slo.ttft_ms is None else scenario.slo.ttft_ms / 1e3,
+        tpot_s=None if scenario.slo.tpot_ms is None else scenario.slo.tpot_ms / 1e3,
+        e2e_s=None if scenario.slo.e2e_ms is None else scenario.slo.e2e_ms / 1e3,
+    )
+    metrics = MetricsRecorder(slo)
+    itl = ItlHistogram()
+    instances: list[Instance] = []
+    for index, plan in enumerate(plan_instances(scenario)):
+        instances.append(
+            Instance(
+                instance_id=index,
+                name=plan.name,
+                kernel=kernel,
+                params=plan.params,
+                latency=make_latency_model(plan),
+                itl=itl,
+                node_id=plan.node_id,
+                num_devices=plan.group.tp,
+            )
+        )
+    router = None if external_routing else make_router(scenario.router.policy, rngs["routing"])
+    sim = Simulation(
+        kernel,
+        instances,
+        router,
+        workload,
+        metrics,
+        itl,
+        horizon_s=scenario.simulation.horizon_s,
+        sample_interval_s=scenario.simulation.sample_interval_s,
+        rngs=rngs,
+    )
+    return sim
+
+
+def describe_instances(scenario: Scenario) -> list[dict[str, object]]:
+    """One row per instance: name, node, model, device, tp, KV blocks and knobs."""
+    rows = []
+    for plan in plan_instances(scenario):
+        p = plan.params
+        rows.append(
+            {
+                "name": plan.name,
+                "node": plan.node_name,
+                "model": plan.arch.name,
+                "device": plan.device.name,
+                "tp": plan.group.tp,
+                "num_blocks": p.num_blocks,
+                "kv_cache_gib": p.num_blocks
+                * p.block_size
+                * plan.arch.kv_bytes_per_token(plan.group.dtype)
+                / GIB,
+                "max_num_seqs": p.max_num_seqs,
+                "max_num_batched_tokens": p.max_num_batched_tokens,
+                "max_model_len": p.max_model_len,
+            }
+        )
+    return rows
+
+
+__all__ = [
+    "build_simulation",
+    "check_references",
+    "describe_instances",
+    "device_catalog",
+    "load_scenario",
+    "scenario_names",
+    "scenario_path",
+]

@@ -1,0 +1,563 @@
+"""The scenario schema: typed, frozen, strict.
+
+A scenario file is YAML that validates against :class:`Scenario`. Unknown keys are
+errors (``extra="forbid"``), values are checked for type and range, and cross-field
+checks name the keys that clash. Attribute docstrings become the field descriptions of
+the exported JSON Schema (``llmserve schema``), so editors can validate and complete
+scenario files.
+
+Engine knobs keep vLLM's names and defaults. A ``None`` default means "as vLLM would
+choose for this device and model" and is resolved when the simulation is built.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+
+SchedulingPolicy = Literal["fcfs", "priority", "shortest_prompt_first"]
+RouterPolicy = Literal[
+    "round_robin",
+    "random",
+    "least_outstanding_requests",
+    "join_shortest_queue",
+    "least_kv_usage",
+    "power_of_two_choices",
+    "prefix_affinity",
+]
+DType = Literal["bf16", "fp16", "fp8"]
+
+
+class StrictModel(BaseModel):
+    """Base for every scenario section: frozen, unknown keys rejected."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        validate_default=True,
+        use_attribute_docstrings=True,
+    )
+
+
+def _resolve_path(value: str, info: ValidationInfo) -> str:
+    """Resolve ``value`` against the scenario file's folder and require that it exists."""
+    base = (info.context or {}).get("base_dir")
+    path = Path(value).expanduser()
+    if not path.is_absolute() and base is not None:
+        path = Path(base) / path
+    if not path.exists():
+        raise ValueError(f"file not found: {value!r} (looked at {path})")
+    return str(path)
+
+
+# --------------------------------------------------------------------------- engine
+
+
+class EngineConfig(StrictModel):
+    """vLLM engine knobs of one instance (vLLM V1 names and meaning)."""
+
+    max_num_seqs: PositiveInt | None = None
+    """Most requests in one batch. ``None``: vLLM's default for the device (1024 on GPUs
+    with at least 70 GiB, else 256)."""
+
+    max_num_batched_tokens: PositiveInt | None = None
+    """Token budget of one iteration. ``None``: vLLM's serving default for the device
+    (8192 on GPUs with at least 70 GiB, else 2048)."""
+
+    block_size: Literal[1, 8, 16, 32, 64, 128] = 16
+    """Tokens per KV-cache block."""
+
+    gpu_memory_utilization: Annotated[float, Field(gt=0.0, le=1.0)] = 0.9
+    """Fraction of each device's memory the engine may use (weights + activations + KV)."""
+
+    enable_prefix_caching: bool = True
+    """Reuse KV blocks across requests by hashing full blocks (vLLM V1 default: on)."""
+
+    enable_chunked_prefill: bool = True
+    """Split long prompts across iterations within the token budget (vLLM V1: always on)."""
+
+    long_prefill_token_threshold: NonNegInt = 0
+    """Cap on the tokens one request may prefill in one iteration (0 = no cap)."""
+
+    max_model_len: PositiveInt | None = None
+    """Longest prompt + output a request may have. ``None``: the model's context length."""
+
+    scheduling_policy: SchedulingPolicy = "fcfs"
+    """Order of the waiting queue and of preemption victims."""
+
+    activation_reserve_gib: NonNegFloat | None = None
+    """Device memory kept for activations, CUDA graphs and the runtime, per device.
+    ``None``: estimated from the model and ``max_num_batched_tokens``."""
+
+    num_gpu_blocks_override: PositiveInt | None = None
+    """Force the number of KV blocks (as vLLM's option of the same name)."""
+
+    max_num_waiting: NonNegInt | None = None
+    """Admission control: reject arrivals when this many requests already wait
+    (``None``: unbounded, as vLLM)."""
+
+
+# --------------------------------------------------------------------------- cluster
+
+
+class InstanceGroup(StrictModel):
+    """One or more identical serving instances (vLLM engines) on a node."""
+
+    name: str | None = None
+    """Label used in outputs; defaults to ``<model short name>-<index>``."""
+
+    model: str
+    """Model name from the catalog (``llmserve models``) or a path to a HuggingFace
+    ``config.json``."""
+
+    device: str
+    """Accelerator name from the device catalog (``llmserve devices``)."""
+
+    tp: PositiveInt = 1
+    """Tensor-parallel degree: devices per instance."""
+
+    count: PositiveInt = 1
+    """How many identical instances this group stands for."""
+
+    dtype: DType = "bf16"
+    """Weight and activation data type."""
+
+    engine: EngineConfig = EngineConfig()
+    """Engine knobs; the scenario's top-level ``engine`` gives the defaults."""
+
+    perf: str = "auto"
+    """Latency model: ``auto`` (best available source), ``analytical``, or a path to a
+    profile folder in llmserve-env's profile format."""
+
+    @field_validator("perf")
+    @classmethod
+    def _perf_source(cls, value: str, info: ValidationInfo) -> str:
+        if value in ("auto", "analytical"):
+            return value
+        return _resolve_path(value, info)
+
+
+class NodeConfig(StrictModel):
+    """A server: devices, host memory and the instances placed on it."""
+
+    name: str | None = None
+    """Label used in outputs; defaults to ``node<index>``."""
+
+    count: PositiveInt = 1
+    """How many identical nodes this entry stands for."""
+
+    num_devices: PositiveInt = 8
+    """Accelerators in the node; the instances' ``tp x count`` must fit."""
+
+    dram_gib: PositiveFloat = 1024.0
+    """Host DRAM capacity."""
+
+    dram_bw_gbps: PositiveFloat = 200.0
+    """Host DRAM bandwidth (GB/s)."""
+
+    instances: list[InstanceGroup] = Field(min_length=1)
+    """Instances placed on this node."""
+
+    @model_validator(mode="after")
+    def _devices_fit(self) -> NodeConfig:
+        used = sum(group.tp * group.count for group in self.instances)
+        if used > self.num_devices:
+            raise ValueError(
+                f"instances need {used} devices (sum of tp x count) but num_devices is "
+                f"{self.num_devices}"
+            )
+        return self
+
+
+class ClusterConfig(StrictModel):
+    """The serving cluster."""
+
+    nodes: list[NodeConfig] = Field(min_length=1)
+    """Nodes of the cluster."""
+
+    inter_node_bw_gbps: PositiveFloat = 50.0
+    """Network bandwidth between nodes per direction (GB/s)."""
+
+
+class RouterConfig(StrictModel):
+    """Cluster-level request routing."""
+
+    policy: RouterPolicy = "round_robin"
+    """How an arriving request picks its instance."""
+
+
+# --------------------------------------------------------------------------- workload
+
+
+class PoissonArrivals(StrictModel):
+    """Exponential inter-arrival times."""
+
+    process: Literal["poisson"]
+    rate_rps: PositiveFloat
+    """Mean arrival rate (requests per second)."""
+
+
+class GammaArrivals(StrictModel):
+    """Gamma inter-arrival times: bursty when ``cv > 1``, regular when ``cv < 1``."""
+
+    process: Literal["gamma"]
+    rate_rps: PositiveFloat
+    """Mean arrival rate (requests per second)."""
+    cv: PositiveFloat
+    """Coefficient of variation of the inter-arrival time (1 = Poisson)."""
+
+
+class ConstantArrivals(StrictModel):
+    """Evenly spaced arrivals (``rate_rps`` = inf is not allowed; use a burst instead)."""
+
+    process: Literal["constant"]
+    rate_rps: PositiveFloat
+    """Arrivals per second, evenly spaced."""
+
+
+class BurstArrivals(StrictModel):
+    """Every request arrives at once (offline batch)."""
+
+    process: Literal["burst"]
+    at_s: NonNegFloat = 0.0
+    """Arrival time of the whole batch."""
+
+
+class OnOffArrivals(StrictModel):
+    """Pulses: Poisson at ``rate_on_rps`` for ``on_s``, then ``rate_off_rps`` for ``off_s``."""
+
+    process: Literal["on_off"]
+    rate_on_rps: PositiveFloat
+    """Rate while on (requests per second)."""
+    rate_off_rps: NonNegFloat = 0.0
+    """Rate while off (requests per second)."""
+    on_s: PositiveFloat
+    """Length of an on phase."""
+    off_s: PositiveFloat
+    """Length of an off phase."""
+
+
+class PiecewiseArrivals(StrictModel):
+    """A non-homogeneous Poisson process with a rate curve (e.g. a diurnal cycle)."""
+
+    process: Literal["piecewise"]
+    times_s: list[NonNegFloat] = Field(min_length=1)
+    """Knot times, increasing, starting at 0."""
+    rates_rps: list[NonNegFloat] = Field(min_length=1)
+    """Rate at each knot."""
+    interpolation: Literal["step", "linear"] = "linear"
+    """Rate between knots."""
+    period_s: PositiveFloat | None = None
+    """Repeat the curve with this period (must exceed the last knot time)."""
+
+    @model_validator(mode="after")
+    def _knots(self) -> PiecewiseArrivals:
+        if len(self.times_s) != len(self.rates_rps):
+            raise ValueError(
+                f"times_s has {len(self.times_s)} entries but rates_rps has {len(self.rates_rps)}"
+            )
+        if self.times_s[0] != 0.0:
+            raise ValueError("times_s must start at 0")
+        if any(b <= a for a, b in zip(self.times_s, self.times_s[1:], strict=False)):
+            raise ValueError("times_s must be strictly increasing")
+        if max(self.rates_rps) <= 0.0:
+            raise ValueError("rates_rps must have at least one positive rate")
+        if self.period_s is not None and self.period_s <= self.times_s[-1]:
+            raise ValueError(
+                f"period_s ({self.period_s}) must exceed the last knot ({self.times_s[-1]})"
+            )
+        return self
+
+
+ArrivalConfig = Annotated[
+    PoissonArrivals
+    | GammaArrivals
+    | ConstantArrivals
+    | BurstArrivals
+    | OnOffArrivals
+    | PiecewiseArrivals,
+    Field(discriminator="process"),
+]
+
+
+class FixedLength(StrictModel):
+    """Every request has the same length."""
+
+    dist: Literal["fixed"]
+    value: PositiveInt
+    """Tokens."""
+
+
+class UniformLength(StrictModel):
+    """Uniform integer lengths in ``[min, max]``."""
+
+    dist: Literal["uniform"]
+    min: PositiveInt
+    """Smallest length (tokens)."""
+    max: PositiveInt
+    """Largest length (tokens)."""
+
+    @model_validator(mode="after")
+    def _order(self) -> UniformLength:
+        if self.max < self.min:
+            raise ValueError(f"max ({self.max}) is below min ({self.min})")
+        return self
+
+
+class LognormalLength(StrictModel):
+    """Lognormal lengths with a given mean and coefficient of variation, clipped."""
+
+    dist: Literal["lognormal"]
+    mean: PositiveFloat
+    """Mean length before clipping (tokens)."""
+    cv: PositiveFloat = 1.0
+    """Coefficient of variation."""
+    min: PositiveInt = 1
+    """Clip below (tokens)."""
+    max: PositiveInt = 32768
+    """Clip above (tokens)."""
+
+    @model_validator(mode="after")
+    def _order(self) -> LognormalLength:
+        if self.max < self.min:
+            raise ValueError(f"max ({self.max}) is below min ({self.min})")
+        return self
+
+
+class EmpiricalLength(StrictModel):
+    """Lengths resampled (with replacement) from a column of a CSV file."""
+
+    dist: Literal["empirical"]
+    path: str
+    """CSV file with a header row; relative paths are relative to the scenario file."""
+    column: str
+    """Column holding token counts, e.g. ``num_prefill_tokens``."""
+    min: PositiveInt = 1
+    """Clip below (tokens)."""
+    max: PositiveInt = 1_000_000
+    """Clip above (tokens)."""
+
+    @field_validator("path")
+    @classmethod
+    def _exists(cls, value: str, info: ValidationInfo) -> str:
+        return _resolve_path(value, info)
+
+
+LengthConfig = Annotated[
+    FixedLength | UniformLength | LognormalLength | EmpiricalLength,
+    Field(discriminator="dist"),
+]
+
+
+class PriorityMix(StrictModel):
+    """Priority classes drawn per request (lower value = served first, as in vLLM)."""
+
+    values: list[int] = Field(min_length=1)
+    """Priority values."""
+    weights: list[PositiveFloat] = Field(min_length=1)
+    """Relative frequency of each value."""
+
+    @model_validator(mode="after")
+    def _same_length(self) -> PriorityMix:
+        if len(self.values) != len(self.weights):
+            raise ValueError(
+                f"values has {len(self.values)} entries but weights has {len(self.weights)}"
+            )
+        return self
+
+
+class SyntheticWorkload(StrictModel):
+    """Independent requests: an arrival process and two length distributions."""
+
+    kind: Literal["synthetic"]
+    arrival: ArrivalConfig
+    """Arrival process."""
+    prompt_tokens: LengthConfig
+    """Prompt length distribution."""
+    output_tokens: LengthConfig
+    """Output length distribution."""
+    num_requests: PositiveInt | None = None
+    """Stop after this many requests."""
+    duration_s: PositiveFloat | None = None
+    """Stop generating arrivals after this much simulated time."""
+    priority: PriorityMix | None = None
+    """Priority classes (for the ``priority`` scheduling policy)."""
+
+    @model_validator(mode="after")
+    def _bounded(self) -> SyntheticWorkload:
+        if self.num_requests is None and self.duration_s is None:
+            raise ValueError("give num_requests or duration_s (or both) so the workload ends")
+        return self
+
+
+TraceFormat = Literal["auto", "llmservingsim", "azure", "mooncake", "vidur"]
+
+
+class TraceWorkload(StrictModel):
+    """Replay of a public trace file."""
+
+    kind: Literal["trace"]
+    path: str
+    """Trace file; relative paths are relative to the scenario file."""
+    format: TraceFormat = "auto"
+    """File format; ``auto`` decides by extension and header/first record."""
+    time_scale: PositiveFloat = 1.0
+    """Multiply inter-arrival times by this (2 = half the rate)."""
+    rate_scale: PositiveFloat = 1.0
+    """Multiply the arrival rate by this (applied after ``time_scale``)."""
+    start_s: NonNegFloat = 0.0
+    """Skip requests that arrive (after scaling) before this time; times restart at 0."""
+    num_requests: PositiveInt | None = None
+    """Use only the first N requests (after ``start_s``)."""
+    duration_s: PositiveFloat | None = None
+    """Use only requests that arrive within this window (after ``start_s``)."""
+    max_prompt_tokens: PositiveInt | None = None
+    """Clip prompts longer than this (tokens)."""
+    max_output_tokens: PositiveInt | None = None
+    """Clip outputs longer than this (tokens)."""
+    priority: PriorityMix | None = None
+    """Priority classes (for the ``priority`` scheduling policy)."""
+
+    @field_validator("path")
+    @classmethod
+    def _exists(cls, value: str, info: ValidationInfo) -> str:
+        return _resolve_path(value, info)
+
+
+class MultiTurnWorkload(StrictModel):
+    """Chat sessions sharing system prompts; every turn repeats the conversation so far.
+
+    Requests carry block hashes, so prefix caching sees the shared system prompt and
+    each session's growing history without a trace. Turns follow an open-loop schedule:
+    turn k+1 arrives ``think_time`` after turn k's arrival plus its expected service.
+    """
+
+    kind: Literal["multi_turn"]
+    session_arrival: ArrivalConfig
+    """Arrival process of new sessions."""
+    num_sessions: PositiveInt
+    """Number of sessions."""
+    turns: LengthConfig
+    """Turns per session."""
+    num_system_prompts: PositiveInt = 4
+    """Distinct system prompts shared across sessions."""
+    system_prompt_tokens: LengthConfig
+    """Length of each system prompt."""
+    user_tokens: LengthConfig
+    """New user tokens per turn."""
+    output_tokens: LengthConfig
+    """Output tokens per turn."""
+    think_time_s: NonNegFloat = 5.0
+    """Mean gap (exponential) between one turn's arrival and the next one's."""
+    max_prompt_tokens: PositiveInt = 32768
+    """Sessions end once a prompt would exceed this."""
+    priority: PriorityMix | None = None
+    """Priority classes per session."""
+
+
+WorkloadConfig = Annotated[
+    SyntheticWorkload | TraceWorkload | MultiTurnWorkload,
+    Field(discriminator="kind"),
+]
+
+
+# --------------------------------------------------------------------------- the rest
+
+
+class SLOConfig(StrictModel):
+    """Latency service-level objectives; a request meets the SLO if it meets every one."""
+
+    ttft_ms: PositiveFloat | None = None
+    """Time to first token."""
+    tpot_ms: PositiveFloat | None = None
+    """Time per output token after the first."""
+    e2e_ms: PositiveFloat | None = None
+    """End-to-end latency."""
+
+
+class SimulationConfig(StrictModel):
+    """How the simulation runs."""
+
+    horizon_s: PositiveFloat | None = None
+    """Stop at this simulated time; requests still in flight end as ``unfinished``.
+    ``None``: run until every request has ended."""
+    sample_interval_s: PositiveFloat = 1.0
+    """Time-series sampling interval."""
+    max_decode_run: Annotated[int, Field(ge=1, le=100_000)] = 4096
+    """Most decode iterations evaluated in one vectorised run (a speed knob; results
+    do not depend on it)."""
+
+
+class OutputConfig(StrictModel):
+    """What ``llmserve run`` writes."""
+
+    per_request: bool = True
+    """Write ``requests.csv``."""
+    timeseries: bool = True
+    """Write ``timeseries.csv``."""
+
+
+class Scenario(StrictModel):
+    """A complete simulation setup: cluster, engine, routing, workload, SLOs."""
+
+    name: str = "unnamed"
+    """Short name."""
+    description: str = ""
+    """One line shown by ``llmserve scenarios``."""
+    seed: NonNegInt = 0
+    """Root seed of the RNG tree."""
+    cluster: ClusterConfig
+    """Nodes and instances."""
+    engine: EngineConfig = EngineConfig()
+    """Default engine knobs for every instance (instances may override keys)."""
+    router: RouterConfig = RouterConfig()
+    """Request routing."""
+    workload: WorkloadConfig
+    """Where requests come from."""
+    slo: SLOConfig = SLOConfig()
+    """Latency objectives used by the summary's attainment and goodput."""
+    simulation: SimulationConfig = SimulationConfig()
+    """Run control."""
+    output: OutputConfig = OutputConfig()
+    """Output tables."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_engine_defaults(cls, data: object) -> object:
+        """Fold the top-level ``engine`` into each instance group's ``engine``."""
+        if not isinstance(data, dict):
+            return data
+        defaults = data.get("engine") or {}
+        cluster = data.get("cluster")
+        if not isinstance(defaults, dict) or not isinstance(cluster, dict):
+            return data
+        nodes = cluster.get("nodes")
+        if not isinstance(nodes, list):
+            return data
+        new_nodes = []
+        for node in nodes:
+            if isinstance(node, dict) and isinstance(node.get("instances"), list):
+                groups = []
+                for group in node["instances"]:
+                    if isinstance(group, dict):
+                        own = group.get("engine") or {}
+                        if isinstance(own, dict):
+                            group = {**group, "engine": {**defaults, **own}}
+                    groups.append(group)
+                node = {**node, "instances": groups}
+            new_nodes.append(node)
+        return {**data, "cluster": {**cluster, "nodes": new_nodes}}

@@ -1,0 +1,70 @@
+"""The latency-model seam between the engine and the performance models.
+
+The engine describes each iteration by its batch composition, a :class:`BatchShape`;
+a :class:`LatencyModel` turns it into seconds. Decode-only stretches are asked for in
+one vectorised call, :meth:`LatencyModel.decode_times_s`, so the hot loop never pays a
+Python call per iteration there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+from numpy.typing import NDArray
+
+
+@dataclass(frozen=True, slots=True)
+class BatchShape:
+    """The composition of one engine iteration (one forward pass of one instance).
+
+    Attributes:
+        prefill_new: New tokens of each prefill chunk in the batch.
+        prefill_ctx: Tokens already in the KV cache before each chunk (same order).
+        num_decodes: Requests decoding one token.
+        decode_kv_sum: Sum over decoding requests of the KV length each attends to
+            (its computed tokens plus the new one).
+        decode_kv_max: Longest such KV length (0 without decodes).
+    """
+
+    prefill_new: tuple[int, ...] = ()
+    prefill_ctx: tuple[int, ...] = ()
+    num_decodes: int = 0
+    decode_kv_sum: int = 0
+    decode_kv_max: int = 0
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens processed by the iteration (prefill chunks plus one per decode)."""
+        return sum(self.prefill_new) + self.num_decodes
+
+    @property
+    def num_seqs(self) -> int:
+        """Requests in the batch (each produces one row of logits)."""
+        return len(self.prefill_new) + self.num_decodes
+
+
+FloatArray = NDArray[np.float64]
+
+
+@runtime_checkable
+class LatencyModel(Protocol):
+    """Predicts iteration latency from batch composition."""
+
+    def iteration_time_s(self, batch: BatchShape) -> float:
+        """Seconds one iteration with this batch takes."""
+        ...
+
+    def decode_times_s(self, num_decodes: int, kv_sum: FloatArray, kv_max: FloatArray) -> FloatArray:
+        """Seconds of consecutive decode-only iterations.
+
+        Args:
+            num_decodes: Requests in every iteration (constant over the run).
+            kv_sum: Per iteration, the sum of KV lengths attended.
+            kv_max: Per iteration, the longest KV length.
+
+        Returns:
+            One latency per iteration, same shape as ``kv_sum``.
+        """
+        ...

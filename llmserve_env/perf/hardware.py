@@ -1,0 +1,130 @@
+"""The accelerator catalog (``profiles/devices.yaml``)."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llmserve_env.config.errors import DataFileError
+from llmserve_env.paths import profiles_dir
+
+GIB = 1024**3
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSpec:
+    """Datasheet figures of one accelerator (per device).
+
+    Attributes:
+        name: Canonical catalog name.
+        vendor: ``nvidia``, ``amd``, ``google``, ``intel`` or ``custom``.
+        bf16_tflops: Dense BF16 tensor peak (TFLOP/s).
+        fp8_tflops: Dense FP8 peak, ``None`` when the device has no FP8 units.
+        mem_gib: Device memory (GiB).
+        mem_bw_gbps: Device memory bandwidth (GB/s).
+        scaleup_bw_gbps: Scale-up link bandwidth per direction (GB/s).
+        host_bw_gbps: Host link bandwidth per direction (GB/s).
+        tdp_w: Board power limit (W).
+        idle_w: Idle power with a model loaded (W).
+        aliases: Other names that resolve to this device.
+    """
+
+    name: str
+    vendor: str
+    bf16_tflops: float
+    fp8_tflops: float | None
+    mem_gib: float
+    mem_bw_gbps: float
+    scaleup_bw_gbps: float
+    host_bw_gbps: float
+    tdp_w: float
+    idle_w: float
+    aliases: tuple[str, ...] = field(default=())
+
+    @property
+    def mem_bytes(self) -> float:
+        """Device memory in bytes."""
+        return self.mem_gib * GIB
+
+    def peak_flops(self, dtype: str) -> float:
+        """Dense peak FLOP/s for ``dtype`` (FP8 falls back to BF16 where absent)."""
+        if dtype == "fp8" and self.fp8_tflops:
+            return self.fp8_tflops * 1e12
+        return self.bf16_tflops * 1e12
+
+
+_FIELDS = (
+    "vendor",
+    "bf16_tflops",
+    "fp8_tflops",
+    "mem_gib",
+    "mem_bw_gbps",
+    "scaleup_bw_gbps",
+    "host_bw_gbps",
+    "tdp_w",
+    "idle_w",
+)
+
+
+def _parse_device(name: str, raw: Any, path: Path) -> DeviceSpec:
+    if not isinstance(raw, dict):
+        raise DataFileError(path, f"{name}: expected a mapping of device figures")
+    unknown = set(raw) - {*_FIELDS, "aliases"}
+    if unknown:
+        raise DataFileError(path, f"{name}: unknown keys {sorted(unknown)}; allowed: {_FIELDS}")
+    missing = [key for key in _FIELDS if key not in raw]
+    if missing:
+        raise DataFileError(path, f"{name}: missing keys {missing}")
+    try:
+        return DeviceSpec(
+            name=name,
+            vendor=str(raw["vendor"]),
+            bf16_tflops=float(raw["bf16_tflops"]),
+            fp8_tflops=None if raw["fp8_tflops"] is None else float(raw["fp8_tflops"]),
+            mem_gib=float(raw["mem_gib"]),
+            mem_bw_gbps=float(raw["mem_bw_gbps"]),
+            scaleup_bw_gbps=float(raw["scaleup_bw_gbps"]),
+            host_bw_gbps=float(raw["host_bw_gbps"]),
+            tdp_w=float(raw["tdp_w"]),
+            idle_w=float(raw["idle_w"]),
+            aliases=tuple(str(a) for a in raw.get("aliases") or ()),
+        )
+    except (TypeError, ValueError) as exc:
+        raise DataFileError(path, f"{name}: {exc}") from exc
+
+
+@functools.cache
+def device_catalog(path: Path | None = None) -> dict[str, DeviceSpec]:
+    """Load the device catalog, keyed by canonical name."""
+    path = path or profiles_dir() / "devices.yaml"
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise DataFileError(path, "device catalog not found") from exc
+    except yaml.YAMLError as exc:
+        raise DataFileError(path, f"YAML error: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise DataFileError(path, "expected a mapping of device name to figures")
+    return {name: _parse_device(name, spec, path) for name, spec in raw.items()}
+
+
+def _norm(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+def resolve_device(name: str) -> DeviceSpec:
+    """Look a device up by name or alias (case, spaces and dashes ignored).
+
+    Raises:
+        KeyError: naming the known devices.
+    """
+    catalog = device_catalog()
+    wanted = _norm(name)
+    for spec in catalog.values():
+        if wanted == _norm(spec.name) or any(wanted == _norm(a) for a in spec.aliases):
+            return spec
+    raise KeyError(f"unknown device {name!r}; known devices: {', '.join(sorted(catalog))}")

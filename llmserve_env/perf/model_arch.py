@@ -1,0 +1,192 @@
+"""Model architectures from HuggingFace ``config.json`` files (catalog or user path)."""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llmserve_env.config.errors import DataFileError
+from llmserve_env.paths import profiles_dir
+
+DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp8": 1, "fp32": 4}
+
+
+@dataclass(frozen=True, slots=True)
+class ModelArch:
+    """The dimensions of a decoder-only transformer that the latency and memory models need.
+
+    Attributes:
+        name: Catalog name (``org/model``) or the config path.
+        architecture: HuggingFace class name, e.g. ``LlamaForCausalLM``.
+        num_layers: Decoder layers.
+        hidden_size: Model width.
+        num_heads: Query heads.
+        num_kv_heads: Key/value heads (GQA).
+        head_dim: Per-head width.
+        intermediate_size: Dense MLP width (per expert width for MoE models without a
+            separate ``moe_intermediate_size``).
+        vocab_size: Vocabulary size.
+        max_position_embeddings: Context length.
+        num_experts: Routed experts per MoE layer (0 for dense models).
+        experts_per_token: Experts activated per token.
+        moe_intermediate_size: Width of one expert's MLP.
+        tie_word_embeddings: Whether the LM head shares the embedding matrix.
+    """
+
+    name: str
+    architecture: str
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+    max_position_embeddings: int
+    num_experts: int = 0
+    experts_per_token: int = 0
+    moe_intermediate_size: int = 0
+    tie_word_embeddings: bool = False
+
+    @property
+    def is_moe(self) -> bool:
+        """True for mixture-of-experts models."""
+        return self.num_experts > 0
+
+    @property
+    def attn_params_per_layer(self) -> int:
+        """Weights of q, k, v and o projections in one layer."""
+        q = self.num_heads * self.head_dim
+        kv = self.num_kv_heads * self.head_dim
+        return self.hidden_size * (q + 2 * kv) + q * self.hidden_size
+
+    @property
+    def mlp_params_per_layer(self) -> int:
+        """Weights of the (gated) MLP of one layer: all experts for MoE models."""
+        if self.is_moe:
+            router = self.hidden_size * self.num_experts
+            return self.num_experts * 3 * self.hidden_size * self.moe_intermediate_size + router
+        return 3 * self.hidden_size * self.intermediate_size
+
+    @property
+    def active_mlp_params_per_layer(self) -> int:
+        """MLP weights one token touches in one layer."""
+        if self.is_moe:
+            router = self.hidden_size * self.num_experts
+            return self.experts_per_token * 3 * self.hidden_size * self.moe_intermediate_size + router
+        return self.mlp_params_per_layer
+
+    @property
+    def embedding_params(self) -> int:
+        """Embedding plus LM head weights."""
+        table = self.vocab_size * self.hidden_size
+        return table if self.tie_word_embeddings else 2 * table
+
+    @property
+    def num_params(self) -> int:
+        """Total parameter count (norms ignored)."""
+        layers = self.num_layers * (self.attn_params_per_layer + self.mlp_params_per_layer)
+        return layers + self.embedding_params
+
+    def weight_bytes(self, dtype: str) -> int:
+        """Bytes of all weights in ``dtype``."""
+        return self.num_params * DTYPE_BYTES[dtype]
+
+    def kv_bytes_per_token(self, dtype: str) -> int:
+        """KV-cache bytes one token occupies across all layers (whole model, all GPUs)."""
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * DTYPE_BYTES[dtype]
+
+
+def _get(cfg: dict[str, Any], path: Path, *keys: str, default: Any = None) -> Any:
+    for key in keys:
+        if key in cfg and cfg[key] is not None:
+            return cfg[key]
+    if default is not None:
+        return default
+    raise DataFileError(path, f"model config lacks {' / '.join(keys)}")
+
+
+def arch_from_hf_config(cfg: dict[str, Any], name: str, path: Path) -> ModelArch:
+    """Build a :class:`ModelArch` from a parsed HuggingFace ``config.json``."""
+    if "text_config" in cfg and isinstance(cfg["text_config"], dict):
+        cfg = {**cfg, **cfg["text_config"]}
+    try:
+        hidden = int(_get(cfg, path, "hidden_size", "d_model", "n_embd"))
+        heads = int(_get(cfg, path, "num_attention_heads", "n_head"))
+        kv_heads = int(_get(cfg, path, "num_key_value_heads", default=heads))
+        head_dim = int(_get(cfg, path, "head_dim", default=hidden // heads))
+        num_experts = int(_get(cfg, path, "num_local_experts", "num_experts", "n_routed_experts", default=0) or 0)
+        experts_per_token = int(_get(cfg, path, "num_experts_per_tok", "moe_top_k", default=0) or 0)
+        intermediate = int(_get(cfg, path, "intermediate_size", "ffn_dim", "n_inner", default=4 * hidden))
+        moe_inter = int(_get(cfg, path, "moe_intermediate_size", default=intermediate)) if num_experts else 0
+        return ModelArch(
+            name=name,
+            architecture=str((cfg.get("architectures") or ["unknown"])[0]),
+            num_layers=int(_get(cfg, path, "num_hidden_layers", "n_layer", "num_layers")),
+            hidden_size=hidden,
+            num_heads=heads,
+            num_kv_heads=kv_heads,
+            head_dim=head_dim,
+            intermediate_size=intermediate,
+            vocab_size=int(_get(cfg, path, "vocab_size")),
+            max_position_embeddings=int(_get(cfg, path, "max_position_embeddings", "n_positions", "seq_length", default=4096)),
+            num_experts=num_experts,
+            experts_per_token=experts_per_token if num_experts else 0,
+            moe_intermediate_size=moe_inter,
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        )
+    except (TypeError, ValueError) as exc:
+        raise DataFileError(path, f"bad model config value: {exc}") from exc
+
+
+def models_dir() -> Path:
+    """Folder of catalog model configs (``profiles/models/<org>/<name>.json``)."""
+    return profiles_dir() / "models"
+
+
+def model_catalog() -> list[str]:
+    """Names of the catalog models."""
+    root = models_dir()
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.json"))
+
+
+@functools.cache
+def load_model_arch(name_or_path: str) -> ModelArch:
+    """Load a catalog model by name (``meta-llama/Llama-3.1-8B``, or just the last part)
+    or any HuggingFace ``config.json`` by path.
+
+    Raises:
+        KeyError: an unknown model name, naming the catalog.
+        DataFileError: a malformed config file.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.suffix == ".json" or path.is_dir():
+        if path.is_dir():
+            path = path / "config.json"
+        if not path.is_file():
+            raise DataFileError(path, "model config not found")
+        name = str(path)
+    else:
+        root = models_dir()
+        candidate = root / f"{name_or_path}.json"
+        if not candidate.is_file():
+            short = name_or_path.lower().split("/")[-1]
+            matches = [p for p in root.rglob("*.json") if p.stem.lower() == short]
+            if len(matches) != 1:
+                raise KeyError(
+                    f"unknown model {name_or_path!r}; catalog models: {', '.join(model_catalog())} "
+                    "(or give a path to a HuggingFace config.json)"
+                )
+            candidate = matches[0]
+        path = candidate
+        name = str(candidate.relative_to(root).with_suffix(""))
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataFileError(path, f"invalid JSON: {exc.msg}", line=exc.lineno) from exc
+    if not isinstance(cfg, dict):
+        raise DataFileError(path, "a model config must be a JSON object")
+    return arch_from_hf_config(cfg, name, path)

@@ -1,0 +1,521 @@
+"""One serving instance (a vLLM engine) with vLLM V1 scheduling semantics.
+
+Each iteration the scheduler walks the running requests first (in order), giving each
+``num_tokens - num_computed_tokens`` new tokens, capped by ``long_prefill_token_threshold``
+and the remaining token budget; when KV blocks run out it preempts (recompute) the
+lowest-priority running request (the newest under FCFS) until the request fits or is
+itself preempted. If nothing was preempted it then admits waiting requests in queue
+order while budget, ``max_num_seqs`` and KV blocks allow, taking prefix-cache hits first.
+At the end of the iteration every request that caught up samples one token; requests
+that reached their output length finish and free their blocks.
+
+Speed without changing results: when every running request is decoding and no waiting
+request can be admitted, consecutive iterations differ only in KV length, so the engine
+evaluates a whole stretch of them in one vectorised latency call and schedules one event
+at its end. The stretch stops before the first request finishes or the KV cache would
+run out, and is cut at the next iteration boundary when anything external happens
+(an arrival, an action): :meth:`Instance.interrupt`. Observers call
+:meth:`Instance.advance_to` to see the state after every iteration that has ended.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from llmserve_env.perf.base import BatchShape, LatencyModel
+from llmserve_env.sim.events import EngineWake, IterationDone
+from llmserve_env.sim.kernel import Kernel
+from llmserve_env.sim.kv_cache import KVBlockPool
+from llmserve_env.sim.queues import WaitingQueue, make_waiting_queue
+from llmserve_env.sim.request import RejectReason, Request, RequestStatus
+from llmserve_env.sim.stats import InstanceStats, ItlHistogram
+
+
+@dataclass(frozen=True, slots=True)
+class EngineParams:
+    """Resolved engine knobs of one instance (no ``None`` left)."""
+
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    block_size: int
+    num_blocks: int
+    enable_prefix_caching: bool
+    enable_chunked_prefill: bool
+    long_prefill_token_threshold: int
+    max_model_len: int
+    scheduling_policy: str
+    max_num_waiting: int | None
+    max_decode_run: int = 4096
+
+
+FinishCallback = Callable[[Request], None]
+
+
+class Instance:
+    """A serving engine: waiting queue, running batch, KV pool and latency model.
+
+    Args:
+        instance_id: Index in the cluster.
+        name: Label for outputs.
+        kernel: The simulation's event kernel.
+        params: Resolved engine knobs.
+        latency: Iteration latency model.
+        itl: Shared inter-token-latency histogram.
+        on_finish: Called once per request that finishes here (the simulation sets it).
+        node_id: Index of the node hosting the instance.
+        num_devices: Devices the instance spans (its tensor-parallel degree).
+    """
+
+    def __init__(
+        self,
+        instance_id: int,
+        name: str,
+        kernel: Kernel,
+        params: EngineParams,
+        latency: LatencyModel,
+        itl: ItlHistogram,
+        on_finish: FinishCallback | None = None,
+        node_id: int = 0,
+        num_devices: int = 1,
+    ) -> None:
+        self.instance_id = instance_id
+        self.name = name
+        self.node_id = node_id
+        self.num_devices = num_devices
+        self.kernel = kernel
+        self.params = params
+        self.latency = latency
+        self.itl = itl
+        self.on_finish: FinishCallback = on_finish or (lambda request: None)
+        self.pool = KVBlockPool(params.num_blocks, params.block_size, params.enable_prefix_caching)
+        self.waiting: WaitingQueue = make_waiting_queue(params.scheduling_policy)
+        self.running: list[Request] = []
+        self.stats = InstanceStats()
+        self.generation = 0
+        self.busy = False
+        self._wake_pending = False
+        # A single in-flight iteration.
+        self._batch: list[tuple[Request, int]] = []
+        self._iter_start = 0.0
+        # An in-flight decode stretch.
+        self._run: list[Request] = []
+        self._run_ends: np.ndarray = np.empty(0)
+        self._run_start = 0.0
+        self._run_done = 0
+        self._run_len = 0
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def num_waiting(self) -> int:
+        """Requests queued, not yet running (preempted ones included)."""
+        return len(self.waiting)
+
+    @property
+    def num_running(self) -> int:
+        """Requests in the running batch."""
+        return len(self.running)
+
+    @property
+    def num_outstanding(self) -> int:
+        """Requests routed here and not yet ended."""
+        return len(self.waiting) + len(self.running)
+
+    @property
+    def kv_usage_frac(self) -> float:
+        """Fraction of KV blocks in use."""
+        return self.pool.usage_frac
+
+    def admission_check(self, request: Request) -> RejectReason:
+        """Why this instance could never serve ``request`` (``NONE`` if it could)."""
+        total = request.num_prompt_tokens + request.max_output_tokens
+        if total > self.params.max_model_len:
+            return RejectReason.PROMPT_TOO_LONG
+        if self.pool.blocks_for(total) > self.params.num_blocks:
+            return RejectReason.EXCEEDS_KV_CAPACITY
+        if self.params.max_num_waiting is not None and len(self.waiting) >= self.params.max_num_waiting:
+            return RejectReason.QUEUE_FULL
+        return RejectReason.NONE
+
+    # ------------------------------------------------------------------ inputs
+
+    def add_request(self, request: Request) -> None:
+        """Queue a routed request; wake the engine or cut a decode stretch short."""
+        request.instance_id = self.instance_id
+        request.status = RequestStatus.WAITING
+        self.stats.num_routed += 1
+        self.waiting.push(request)
+        self.interrupt()
+
+    def interrupt(self) -> None:
+        """Something external changed: reconsider scheduling at the next boundary."""
+        if self.busy:
+            if self._run:
+                self._cut_run()
+        elif not self._wake_pending:
+            self._wake_pending = True
+            self.kernel.schedule(self.kernel.now, EngineWake(self.instance_id, self.generation))
+
+    def on_wake(self, event: EngineWake) -> None:
+        """Handler of :class:`EngineWake`."""
+        self._wake_pending = False
+        if not self.busy:
+            self._start_iteration(self.kernel.now)
+
+    def on_iteration_done(self, event: IterationDone) -> None:
+        """Handler of :class:`IterationDone`."""
+        if event.generation != self.generation:
+            return  # a stretch that was cut short; a newer event stands for it
+        now = self.kernel.now
+        if self._run:
+            self._commit_run(self._run_len)
+            self.stats.busy_s += now - self._run_start
+            self._run = []
+        else:
+            self._commit_iteration(now)
+            self.stats.busy_s += now - self._iter_start
+        self.busy = False
+        self._start_iteration(now)
+
+    # ------------------------------------------------------------------ lazy state
+
+    def advance_to(self, time: float) -> None:
+        """Apply every iteration of the in-flight decode stretch that ended by ``time``."""
+        if self._run:
+            done = int(np.searchsorted(self._run_ends, time, side="right"))
+            done = min(done, self._run_len - 1)  # the last one belongs to its event
+            if done > self._run_done:
+                self._commit_run(done)
+
+    def _cut_run(self) -> None:
+        now = self.kernel.now
+        self.advance_to(now)
+        in_flight = self._run_done  # index of the iteration running now
+        if in_flight + 1 < self._run_len:
+            self._run_len = in_flight + 1
+            self.generation += 1
+            self.kernel.schedule(
+                float(self._run_ends[in_flight]), IterationDone(self.instance_id, self.generation)
+            )
+
+    # ------------------------------------------------------------------ scheduling
+
+    def _start_iteration(self, now: float) -> None:
+        if self._try_decode_run(now):
+            return
+        batch = self._schedule(now)
+        if not batch:
+            return
+        shape = self._shape(batch)
+        self._batch = batch
+        self._iter_start = now
+        self.busy = True
+        self.generation += 1
+        self.stats.scheduled_tokens_last = shape.num_tokens
+        duration = self.latency.iteration_time_s(shape)
+        self.kernel.schedule(now + duration, IterationDone(self.instance_id, self.generation))
+
+    def _shape(self, batch: list[tuple[Request, int]]) -> BatchShape:
+        prefill_new: list[int] = []
+        prefill_ctx: list[int] = []
+        num_decodes = kv_sum = kv_max = 0
+        for request, num_new in batch:
+            computed = request.num_computed_tokens
+            if num_new == 1 and request.num_output_tokens and computed == request.num_tokens - 1:
+                num_decodes += 1
+                kv_sum += computed + 1
+                if computed + 1 > kv_max:
+                    kv_max = computed + 1
+            else:
+                prefill_new.append(num_new)
+                prefill_ctx.append(computed)
+        return BatchShape(tuple(prefill_new), tuple(prefill_ctx), num_decodes, kv_sum, kv_max)
+
+    def _victim(self) -> Request:
+        if self.params.scheduling_policy == "priority":
+            return max(self.running, key=lambda r: (r.priority, r.arrival_s, r.request_id))
+        return self.running[-1]
+
+    def _preempt(self, victim: Request) -> None:
+        self.running.remove(victim)
+        self.pool.free(victim)
+        victim.status = RequestStatus.PREEMPTED
+        victim.num_computed_tokens = 0
+        victim.num_preemptions += 1
+        self.stats.num_preemptions += 1
+        self.waiting.push_preempted(victim)
+
+    def _schedule(self, now: float) -> list[tuple[Request, int]]:
+        """One vLLM V1 ``schedule()`` call: running first, then waiting."""
+        params = self.params
+        pool = self.pool
+        running = self.running
+        threshold = params.long_prefill_token_threshold
+        budget = params.max_num_batched_tokens
+        scheduled: list[tuple[Request, int]] = []
+        preempted = False
+        index = 0
+        while index < len(running) and budget > 0:
+            request = running[index]
+            num_new = request.num_tokens - request.num_computed_tokens
+            if threshold and num_new > threshold:
+                num_new = threshold
+            if num_new > budget:
+                num_new = budget
+            fits = True
+            while not pool.grow(request, request.num_computed_tokens + num_new):
+                victim = self._victim()
+                victim_index = running.index(victim)
+                if victim_index < index:  # already scheduled this step: take it back
+                    for pos, (req, tokens) in enumerate(scheduled):
+                        if req is victim:
+                            budget += tokens
+                            del scheduled[pos]
+                            break
+                    index -= 1
+                self._preempt(victim)
+                preempted = True
+                if victim is request:
+                    fits = False
+                    break
+            if not fits:
+                break
+            scheduled.append((request, num_new))
+            budget -= num_new
+            index += 1
+        if preempted:
+            return scheduled
+        waiting = self.waiting
+        while waiting and budget > 0 and len(running) < params.max_num_seqs:
+            request = waiting.peek()
+            hit_blocks = pool.num_hit_blocks(request)
+            computed = hit_blocks * params.block_size
+            num_new = request.num_tokens - computed
+            if threshold and num_new > threshold:
+                num_new = threshold
+            if num_new > budget:
+                if not params.enable_chunked_prefill:
+                    break
+                num_new = budget
+            if not pool.admit(request, hit_blocks, num_new):
+                break
+            waiting.pop()
+            request.num_computed_tokens = computed
+            if request.num_cached_tokens < 0:
+                request.num_cached_tokens = computed
+                self.stats.prefix_query_tokens += request.num_prompt_tokens
+                self.stats.prefix_hit_tokens += computed
+            if math.isnan(request.first_scheduled_s):
+                request.first_scheduled_s = now
+            request.status = RequestStatus.RUNNING
+            running.append(request)
+            scheduled.append((request, num_new))
+            budget -= num_new
+        return scheduled
+
+    # ------------------------------------------------------------------ completion
+
+    def _sample(self, request: Request, now: float) -> None:
+        """``request`` caught up at ``now``: it emits one output token."""
+        request.num_output_tokens += 1
+        self.stats.generation_tokens += 1
+        if request.num_output_tokens == 1:
+            request.first_token_s = now
+        else:
+            gap = now - request.last_token_s
+            self.itl.add(gap)
+            if gap > request.itl_max_s:
+                request.itl_max_s = gap
+        request.last_token_s = now
+
+    def _finish(self, request: Request, now: float) -> None:
+        request.status = RequestStatus.FINISHED
+        request.finish_s = now
+        self.pool.free(request)
+        self.stats.num_finished += 1
+        self.on_finish(request)
+
+    def _commit_iteration(self, now: float) -> None:
+        pool = self.pool
+        finished = False
+        self.stats.num_iterations += 1
+        for request, num_new in self._batch:
+            if request.status != RequestStatus.RUNNING:
+                continue
+            computed = request.num_computed_tokens
+            is_decode = (
+                num_new == 1 and request.num_output_tokens and computed == request.num_tokens - 1
+            )
+            if not is_decode:
+                self.stats.prompt_tokens += num_new
+            request.num_computed_tokens = computed + num_new
+            pool.register_computed(request)
+            if request.num_computed_tokens == request.num_tokens:
+                self._sample(request, now)
+                if request.num_output_tokens >= request.max_output_tokens:
+                    self._finish(request, now)
+                    finished = True
+        self._batch = []
+        if finished:
+            self.running = [r for r in self.running if r.status == RequestStatus.RUNNING]
+
+    # ------------------------------------------------------------------ decode stretches
+
+    def _head_admissible(self) -> bool:
+        """Whether the scheduler would admit the head of the waiting queue now."""
+        request = self.waiting.peek()
+        pool = self.pool
+        hit_blocks = pool.num_hit_blocks(request)
+        num_new = request.num_tokens - hit_blocks * self.params.block_size
+        threshold = self.params.long_prefill_token_threshold
+        if threshold and num_new > threshold:
+            num_new = threshold
+        budget = self.params.max_num_batched_tokens - len(self.running)
+        if budget <= 0:
+            return False
+        if num_new > budget:
+            if not self.params.enable_chunked_prefill:
+                return False
+            num_new = budget
+        hashes = request.block_hashes(pool.block_size) if hit_blocks else ()
+        reclaim = sum(1 for h in hashes[:hit_blocks] if pool._cached[h][0] == 0)
+        need = pool.blocks_for(hit_blocks * pool.block_size + num_new) - hit_blocks
+        # Decodes of this iteration also need their next block.
+        bs = pool.block_size
+        decode_need = sum(
+            1 for r in self.running if -(-(r.num_computed_tokens + 1) // bs) > r.num_blocks
+        )
+        return need + reclaim + decode_need <= pool.num_free_blocks
+
+    def _try_decode_run(self, now: float) -> bool:
+        """Start a vectorised decode stretch if the next iterations are decode-only."""
+        running = self.running
+        num = len(running)
+        params = self.params
+        if num == 0 or num > params.max_num_batched_tokens:
+            return False
+        steps = params.max_decode_run
+        for request in running:
+            if request.num_tokens - request.num_computed_tokens != 1:
+                return False
+            left = request.max_output_tokens - request.num_output_tokens
+            if left < steps:
+                steps = left
+        if steps < 2:
+            return False  # a single iteration: the general path is as cheap
+        if self.waiting and num < params.max_num_seqs and self._head_admissible():
+            return False
+        bs = params.block_size
+        computed = np.fromiter((r.num_computed_tokens for r in running), dtype=np.int64, count=num)
+        held = np.fromiter((r.num_blocks for r in running), dtype=np.int64, count=num)
+        free = self.pool.num_free_blocks
+
+        def need(k: int) -> int:
+            return int(np.maximum(-(-(computed + k) // bs) - held, 0).sum())
+
+        if need(1) > free:
+            return False  # the general path preempts
+        if need(steps) > free:
+            lo, hi = 1, steps  # need(lo) fits, need(hi) does not
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if need(mid) <= free:
+                    lo = mid
+                else:
+                    hi = mid
+            steps = lo
+            if steps < 2:
+                return False
+        i = np.arange(1, steps + 1, dtype=np.float64)
+        kv_sum0 = float(computed.sum())
+        kv_max0 = float(computed.max())
+        durations = self.latency.decode_times_s(num, kv_sum0 + num * i, kv_max0 + i)
+        self._run = list(running)
+        self._run_ends = now + np.cumsum(durations)
+        self._run_start = now
+        self._run_done = 0
+        self._run_len = steps
+        self.busy = True
+        self.generation += 1
+        self.stats.scheduled_tokens_last = num
+        self.kernel.schedule(float(self._run_ends[-1]), IterationDone(self.instance_id, self.generation))
+        return True
+
+    def _commit_run(self, upto: int) -> None:
+        """Apply iterations ``[_run_done, upto)`` of the decode stretch."""
+        start = self._run_done
+        count = upto - start
+        if count <= 0:
+            return
+        ends = self._run_ends
+        t_end = float(ends[upto - 1])
+        run = self._run
+        num = len(run)
+        stats = self.stats
+        stats.num_iterations += count
+        stats.generation_tokens += num * count
+        # Inter-token latencies: the first iteration of the stretch measures from each
+        # request's previous token; later ones are the iteration durations.
+        lo = start
+        if start == 0:
+            t_first = float(ends[0])
+            for request in run:
+                gap = t_first - request.last_token_s
+                self.itl.add(gap)
+                if gap > request.itl_max_s:
+                    request.itl_max_s = gap
+            lo = 1
+        if upto > lo:
+            gaps = ends[lo:upto] - ends[lo - 1 : upto - 1]
+            self.itl.add_many(gaps, num)
+            peak = float(gaps.max())
+            for request in run:
+                if peak > request.itl_max_s:
+                    request.itl_max_s = peak
+        targets = []
+        total_new = 0
+        blocks_for = self.pool.blocks_for
+        for request in run:
+            request.num_computed_tokens += count
+            request.num_output_tokens += count
+            request.last_token_s = t_end
+            tokens = request.num_computed_tokens
+            targets.append(tokens)
+            grow = blocks_for(tokens) - request.num_blocks
+            if grow > 0:
+                total_new += grow
+        if total_new:
+            self.pool.grow_many(run, targets, total_new)
+        if self.pool.enable_prefix_caching:
+            for request in run:
+                if request.content is not None:
+                    self.pool.register_computed(request)
+        self._run_done = upto
+        if upto == self._run_len:
+            finished = False
+            for request in run:
+                if request.num_output_tokens >= request.max_output_tokens:
+                    self._finish(request, t_end)
+                    finished = True
+            if finished:
+                self.running = [r for r in self.running if r.status == RequestStatus.RUNNING]
+
+    # ------------------------------------------------------------------ horizon
+
+    def drain_unfinished(self) -> list[Request]:
+        """Remove and return every live request (used at the horizon)."""
+        self.advance_to(self.kernel.now)
+        live = list(self.running) + list(self.waiting)
+        for request in self.running:
+            self.pool.free(request)
+        self.running = []
+        self.waiting = make_waiting_queue(self.params.scheduling_policy)
+        self._run = []
+        self._batch = []
+        self.busy = False
+        self.generation += 1
+        return live

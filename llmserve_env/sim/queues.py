@@ -1,0 +1,130 @@
+"""Waiting queues: the scheduling-policy seam of an engine.
+
+``fcfs`` keeps arrival order (a preempted request goes back to the front, as in vLLM);
+``priority`` orders by ``(priority, arrival)`` like vLLM's priority policy;
+``shortest_prompt_first`` orders by prompt length, then arrival.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Iterator
+from typing import Protocol
+
+from llmserve_env.sim.request import Request
+
+
+class WaitingQueue(Protocol):
+    """What an engine needs of its waiting queue."""
+
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[Request]: ...
+    def push(self, request: Request) -> None:
+        """Add a new arrival."""
+        ...
+
+    def push_preempted(self, request: Request) -> None:
+        """Put back a preempted request."""
+        ...
+
+    def peek(self) -> Request:
+        """The next request to admit."""
+        ...
+
+    def pop(self) -> Request:
+        """Remove and return the next request to admit."""
+        ...
+
+    def remove(self, request: Request) -> None:
+        """Take a request out (rerouting, cancellation)."""
+        ...
+
+
+class FCFSQueue:
+    """First come, first served; preempted requests return to the front."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self) -> None:
+        self._items: deque[Request] = deque()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[Request]:
+        return iter(self._items)
+
+    def push(self, request: Request) -> None:
+        self._items.append(request)
+
+    def push_preempted(self, request: Request) -> None:
+        self._items.appendleft(request)
+
+    def peek(self) -> Request:
+        return self._items[0]
+
+    def pop(self) -> Request:
+        return self._items.popleft()
+
+    def remove(self, request: Request) -> None:
+        self._items.remove(request)
+
+
+class KeyedQueue:
+    """A heap ordered by ``(key, arrival, request id)``.
+
+    Args:
+        by_prompt: Order by prompt length (shortest first) instead of priority value.
+    """
+
+    __slots__ = ("_by_prompt", "_heap")
+
+    def __init__(self, by_prompt: bool) -> None:
+        self._by_prompt = by_prompt
+        self._heap: list[tuple[int, float, int, Request]] = []
+
+    def _key(self, request: Request) -> tuple[int, float, int, Request]:
+        first = request.num_prompt_tokens if self._by_prompt else request.priority
+        return (first, request.arrival_s, request.request_id, request)
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def __iter__(self) -> Iterator[Request]:
+        return (item[3] for item in sorted(self._heap, key=lambda item: item[:3]))
+
+    def push(self, request: Request) -> None:
+        heapq.heappush(self._heap, self._key(request))
+
+    push_preempted = push
+
+    def peek(self) -> Request:
+        return self._heap[0][3]
+
+    def pop(self) -> Request:
+        return heapq.heappop(self._heap)[3]
+
+    def remove(self, request: Request) -> None:
+        for index, item in enumerate(self._heap):
+            if item[3] is request:
+                self._heap[index] = self._heap[-1]
+                self._heap.pop()
+                heapq.heapify(self._heap)
+                return
+        raise ValueError(f"request {request.request_id} is not waiting")
+
+
+def make_waiting_queue(policy: str) -> WaitingQueue:
+    """The waiting queue of a scheduling policy."""
+    match policy:
+        case "fcfs":
+            return FCFSQueue()
+        case "priority":
+            return KeyedQueue(by_prompt=False)
+        case "shortest_prompt_first":
+            return KeyedQueue(by_prompt=True)
+        case _:
+            raise ValueError(
+                f"unknown scheduling policy {policy!r}; allowed: fcfs, priority, shortest_prompt_first"
+            )

@@ -1,0 +1,134 @@
+"""Cluster-level routing: which instance an arriving request goes to.
+
+Policies read each candidate's live state (the caller brings instances up to date
+first). Ties break towards the lowest instance index, so results are deterministic.
+
+================================  ===============================================
+policy                            picks
+================================  ===============================================
+round_robin                       the next instance in turn
+random                            uniformly at random (routing RNG stream)
+least_outstanding_requests        fewest waiting + running requests
+join_shortest_queue               fewest waiting requests, then fewest outstanding
+least_kv_usage                    lowest KV-cache usage, then fewest outstanding
+power_of_two_choices              the less loaded of two sampled at random
+prefix_affinity                   longest cached prefix of this request, then
+                                  fewest outstanding
+================================  ===============================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+from llmserve_env.sim.instance import Instance
+from llmserve_env.sim.request import Request
+
+ROUTER_POLICIES = (
+    "round_robin",
+    "random",
+    "least_outstanding_requests",
+    "join_shortest_queue",
+    "least_kv_usage",
+    "power_of_two_choices",
+    "prefix_affinity",
+)
+
+
+class RoutingPolicy(Protocol):
+    """Chooses an instance for a request among the available candidates."""
+
+    def choose(self, request: Request, candidates: Sequence[Instance]) -> Instance:
+        """Return one of ``candidates`` (never empty)."""
+        ...
+
+
+class RoundRobin:
+    """Cycle through the instances (by instance id, skipping unavailable ones)."""
+
+    def __init__(self) -> None:
+        self.next_id = 0
+
+    def choose(self, request: Request, candidates: Sequence[Instance]) -> Instance:
+        chosen = next((c for c in candidates if c.instance_id >= self.next_id), candidates[0])
+        self.next_id = chosen.instance_id + 1
+        return chosen
+
+
+class RandomChoice:
+    """Uniformly random choice from the routing RNG stream."""
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        self.rng = rng
+
+    def choose(self, request: Request, candidates: Sequence[Instance]) -> Instance:
+        return candidates[int(self.rng.integers(len(candidates)))]
+
+
+class LeastOutstanding:
+    """Fewest requests waiting or running."""
+
+    def choose(self, request: Request, candidates: Sequence[Instance]) -> Instance:
+        return min(candidates, key=lambda c: c.num_outstanding)
+
+
+class JoinShortestQueue:
+    """Fewest waiting requests; ties by fewest outstanding."""
+
+    def choose(self, request: Request, candidates: Sequence[Instance]) -> Instance:
+        return min(candidates, key=lambda c: (c.num_waiting, c.num_outstanding))
+
+
+class LeastKVUsage:
+    """Lowest KV-cache usage; ties by fewest outstanding."""
+
+    def choose(self, request: Request, candidates: Sequence[Instance]) -> Instance:
+        return min(candidates, key=lambda c: (c.kv_usage_frac, c.num_outstanding))
+
+
+class PowerOfTwoChoices:
+    """Sample two distinct instances, take the one with fewer outstanding requests."""
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        self.rng = rng
+
+    def choose(self, request: Request, candidates: Sequence[Instance]) -> Instance:
+        if len(candidates) == 1:
+            return candidates[0]
+        a, b = self.rng.choice(len(candidates), size=2, replace=False)
+        first, second = candidates[int(min(a, b))], candidates[int(max(a, b))]
+        return first if first.num_outstanding <= second.num_outstanding else second
+
+
+class PrefixAffinity:
+    """Longest cached prefix for this request; ties by fewest outstanding."""
+
+    def choose(self, request: Request, candidates: Sequence[Instance]) -> Instance:
+        return min(
+            candidates,
+            key=lambda c: (-c.pool.cached_prefix_tokens(request), c.num_outstanding),
+        )
+
+
+def make_router(policy: str, rng: np.random.Generator) -> RoutingPolicy:
+    """The routing policy named ``policy``."""
+    match policy:
+        case "round_robin":
+            return RoundRobin()
+        case "random":
+            return RandomChoice(rng)
+        case "least_outstanding_requests":
+            return LeastOutstanding()
+        case "join_shortest_queue":
+            return JoinShortestQueue()
+        case "least_kv_usage":
+            return LeastKVUsage()
+        case "power_of_two_choices":
+            return PowerOfTwoChoices(rng)
+        case "prefix_affinity":
+            return PrefixAffinity()
+        case _:
+            raise ValueError(f"unknown router policy {policy!r}; allowed: {', '.join(ROUTER_POLICIES)}")

@@ -1,0 +1,297 @@
+"""The simulation: kernel, instances, router, workload and metrics wired together.
+
+``Simulation`` owns the one dispatch table (event type -> component handler) and the
+request accounting: every arrival ends in exactly one terminal state (finished,
+rejected with a reason, or unfinished at the horizon).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from llmserve_env.sim.events import Arrival, DecisionPoint, EngineWake, IterationDone, Sample
+from llmserve_env.sim.instance import Instance
+from llmserve_env.sim.kernel import Kernel
+from llmserve_env.sim.metrics import MetricsRecorder, summarize
+from llmserve_env.sim.request import RejectReason, Request, RequestStatus
+from llmserve_env.sim.router import RoutingPolicy
+from llmserve_env.sim.stats import ItlHistogram
+from llmserve_env.sim.workload.base import WorkloadData
+
+ProgressCallback = Callable[[float, int, int], None]
+
+
+class Simulation:
+    """A runnable, resumable simulation of one cluster under one workload.
+
+    Built by :func:`llmserve_env.build.build_simulation`; usable on its own::
+
+        sim = build_simulation(load_scenario("default"))
+        sim.run_until(60.0)       # resumable
+        sim.run()                 # to the horizon, or until every request has ended
+        print(sim.summary())
+
+    Args:
+        kernel: The event kernel (shared with the instances).
+        instances: The serving instances.
+        router: Routing policy, or ``None`` for external routing: the simulation then
+            halts at each arrival with the request in :attr:`pending` until
+            :meth:`route` or :meth:`reject` is called.
+        workload: Every request, as arrays.
+        metrics: The recorder (holds the SLO).
+        itl: The inter-token-latency histogram the instances write to.
+        horizon_s: Stop time, or ``None`` to run until every request has ended.
+        sample_interval_s: Time-series interval (``None``: no sampling).
+        rngs: The named RNG streams (kept for forks).
+    """
+
+    def __init__(
+        self,
+        kernel: Kernel,
+        instances: list[Instance],
+        router: RoutingPolicy | None,
+        workload: WorkloadData,
+        metrics: MetricsRecorder,
+        itl: ItlHistogram,
+        *,
+        horizon_s: float | None = None,
+        sample_interval_s: float | None = 1.0,
+        rngs: dict[str, np.random.Generator] | None = None,
+    ) -> None:
+        self.kernel = kernel
+        self.instances = instances
+        self.router = router
+        self.workload = workload
+        self.metrics = metrics
+        self.itl = itl
+        self.horizon_s = horizon_s
+        self.sample_interval_s = sample_interval_s
+        self.rngs = rngs or {}
+        self.pending: list[Request] = []
+        self.num_arrived = 0
+        self.next_index = 0
+        self.finalized = False
+        self.wall_time_s = 0.0
+        self._next_sample = 0.0
+        for inst in instances:
+            inst.on_finish = self._on_finish
+        kernel.on(Arrival, self._on_arrival)
+        kernel.on(IterationDone, self._on_iteration_done)
+        kernel.on(EngineWake, self._on_wake)
+        kernel.on(Sample, self._on_sample)
+        kernel.on(DecisionPoint, self._on_decision)
+        self._schedule_next_arrival()
+        if sample_interval_s is not None:
+            kernel.schedule(0.0, Sample())
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def now(self) -> float:
+        """Current simulated time (s)."""
+        return self.kernel.now
+
+    @property
+    def arrivals_exhausted(self) -> bool:
+        """No request is left to arrive (before the horizon)."""
+        return self.next_index >= len(self.workload) or (
+            self.horizon_s is not None and self.workload.arrival_s[self.next_index] > self.horizon_s
+        )
+
+    @property
+    def drained(self) -> bool:
+        """Every request that will arrive has arrived and ended."""
+        return (
+            self.arrivals_exhausted
+            and not self.pending
+            and all(inst.num_outstanding == 0 and not inst.busy for inst in self.instances)
+        )
+
+    @property
+    def num_ended(self) -> int:
+        """Requests in a terminal state."""
+        m = self.metrics
+        return m.num_finished + m.num_rejected + m.num_unfinished
+
+    def sync(self) -> None:
+        """Bring every instance's lazily evaluated decode stretch up to now."""
+        now = self.kernel.now
+        for inst in self.instances:
+            inst.advance_to(now)
+
+    # ------------------------------------------------------------------ handlers
+
+    def _schedule_next_arrival(self) -> None:
+        if not self.arrivals_exhausted:
+            self.kernel.schedule(
+                max(float(self.workload.arrival_s[self.next_index]), self.kernel.now),
+                Arrival(self.next_index),
+            )
+
+    def _make_request(self, index: int) -> Request:
+        w = self.workload
+        return Request(
+            request_id=index,
+            arrival_s=float(w.arrival_s[index]),
+            num_prompt_tokens=int(w.prompt_tokens[index]),
+            max_output_tokens=int(w.output_tokens[index]),
+            priority=int(w.priority[index]),
+            content=w.contents[index] if w.contents is not None else None,
+            session_id=int(w.session_id[index]),
+        )
+
+    def _on_arrival(self, event: Arrival) -> None:
+        request = self._make_request(event.index)
+        self.num_arrived += 1
+        self.next_index = event.index + 1
+        self._schedule_next_arrival()
+        if self.router is None:
+            self.pending.append(request)
+            self.kernel.halt()
+            return
+        candidates = self.available_instances()
+        if not candidates:
+            self.reject(request, RejectReason.NO_INSTANCE)
+            return
+        for inst in candidates:
+            inst.advance_to(self.kernel.now)
+        self.route(request, self.router.choose(request, candidates).instance_id)
+
+    def _on_iteration_done(self, event: IterationDone) -> None:
+        self.instances[event.instance_id].on_iteration_done(event)
+
+    def _on_wake(self, event: EngineWake) -> None:
+        self.instances[event.instance_id].on_wake(event)
+
+    def _on_sample(self, event: Sample) -> None:
+        now = self.kernel.now
+        for inst in self.instances:
+            inst.advance_to(now)
+            self.metrics.sample(
+                now, inst.instance_id, inst.stats, inst.num_running, inst.num_waiting, inst.kv_usage_frac
+            )
+        interval = self.sample_interval_s
+        if interval is not None and not self.drained:
+            self._next_sample = now + interval
+            if self.horizon_s is None or self._next_sample <= self.horizon_s:
+                self.kernel.schedule(self._next_sample, Sample())
+
+    def _on_decision(self, event: DecisionPoint) -> None:
+        self.kernel.halt()
+
+    # ------------------------------------------------------------------ routing API
+
+    def available_instances(self) -> list[Instance]:
+        """Instances that may receive requests now."""
+        return self.instances
+
+    def route(self, request: Request, instance_id: int) -> bool:
+        """Send ``request`` to an instance; rejects it if that instance can never serve it.
+
+        Returns:
+            ``True`` if queued, ``False`` if rejected.
+        """
+        if request in self.pending:
+            self.pending.remove(request)
+        inst = self.instances[instance_id]
+        inst.advance_to(self.kernel.now)
+        reason = inst.admission_check(request)
+        if reason != RejectReason.NONE:
+            request.instance_id = instance_id
+            self.reject(request, reason)
+            return False
+        inst.add_request(request)
+        return True
+
+    def reject(self, request: Request, reason: RejectReason) -> None:
+        """End ``request`` as rejected."""
+        if request in self.pending:
+            self.pending.remove(request)
+        request.status = RequestStatus.REJECTED
+        request.reject_reason = reason
+        request.finish_s = self.kernel.now
+        self.metrics.record(request)
+
+    def _on_finish(self, request: Request) -> None:
+        self.metrics.record(request)
+
+    # ------------------------------------------------------------------ running
+
+    def run_until(self, until: float) -> bool:
+        """Advance to ``until`` (capped at the horizon); resumable.
+
+        Returns:
+            ``True`` if it halted early (an external routing decision or a decision point).
+        """
+        if self.horizon_s is not None:
+            until = min(until, self.horizon_s)
+        start = time.perf_counter()
+        halted = self.kernel.run_until(until)
+        self.wall_time_s += time.perf_counter() - start
+        return halted
+
+    def run(self, progress: ProgressCallback | None = None, chunk_s: float = 10.0) -> dict[str, Any]:
+        """Run to the horizon (or until drained), finalize and return the summary.
+
+        Args:
+            progress: Called as ``progress(now, num_ended, num_total)`` between chunks.
+            chunk_s: Simulated seconds between progress calls.
+        """
+        if self.router is None:
+            raise RuntimeError("run() needs a routing policy; with external routing use run_until")
+        end = self.horizon_s if self.horizon_s is not None else math.inf
+        while not self.finalized:
+            target = min(self.kernel.now + chunk_s, end) if progress else end
+            self.run_until(target)
+            if progress:
+                progress(self.kernel.now, self.num_ended, len(self.workload))
+            if self.drained or self.kernel.now >= end:
+                break
+            if not len(self.kernel):
+                raise RuntimeError(
+                    f"simulation stalled at t={self.kernel.now:.3f}s with requests in flight"
+                )
+        self.finalize()
+        return self.summary()
+
+    def finalize(self) -> None:
+        """End every live request as unfinished (at the horizon) and take a last sample."""
+        if self.finalized:
+            return
+        self.sync()
+        for request in list(self.pending):
+            self.pending.remove(request)
+            self._end_unfinished(request)
+        for inst in self.instances:
+            for request in inst.drain_unfinished():
+                self._end_unfinished(request)
+        self.finalized = True
+
+    def _end_unfinished(self, request: Request) -> None:
+        request.status = RequestStatus.UNFINISHED
+        self.metrics.record(request)
+
+    def summary(self) -> dict[str, Any]:
+        """The run summary (see :func:`llmserve_env.sim.metrics.summarize`)."""
+        return summarize(
+            self.metrics,
+            self.itl,
+            num_arrived=self.num_arrived,
+            instance_stats=[inst.stats for inst in self.instances],
+            wall_time_s=self.wall_time_s,
+            end_time_s=self.kernel.now,
+        )
+
+    def check_invariants(self) -> None:
+        """Assert request accounting and per-instance KV conservation (for tests)."""
+        live = sum(inst.num_outstanding for inst in self.instances) + len(self.pending)
+        assert self.num_ended + live == self.num_arrived, (self.num_ended, live, self.num_arrived)
+        for inst in self.instances:
+            inst.pool.check()
+            held = sum(r.num_blocks - r.num_hashed_blocks for r in inst.running)
+            assert held == inst.pool.num_private_held or inst._run, (held, inst.pool.num_private_held)

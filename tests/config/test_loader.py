@@ -1,0 +1,141 @@
+"""Scenario loading: strict schema, line numbers, dotted keys, overrides, JSON Schema."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from llmserve_env.config import ScenarioError, load_scenario_file, scenario_json_schema
+from llmserve_env.config.loader import apply_overrides, parse_override
+
+GOOD = """\
+name: t
+cluster:
+  nodes:
+    - instances:
+        - model: meta-llama/Llama-3.1-8B
+          device: H100-SXM
+engine:
+  max_num_seqs: 64
+workload:
+  kind: synthetic
+  arrival: {process: poisson, rate_rps: 2}
+  prompt_tokens: {dist: fixed, value: 100}
+  output_tokens: {dist: fixed, value: 10}
+  num_requests: 10
+"""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_good_scenario_loads_and_engine_defaults_merge(tmp_path: Path) -> None:
+    scenario = load_scenario_file(_write(tmp_path, GOOD))
+    group = scenario.cluster.nodes[0].instances[0]
+    assert group.engine.max_num_seqs == 64  # from the top-level engine section
+    assert group.engine.block_size == 16  # vLLM default
+    assert scenario.workload.kind == "synthetic"
+
+
+def test_unknown_key_names_file_line_and_dotted_key(tmp_path: Path) -> None:
+    text = GOOD.replace("  max_num_seqs: 64", "  max_num_seqs: 64\n  max_num_seq: 3")
+    with pytest.raises(ScenarioError) as info:
+        load_scenario_file(_write(tmp_path, text))
+    message = str(info.value)
+    assert "s.yaml:9" in message
+    assert "max_num_seq" in message and "unknown key" in message
+
+
+def test_wrong_type_and_range(tmp_path: Path) -> None:
+    text = GOOD.replace("max_num_seqs: 64", "max_num_seqs: -1").replace("rate_rps: 2", "rate_rps: fast")
+    with pytest.raises(ScenarioError) as info:
+        load_scenario_file(_write(tmp_path, text))
+    message = str(info.value)
+    assert "engine.max_num_seqs" in message and "greater than 0" in message
+    # The union tag ('poisson') is not part of the key the user sees.
+    assert "workload.arrival.rate_rps" in message and "s.yaml:11" in message
+    assert len(info.value.problems) >= 2
+
+
+def test_literal_lists_allowed_values(tmp_path: Path) -> None:
+    text = GOOD.replace("max_num_seqs: 64", "scheduling_policy: lifo")
+    with pytest.raises(ScenarioError) as info:
+        load_scenario_file(_write(tmp_path, text))
+    message = str(info.value)
+    assert "scheduling_policy" in message and "fcfs" in message and "priority" in message
+
+
+def test_bad_discriminator_lists_choices(tmp_path: Path) -> None:
+    text = GOOD.replace("process: poisson", "process: hawkes")
+    with pytest.raises(ScenarioError) as info:
+        load_scenario_file(_write(tmp_path, text))
+    assert "hawkes" in str(info.value) and "gamma" in str(info.value)
+
+
+def test_missing_file_reference(tmp_path: Path) -> None:
+    text = GOOD.replace(
+        "  kind: synthetic\n  arrival: {process: poisson, rate_rps: 2}\n  prompt_tokens: {dist: fixed, value: 100}\n  output_tokens: {dist: fixed, value: 10}\n  num_requests: 10\n",
+        "  kind: trace\n  path: nowhere.jsonl\n",
+    )
+    with pytest.raises(ScenarioError) as info:
+        load_scenario_file(_write(tmp_path, text))
+    assert "workload.path" in str(info.value) and "file not found" in str(info.value)
+
+
+def test_cross_field_checks(tmp_path: Path) -> None:
+    text = GOOD.replace("        - model:", "      num_devices: 2\n      instances:\n        - tp: 2\n          count: 2\n          model:").replace(
+        "    - instances:\n", "    -\n"
+    )
+    with pytest.raises(ScenarioError) as info:
+        load_scenario_file(_write(tmp_path, text))
+    assert "need 4 devices" in str(info.value)
+    unbounded = GOOD.replace("  num_requests: 10\n", "")
+    with pytest.raises(ScenarioError, match="num_requests or duration_s"):
+        load_scenario_file(_write(tmp_path, unbounded))
+
+
+def test_yaml_syntax_and_duplicate_keys(tmp_path: Path) -> None:
+    with pytest.raises(ScenarioError, match=r"s\.yaml:\d+: YAML error"):
+        load_scenario_file(_write(tmp_path, "name: x\ncluster:\n  nodes: [\n"))
+    with pytest.raises(ScenarioError, match="duplicate key 'name'"):
+        load_scenario_file(_write(tmp_path, "name: x\nname: y\n"))
+    with pytest.raises(ScenarioError, match="not found"):
+        load_scenario_file(tmp_path / "absent.yaml")
+
+
+def test_overrides(tmp_path: Path) -> None:
+    path = _write(tmp_path, GOOD)
+    scenario = load_scenario_file(
+        path,
+        [
+            "engine.max_num_seqs=8",
+            "cluster.nodes.0.instances.0.tp=2",
+            "workload.arrival={process: gamma, rate_rps: 3, cv: 2}",
+            "slo.ttft_ms=250",
+        ],
+    )
+    assert scenario.cluster.nodes[0].instances[0].engine.max_num_seqs == 8
+    assert scenario.cluster.nodes[0].instances[0].tp == 2
+    assert scenario.workload.arrival.process == "gamma"
+    assert scenario.slo.ttft_ms == 250
+    with pytest.raises(ScenarioError, match="no list item"):
+        load_scenario_file(path, ["cluster.nodes.3.count=2"])
+    with pytest.raises(ScenarioError, match="unknown key"):
+        load_scenario_file(path, ["engine.bogus=1"])
+    with pytest.raises(ScenarioError, match="dotted.key=value"):
+        parse_override("engine.max_num_seqs")
+    assert apply_overrides({"a": {"b": 1}}, ["a.c=[1, 2]"]) == {"a": {"b": 1, "c": [1, 2]}}
+
+
+def test_json_schema_is_valid_json_with_descriptions() -> None:
+    schema = scenario_json_schema()
+    text = json.dumps(schema)
+    assert "max_num_batched_tokens" in text
+    engine = schema["$defs"]["EngineConfig"]
+    assert engine["additionalProperties"] is False
+    assert "Token budget" in engine["properties"]["max_num_batched_tokens"]["description"]
