@@ -228,7 +228,9 @@ def plan_instances(scenario: Scenario) -> list[InstancePlan]:
                 arch = load_model_arch(group.model)
                 device = resolve_device(group.device)
                 try:
-                    params = resolve_engine(group.engine, arch, device, group.tp, group.dtype, scenario)
+                    params = resolve_engine(
+                        group.engine, arch, device, group.tp, group.dtype, scenario
+                    )
                 except ValueError as exc:
                     raise ScenarioError([(key, str(exc))]) from exc
                 base = group.name or arch.name.split("/")[-1]

@@ -43,7 +43,9 @@ def _write_csv(path: Path, table: Mapping[str, np.ndarray]) -> None:
         writer.writerow(names)
         for row in zip(*columns, strict=True):
             writer.writerow(
-                "" if isinstance(v, float) and math.isnan(v) else (f"{v:.9g}" if isinstance(v, float) else v)
+                ""
+                if isinstance(v, float) and math.isnan(v)
+                else (f"{v:.9g}" if isinstance(v, float) else v)
                 for v in row
             )
 

@@ -68,7 +68,12 @@ def _summary_table(summary: dict[str, Any], title: str) -> Table:
     if summary.get("energy_j") is not None:
         rows.append(("energy", f"{summary['energy_j'] / 1e3:.1f} kJ"))
     speed = summary.get("sim_speed_requests_per_s")
-    rows.append(("wall time", f"{summary['wall_time_s']:.2f} s" + (f" ({speed:,.0f} req/s)" if speed else "")))
+    rows.append(
+        (
+            "wall time",
+            f"{summary['wall_time_s']:.2f} s" + (f" ({speed:,.0f} req/s)" if speed else ""),
+        )
+    )
     for name, value in rows:
         table.add_row(name, value)
     return table
@@ -76,10 +81,24 @@ def _summary_table(summary: dict[str, Any], title: str) -> Table:
 
 @main.command()
 @click.argument("scenario")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a scenario key (dotted path), repeatable.")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a scenario key (dotted path), repeatable.",
+)
 @click.option("--seed", type=int, default=None, help="Replace the scenario's seed.")
-@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=None, help="Output folder (default: runs/<scenario name>).")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on stdout.")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Output folder (default: runs/<scenario name>).",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the summary as one JSON object on stdout."
+)
 @click.option("--no-output", is_flag=True, help="Write no files.")
 def run(
     scenario: str,
@@ -153,7 +172,13 @@ def scenarios() -> None:
 
 
 @main.command()
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write to a file instead of stdout.")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write to a file instead of stdout.",
+)
 def schema(output: Path | None) -> None:
     """Print the JSON Schema of scenario files."""
     from llmserve_env.config.loader import scenario_json_schema
@@ -171,7 +196,16 @@ def devices() -> None:
     from llmserve_env.perf.hardware import device_catalog
 
     table = Table(show_header=True, header_style="bold")
-    for column in ("device", "BF16 TFLOP/s", "FP8 TFLOP/s", "memory GiB", "GB/s", "link GB/s", "TDP W", "idle W"):
+    for column in (
+        "device",
+        "BF16 TFLOP/s",
+        "FP8 TFLOP/s",
+        "memory GiB",
+        "GB/s",
+        "link GB/s",
+        "TDP W",
+        "idle W",
+    ):
         table.add_column(column, justify="right" if column != "device" else "left")
     for spec in device_catalog().values():
         table.add_row(
@@ -211,7 +245,9 @@ def models() -> None:
 
 @main.command()
 @click.argument("scenario")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a scenario key.")
+@click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a scenario key."
+)
 def describe(scenario: str, overrides: tuple[str, ...]) -> None:
     """Validate SCENARIO and show its instances (KV capacity, resolved engine knobs)."""
     from llmserve_env.build import describe_instances, load_scenario

@@ -56,7 +56,9 @@ class LatencyModel(Protocol):
         """Seconds one iteration with this batch takes."""
         ...
 
-    def decode_times_s(self, num_decodes: int, kv_sum: FloatArray, kv_max: FloatArray) -> FloatArray:
+    def decode_times_s(
+        self, num_decodes: int, kv_sum: FloatArray, kv_max: FloatArray
+    ) -> FloatArray:
         """Seconds of consecutive decode-only iterations.
 
         Args:

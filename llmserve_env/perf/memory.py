@@ -20,7 +20,9 @@ def activation_reserve_bytes(
     """
     wb = DTYPE_BYTES[dtype]
     inter = (
-        arch.moe_intermediate_size * arch.experts_per_token if arch.is_moe else arch.intermediate_size
+        arch.moe_intermediate_size * arch.experts_per_token
+        if arch.is_moe
+        else arch.intermediate_size
     )
     mlp = max_num_batched_tokens * (2 * inter / tp + 4 * arch.hidden_size) * wb
     logits = max_num_seqs * arch.vocab_size * 4 / tp

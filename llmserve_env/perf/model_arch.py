@@ -76,7 +76,9 @@ class ModelArch:
         """MLP weights one token touches in one layer."""
         if self.is_moe:
             router = self.hidden_size * self.num_experts
-            return self.experts_per_token * 3 * self.hidden_size * self.moe_intermediate_size + router
+            return (
+                self.experts_per_token * 3 * self.hidden_size * self.moe_intermediate_size + router
+            )
         return self.mlp_params_per_layer
 
     @property
@@ -118,10 +120,18 @@ def arch_from_hf_config(cfg: dict[str, Any], name: str, path: Path) -> ModelArch
         heads = int(_get(cfg, path, "num_attention_heads", "n_head"))
         kv_heads = int(_get(cfg, path, "num_key_value_heads", default=heads))
         head_dim = int(_get(cfg, path, "head_dim", default=hidden // heads))
-        num_experts = int(_get(cfg, path, "num_local_experts", "num_experts", "n_routed_experts", default=0) or 0)
+        num_experts = int(
+            _get(cfg, path, "num_local_experts", "num_experts", "n_routed_experts", default=0) or 0
+        )
         experts_per_token = int(_get(cfg, path, "num_experts_per_tok", "moe_top_k", default=0) or 0)
-        intermediate = int(_get(cfg, path, "intermediate_size", "ffn_dim", "n_inner", default=4 * hidden))
-        moe_inter = int(_get(cfg, path, "moe_intermediate_size", default=intermediate)) if num_experts else 0
+        intermediate = int(
+            _get(cfg, path, "intermediate_size", "ffn_dim", "n_inner", default=4 * hidden)
+        )
+        moe_inter = (
+            int(_get(cfg, path, "moe_intermediate_size", default=intermediate))
+            if num_experts
+            else 0
+        )
         return ModelArch(
             name=name,
             architecture=str((cfg.get("architectures") or ["unknown"])[0]),
@@ -132,7 +142,11 @@ def arch_from_hf_config(cfg: dict[str, Any], name: str, path: Path) -> ModelArch
             head_dim=head_dim,
             intermediate_size=intermediate,
             vocab_size=int(_get(cfg, path, "vocab_size")),
-            max_position_embeddings=int(_get(cfg, path, "max_position_embeddings", "n_positions", "seq_length", default=4096)),
+            max_position_embeddings=int(
+                _get(
+                    cfg, path, "max_position_embeddings", "n_positions", "seq_length", default=4096
+                )
+            ),
             num_experts=num_experts,
             experts_per_token=experts_per_token if num_experts else 0,
             moe_intermediate_size=moe_inter,

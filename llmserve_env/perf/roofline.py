@@ -84,7 +84,9 @@ class RooflineModel:
         self._attn_w_bytes = layers * arch.attn_params_per_layer * wb / tp
         self._attn_w_params = layers * arch.attn_params_per_layer / tp
         self._mlp_w_params_active = layers * arch.active_mlp_params_per_layer / tp
-        self._mlp_w_bytes_dense = 0.0 if arch.is_moe else layers * arch.mlp_params_per_layer * wb / tp
+        self._mlp_w_bytes_dense = (
+            0.0 if arch.is_moe else layers * arch.mlp_params_per_layer * wb / tp
+        )
         self._expert_bytes = (
             layers * 3 * h * arch.moe_intermediate_size * wb / tp if arch.is_moe else 0.0
         )
@@ -96,7 +98,11 @@ class RooflineModel:
             2 * layers * arch.num_kv_heads * arch.head_dim * kvb / tp
         )
         # Elementwise traffic (norms, rotary, activation, residual) per token, all layers.
-        inter = arch.moe_intermediate_size * arch.experts_per_token if arch.is_moe else arch.intermediate_size
+        inter = (
+            arch.moe_intermediate_size * arch.experts_per_token
+            if arch.is_moe
+            else arch.intermediate_size
+        )
         self._elementwise_bytes_per_token = layers * (8 * h + 3 * inter / tp) * wb
         # Tensor-parallel all-reduce: two per layer, ring algorithm.
         if tp > 1:
@@ -134,7 +140,9 @@ class RooflineModel:
             + num_tokens * self._elementwise_bytes_per_token
         )
         body = self._roof(flops, nbytes, self._flops_gemm)
-        head = self._roof(2.0 * num_seqs * self._lm_head_params, self._lm_head_bytes, self._flops_gemm)
+        head = self._roof(
+            2.0 * num_seqs * self._lm_head_params, self._lm_head_bytes, self._flops_gemm
+        )
         comm = self._ar_fixed + self._ar_bytes_factor * num_tokens if num_tokens else 0.0
         return body + head + comm
 
@@ -167,7 +175,9 @@ class RooflineModel:
             total += batch.decode_kv_sum * max(per_flop, per_byte)
         return total
 
-    def decode_times_s(self, num_decodes: int, kv_sum: FloatArray, kv_max: FloatArray) -> FloatArray:
+    def decode_times_s(
+        self, num_decodes: int, kv_sum: FloatArray, kv_max: FloatArray
+    ) -> FloatArray:
         """Latencies of consecutive decode-only iterations (vectorised)."""
         cached = self._decode_cache.get(num_decodes)
         if cached is None:

@@ -137,7 +137,10 @@ class Instance:
             return RejectReason.PROMPT_TOO_LONG
         if self.pool.blocks_for(total) > self.params.num_blocks:
             return RejectReason.EXCEEDS_KV_CAPACITY
-        if self.params.max_num_waiting is not None and len(self.waiting) >= self.params.max_num_waiting:
+        if (
+            self.params.max_num_waiting is not None
+            and len(self.waiting) >= self.params.max_num_waiting
+        ):
             return RejectReason.QUEUE_FULL
         return RejectReason.NONE
 
@@ -186,15 +189,14 @@ class Instance:
     def advance_to(self, time: float) -> None:
         """Apply every iteration of the in-flight decode stretch that ended by ``time``."""
         if self._run:
-            done = int(np.searchsorted(self._run_ends, time, side="right"))
+            done = int(self._run_ends.searchsorted(time, side="right"))
             done = min(done, self._run_len - 1)  # the last one belongs to its event
             if done > self._run_done:
                 self._commit_run(done)
 
     def _cut_run(self) -> None:
-        now = self.kernel.now
-        self.advance_to(now)
-        in_flight = self._run_done  # index of the iteration running now
+        """End the decode stretch at the boundary of the iteration in flight now."""
+        in_flight = int(self._run_ends.searchsorted(self.kernel.now, side="right"))
         if in_flight + 1 < self._run_len:
             self._run_len = in_flight + 1
             self.generation += 1
@@ -400,7 +402,10 @@ class Instance:
             return False
         steps = params.max_decode_run
         for request in running:
-            if request.num_tokens - request.num_computed_tokens != 1:
+            if (
+                request.num_prompt_tokens + request.num_output_tokens - request.num_computed_tokens
+                != 1
+            ):
                 return False
             left = request.max_output_tokens - request.num_output_tokens
             if left < steps:
@@ -410,12 +415,17 @@ class Instance:
         if self.waiting and num < params.max_num_seqs and self._head_admissible():
             return False
         bs = params.block_size
-        computed = np.fromiter((r.num_computed_tokens for r in running), dtype=np.int64, count=num)
-        held = np.fromiter((r.num_blocks for r in running), dtype=np.int64, count=num)
+        computed = [r.num_computed_tokens for r in running]
+        held = [r.num_blocks for r in running]
         free = self.pool.num_free_blocks
 
         def need(k: int) -> int:
-            return int(np.maximum(-(-(computed + k) // bs) - held, 0).sum())
+            total = 0
+            for c, b in zip(computed, held, strict=True):
+                extra = (c + k + bs - 1) // bs - b
+                if extra > 0:
+                    total += extra
+            return total
 
         if need(1) > free:
             return False  # the general path preempts
@@ -431,8 +441,8 @@ class Instance:
             if steps < 2:
                 return False
         i = np.arange(1, steps + 1, dtype=np.float64)
-        kv_sum0 = float(computed.sum())
-        kv_max0 = float(computed.max())
+        kv_sum0 = float(sum(computed))
+        kv_max0 = float(max(computed))
         durations = self.latency.decode_times_s(num, kv_sum0 + num * i, kv_max0 + i)
         self._run = list(running)
         self._run_ends = now + np.cumsum(durations)
@@ -442,7 +452,9 @@ class Instance:
         self.busy = True
         self.generation += 1
         self.stats.scheduled_tokens_last = num
-        self.kernel.schedule(float(self._run_ends[-1]), IterationDone(self.instance_id, self.generation))
+        self.kernel.schedule(
+            float(self._run_ends[-1]), IterationDone(self.instance_id, self.generation)
+        )
         return True
 
     def _commit_run(self, upto: int) -> None:
@@ -458,42 +470,43 @@ class Instance:
         stats = self.stats
         stats.num_iterations += count
         stats.generation_tokens += num * count
-        # Inter-token latencies: the first iteration of the stretch measures from each
+        itl = self.itl
+        # Inter-token latencies: the stretch's first iteration measures from each
         # request's previous token; later ones are the iteration durations.
-        lo = start
-        if start == 0:
-            t_first = float(ends[0])
-            for request in run:
-                gap = t_first - request.last_token_s
-                self.itl.add(gap)
-                if gap > request.itl_max_s:
-                    request.itl_max_s = gap
-            lo = 1
+        first = start == 0
+        t_first = float(ends[0])
+        lo = 1 if first else start
+        peak = 0.0
         if upto > lo:
             gaps = ends[lo:upto] - ends[lo - 1 : upto - 1]
-            self.itl.add_many(gaps, num)
+            itl.add_many(gaps, num)
             peak = float(gaps.max())
-            for request in run:
-                if peak > request.itl_max_s:
-                    request.itl_max_s = peak
-        targets = []
+        bs = self.params.block_size
         total_new = 0
-        blocks_for = self.pool.blocks_for
         for request in run:
-            request.num_computed_tokens += count
+            worst = peak
+            if first:
+                gap = t_first - request.last_token_s
+                itl.add(gap)
+                if gap > worst:
+                    worst = gap
+            if worst > request.itl_max_s:
+                request.itl_max_s = worst
+            computed = request.num_computed_tokens + count
+            request.num_computed_tokens = computed
             request.num_output_tokens += count
             request.last_token_s = t_end
-            tokens = request.num_computed_tokens
-            targets.append(tokens)
-            grow = blocks_for(tokens) - request.num_blocks
-            if grow > 0:
-                total_new += grow
+            blocks = (computed + bs - 1) // bs
+            if blocks > request.num_blocks:
+                total_new += blocks - request.num_blocks
+                request.num_blocks = blocks
+        pool = self.pool
         if total_new:
-            self.pool.grow_many(run, targets, total_new)
-        if self.pool.enable_prefix_caching:
+            pool.take_private(total_new)
+        if pool.enable_prefix_caching:
             for request in run:
                 if request.content is not None:
-                    self.pool.register_computed(request)
+                    pool.register_computed(request)
         self._run_done = upto
         if upto == self._run_len:
             finished = False

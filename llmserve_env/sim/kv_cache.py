@@ -59,7 +59,9 @@ class KVBlockPool:
         self._cached: dict[int, list[int]] = {}
         # Entries: int n > 0 = a run of n private free blocks; (hash, token) = a cached
         # free block (stale when the record's token no longer matches).
-        self._free_queue: deque[int | tuple[int, int]] = deque([num_blocks]) if num_blocks else deque()
+        self._free_queue: deque[int | tuple[int, int]] = (
+            deque([num_blocks]) if num_blocks else deque()
+        )
         self._token = 0
 
     # ------------------------------------------------------------------ queries
@@ -203,16 +205,12 @@ class KVBlockPool:
         request.num_blocks += need
         return True
 
-    def grow_many(self, requests: list[Request], num_tokens: list[int], total_new: int) -> None:
-        """Grow several requests at once; the caller has checked that ``total_new`` blocks
-        (the sum of their needs) are free."""
-        self._take(total_new)
-        self.num_private_held += total_new
-        blocks_for = self.blocks_for
-        for request, tokens in zip(requests, num_tokens, strict=True):
-            need = blocks_for(tokens)
-            if need > request.num_blocks:
-                request.num_blocks = need
+    def take_private(self, count: int) -> None:
+        """Hand ``count`` free blocks to requests whose ``num_blocks`` the caller already
+        raised by that much in total (the vectorised decode path); the caller has
+        checked that they are free."""
+        self._take(count)
+        self.num_private_held += count
 
     def register_computed(self, request: Request) -> None:
         """Turn ``request``'s newly full, computed blocks into cached blocks."""

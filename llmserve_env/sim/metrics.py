@@ -132,7 +132,13 @@ class MetricsRecorder:
         )
 
     def sample(
-        self, time_s: float, instance_id: int, stats: InstanceStats, running: int, waiting: int, kv: float
+        self,
+        time_s: float,
+        instance_id: int,
+        stats: InstanceStats,
+        running: int,
+        waiting: int,
+        kv: float,
     ) -> None:
         """Append one time-series row for one instance."""
         prev = self._last_counts.get(instance_id, (0.0, 0, 0, 0, 0))
@@ -176,13 +182,20 @@ class MetricsRecorder:
         if not self.series:
             return {name: np.empty(0) for name in TIMESERIES_COLUMNS}
         columns = list(zip(*self.series, strict=True))
-        return {name: np.asarray(col) for name, col in zip(TIMESERIES_COLUMNS, columns, strict=True)}
+        return {
+            name: np.asarray(col) for name, col in zip(TIMESERIES_COLUMNS, columns, strict=True)
+        }
 
 
 def _stats(prefix: str, values_ms: np.ndarray) -> dict[str, float | None]:
     values_ms = values_ms[~np.isnan(values_ms)]
     if len(values_ms) == 0:
-        return {f"mean_{prefix}_ms": None, f"p50_{prefix}_ms": None, f"p90_{prefix}_ms": None, f"p99_{prefix}_ms": None}
+        return {
+            f"mean_{prefix}_ms": None,
+            f"p50_{prefix}_ms": None,
+            f"p90_{prefix}_ms": None,
+            f"p99_{prefix}_ms": None,
+        }
     p50, p90, p99 = np.percentile(values_ms, [50, 90, 99])
     return {
         f"mean_{prefix}_ms": float(values_ms.mean()),

@@ -39,7 +39,14 @@ ROUTER_POLICIES = (
 
 
 class RoutingPolicy(Protocol):
-    """Chooses an instance for a request among the available candidates."""
+    """Chooses an instance for a request among the available candidates.
+
+    Attributes:
+        reads_state: Whether :meth:`choose` reads instance state (then the caller brings
+            every candidate up to date first).
+    """
+
+    reads_state: bool
 
     def choose(self, request: Request, candidates: Sequence[Instance]) -> Instance:
         """Return one of ``candidates`` (never empty)."""
@@ -48,6 +55,8 @@ class RoutingPolicy(Protocol):
 
 class RoundRobin:
     """Cycle through the instances (by instance id, skipping unavailable ones)."""
+
+    reads_state = False
 
     def __init__(self) -> None:
         self.next_id = 0
@@ -61,6 +70,8 @@ class RoundRobin:
 class RandomChoice:
     """Uniformly random choice from the routing RNG stream."""
 
+    reads_state = False
+
     def __init__(self, rng: np.random.Generator) -> None:
         self.rng = rng
 
@@ -71,12 +82,16 @@ class RandomChoice:
 class LeastOutstanding:
     """Fewest requests waiting or running."""
 
+    reads_state = True
+
     def choose(self, request: Request, candidates: Sequence[Instance]) -> Instance:
         return min(candidates, key=lambda c: c.num_outstanding)
 
 
 class JoinShortestQueue:
     """Fewest waiting requests; ties by fewest outstanding."""
+
+    reads_state = True
 
     def choose(self, request: Request, candidates: Sequence[Instance]) -> Instance:
         return min(candidates, key=lambda c: (c.num_waiting, c.num_outstanding))
@@ -85,12 +100,16 @@ class JoinShortestQueue:
 class LeastKVUsage:
     """Lowest KV-cache usage; ties by fewest outstanding."""
 
+    reads_state = True
+
     def choose(self, request: Request, candidates: Sequence[Instance]) -> Instance:
         return min(candidates, key=lambda c: (c.kv_usage_frac, c.num_outstanding))
 
 
 class PowerOfTwoChoices:
     """Sample two distinct instances, take the one with fewer outstanding requests."""
+
+    reads_state = True
 
     def __init__(self, rng: np.random.Generator) -> None:
         self.rng = rng
@@ -105,6 +124,8 @@ class PowerOfTwoChoices:
 
 class PrefixAffinity:
     """Longest cached prefix for this request; ties by fewest outstanding."""
+
+    reads_state = True
 
     def choose(self, request: Request, candidates: Sequence[Instance]) -> Instance:
         return min(
@@ -131,4 +152,6 @@ def make_router(policy: str, rng: np.random.Generator) -> RoutingPolicy:
         case "prefix_affinity":
             return PrefixAffinity()
         case _:
-            raise ValueError(f"unknown router policy {policy!r}; allowed: {', '.join(ROUTER_POLICIES)}")
+            raise ValueError(
+                f"unknown router policy {policy!r}; allowed: {', '.join(ROUTER_POLICIES)}"
+            )

@@ -158,8 +158,9 @@ class Simulation:
         if not candidates:
             self.reject(request, RejectReason.NO_INSTANCE)
             return
-        for inst in candidates:
-            inst.advance_to(self.kernel.now)
+        if self.router.reads_state:
+            for inst in candidates:
+                inst.advance_to(self.kernel.now)
         self.route(request, self.router.choose(request, candidates).instance_id)
 
     def _on_iteration_done(self, event: IterationDone) -> None:
@@ -173,7 +174,12 @@ class Simulation:
         for inst in self.instances:
             inst.advance_to(now)
             self.metrics.sample(
-                now, inst.instance_id, inst.stats, inst.num_running, inst.num_waiting, inst.kv_usage_frac
+                now,
+                inst.instance_id,
+                inst.stats,
+                inst.num_running,
+                inst.num_waiting,
+                inst.kv_usage_frac,
             )
         interval = self.sample_interval_s
         if interval is not None and not self.drained:
@@ -199,7 +205,6 @@ class Simulation:
         if request in self.pending:
             self.pending.remove(request)
         inst = self.instances[instance_id]
-        inst.advance_to(self.kernel.now)
         reason = inst.admission_check(request)
         if reason != RejectReason.NONE:
             request.instance_id = instance_id
@@ -235,7 +240,9 @@ class Simulation:
         self.wall_time_s += time.perf_counter() - start
         return halted
 
-    def run(self, progress: ProgressCallback | None = None, chunk_s: float = 10.0) -> dict[str, Any]:
+    def run(
+        self, progress: ProgressCallback | None = None, chunk_s: float = 10.0
+    ) -> dict[str, Any]:
         """Run to the horizon (or until drained), finalize and return the summary.
 
         Args:
@@ -294,4 +301,7 @@ class Simulation:
         for inst in self.instances:
             inst.pool.check()
             held = sum(r.num_blocks - r.num_hashed_blocks for r in inst.running)
-            assert held == inst.pool.num_private_held or inst._run, (held, inst.pool.num_private_held)
+            assert held == inst.pool.num_private_held or inst._run, (
+                held,
+                inst.pool.num_private_held,
+            )

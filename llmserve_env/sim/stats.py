@@ -38,61 +38,108 @@ class InstanceStats:
 
 
 class ItlHistogram:
-    """Inter-token latencies as a weighted log-bin histogram (statistics, not a stream)."""
+    """Inter-token latencies as a weighted log-bin histogram (statistics, not a stream).
 
-    __slots__ = ("count", "counts", "max_s", "total_s")
+    Single values are buffered in a list and binned in bulk, so recording one costs an
+    ``append``; the histogram is exact to the bin (50 bins per decade) and the mean,
+    count and maximum are exact.
+    """
+
+    __slots__ = ("_arrays", "_buffer", "_count", "_counts", "_max_s", "_total_s", "_weights")
 
     edges: NDArray[np.float64] = _ITL_EDGES
 
     def __init__(self) -> None:
-        self.counts = np.zeros(len(_ITL_EDGES) + 1, dtype=np.int64)
-        self.total_s = 0.0
-        self.count = 0
-        self.max_s = 0.0
+        self._counts = np.zeros(len(_ITL_EDGES) + 1, dtype=np.int64)
+        self._total_s = 0.0
+        self._count = 0
+        self._max_s = 0.0
+        self._buffer: list[float] = []
+        self._arrays: list[NDArray[np.float64]] = []
+        self._weights: list[int] = []
 
-    def add(self, itl_s: float, weight: int = 1) -> None:
-        """Record ``weight`` tokens that each came ``itl_s`` after their predecessor."""
-        self.counts[int(np.searchsorted(_ITL_EDGES, itl_s))] += weight
-        self.total_s += itl_s * weight
-        self.count += weight
-        if itl_s > self.max_s:
-            self.max_s = itl_s
+    def add(self, itl_s: float) -> None:
+        """Record one token that came ``itl_s`` after its predecessor."""
+        self._buffer.append(itl_s)
+        if len(self._buffer) >= 8192:
+            self._flush()
 
     def add_many(self, itl_s: NDArray[np.float64], weight: int) -> None:
         """Record ``weight`` tokens for each latency in ``itl_s``."""
-        if len(itl_s) == 0:
+        self._arrays.append(itl_s)
+        self._weights.append(weight)
+        if len(self._arrays) >= 1024:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._buffer:
+            self._arrays.append(np.asarray(self._buffer, dtype=np.float64))
+            self._weights.append(1)
+            self._buffer = []
+        if not self._arrays:
             return
-        idx = np.searchsorted(_ITL_EDGES, itl_s)
-        self.counts += np.bincount(idx, minlength=len(self.counts)) * weight
-        self.total_s += float(itl_s.sum()) * weight
-        self.count += len(itl_s) * weight
-        peak = float(itl_s.max())
-        if peak > self.max_s:
-            self.max_s = peak
+        values = np.concatenate(self._arrays)
+        weights = np.repeat(
+            np.asarray(self._weights, dtype=np.int64), [len(a) for a in self._arrays]
+        )
+        self._arrays, self._weights = [], []
+        if len(values) == 0:
+            return
+        idx = np.searchsorted(_ITL_EDGES, values)
+        self._counts += np.bincount(idx, weights=weights, minlength=len(self._counts)).astype(
+            np.int64
+        )
+        self._total_s += float(np.dot(values, weights))
+        self._count += int(weights.sum())
+        peak = float(values.max())
+        if peak > self._max_s:
+            self._max_s = peak
+
+    @property
+    def count(self) -> int:
+        """Tokens recorded."""
+        self._flush()
+        return self._count
+
+    @property
+    def max_s(self) -> float:
+        """Largest ITL recorded."""
+        self._flush()
+        return self._max_s
+
+    @property
+    def counts(self) -> NDArray[np.int64]:
+        """Tokens per bin (bin ``i`` holds values in ``[edges[i-1], edges[i])``)."""
+        self._flush()
+        return self._counts
 
     def mean(self) -> float:
         """Mean ITL (exact)."""
-        return self.total_s / self.count if self.count else float("nan")
+        self._flush()
+        return self._total_s / self._count if self._count else float("nan")
 
     def percentile(self, q: float) -> float:
         """Percentile ``q`` (0-100), interpolated geometrically within a bin."""
-        if not self.count:
+        self._flush()
+        if not self._count:
             return float("nan")
-        target = q / 100.0 * self.count
-        cumulative = np.cumsum(self.counts)
+        counts = self._counts
+        target = q / 100.0 * self._count
+        cumulative = np.cumsum(counts)
         index = int(np.searchsorted(cumulative, target, side="left"))
-        index = min(index, len(self.counts) - 1)
+        index = min(index, len(counts) - 1)
         lo = _ITL_EDGES[index - 1] if index > 0 else _ITL_EDGES[0]
-        hi = _ITL_EDGES[index] if index < len(_ITL_EDGES) else self.max_s
+        hi = _ITL_EDGES[index] if index < len(_ITL_EDGES) else self._max_s
         before = cumulative[index - 1] if index > 0 else 0
-        inside = self.counts[index]
+        inside = counts[index]
         frac = (target - before) / inside if inside else 0.0
         value = lo * (hi / lo) ** min(max(frac, 0.0), 1.0)
-        return float(min(value, self.max_s))
+        return float(min(value, self._max_s))
 
     def copy(self) -> ItlHistogram:
         """An independent copy."""
+        self._flush()
         other = ItlHistogram()
-        other.counts = self.counts.copy()
-        other.total_s, other.count, other.max_s = self.total_s, self.count, self.max_s
+        other._counts = self._counts.copy()
+        other._total_s, other._count, other._max_s = self._total_s, self._count, self._max_s
         return other

@@ -52,7 +52,9 @@ def test_unknown_key_names_file_line_and_dotted_key(tmp_path: Path) -> None:
 
 
 def test_wrong_type_and_range(tmp_path: Path) -> None:
-    text = GOOD.replace("max_num_seqs: 64", "max_num_seqs: -1").replace("rate_rps: 2", "rate_rps: fast")
+    text = GOOD.replace("max_num_seqs: 64", "max_num_seqs: -1").replace(
+        "rate_rps: 2", "rate_rps: fast"
+    )
     with pytest.raises(ScenarioError) as info:
         load_scenario_file(_write(tmp_path, text))
     message = str(info.value)
@@ -88,9 +90,10 @@ def test_missing_file_reference(tmp_path: Path) -> None:
 
 
 def test_cross_field_checks(tmp_path: Path) -> None:
-    text = GOOD.replace("        - model:", "      num_devices: 2\n      instances:\n        - tp: 2\n          count: 2\n          model:").replace(
-        "    - instances:\n", "    -\n"
-    )
+    text = GOOD.replace(
+        "        - model:",
+        "      num_devices: 2\n      instances:\n        - tp: 2\n          count: 2\n          model:",
+    ).replace("    - instances:\n", "    -\n")
     with pytest.raises(ScenarioError) as info:
         load_scenario_file(_write(tmp_path, text))
     assert "need 4 devices" in str(info.value)
@@ -127,7 +130,7 @@ def test_overrides(tmp_path: Path) -> None:
         load_scenario_file(path, ["cluster.nodes.3.count=2"])
     with pytest.raises(ScenarioError, match="unknown key"):
         load_scenario_file(path, ["engine.bogus=1"])
-    with pytest.raises(ScenarioError, match="dotted.key=value"):
+    with pytest.raises(ScenarioError, match=r"dotted\.key=value"):
         parse_override("engine.max_num_seqs")
     assert apply_overrides({"a": {"b": 1}}, ["a.c=[1, 2]"]) == {"a": {"b": 1, "c": [1, 2]}}
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from llmserve_env.config.schema import (
@@ -29,7 +31,9 @@ def build_workload(cfg: WorkloadConfig, rngs: dict[str, np.random.Generator]) ->
     """Generate or load every request of the workload, using the named RNG streams."""
     match cfg:
         case SyntheticWorkload():
-            arrival = sample_arrivals(cfg.arrival, rngs["arrivals"], cfg.num_requests, cfg.duration_s)
+            arrival = sample_arrivals(
+                cfg.arrival, rngs["arrivals"], cfg.num_requests, cfg.duration_s
+            )
             n = len(arrival)
             return WorkloadData.from_arrays(
                 arrival,
@@ -41,17 +45,7 @@ def build_workload(cfg: WorkloadConfig, rngs: dict[str, np.random.Generator]) ->
         case TraceWorkload():
             data = load_trace(cfg)
             prio = _priorities(cfg.priority, rngs["priority"], len(data))
-            if prio is None:
-                return data
-            return WorkloadData(
-                arrival_s=data.arrival_s,
-                prompt_tokens=data.prompt_tokens,
-                output_tokens=data.output_tokens,
-                priority=prio,
-                session_id=data.session_id,
-                contents=data.contents,
-                source=data.source,
-            )
+            return data if prio is None else dataclasses.replace(data, priority=prio)
         case MultiTurnWorkload():
             return generate_multi_turn(cfg, rngs["arrivals"], rngs["lengths"], rngs["content"])
     raise ValueError(f"unknown workload kind {cfg!r}")

@@ -52,12 +52,18 @@ def _renewal(
         if duration_s is not None and last >= duration_s:
             break
         if total > _MAX_ARRIVALS:
-            raise ValueError(f"more than {_MAX_ARRIVALS} arrivals: bound num_requests or duration_s")
+            raise ValueError(
+                f"more than {_MAX_ARRIVALS} arrivals: bound num_requests or duration_s"
+            )
     return _limit(np.concatenate(chunks), num, duration_s)
 
 
 def _thinned(
-    rate_at: object, rate_max: float, rng: np.random.Generator, num: int | None, duration_s: float | None
+    rate_at: object,
+    rate_max: float,
+    rng: np.random.Generator,
+    num: int | None,
+    duration_s: float | None,
 ) -> FloatArray:
     """A non-homogeneous Poisson process by thinning a homogeneous one at ``rate_max``."""
     assert callable(rate_at)
@@ -76,7 +82,9 @@ def _thinned(
         if duration_s is not None and last >= duration_s:
             break
         if total > _MAX_ARRIVALS:
-            raise ValueError(f"more than {_MAX_ARRIVALS} arrivals: bound num_requests or duration_s")
+            raise ValueError(
+                f"more than {_MAX_ARRIVALS} arrivals: bound num_requests or duration_s"
+            )
     return _limit(np.concatenate(kept), num, duration_s)
 
 
@@ -120,7 +128,9 @@ def sample_arrivals(
         raise ValueError("an arrival process needs num_requests or duration_s")
     match cfg:
         case PoissonArrivals(rate_rps=rate):
-            return _renewal(lambda n: rng.exponential(1.0 / rate, n), rate, num_requests, duration_s)
+            return _renewal(
+                lambda n: rng.exponential(1.0 / rate, n), rate, num_requests, duration_s
+            )
         case GammaArrivals(rate_rps=rate, cv=cv):
             shape = 1.0 / (cv * cv)
             scale = 1.0 / (rate * shape)
@@ -131,7 +141,9 @@ def sample_arrivals(
                 in_window = math.ceil(duration_s * rate)
                 count = in_window if count is None else min(count, in_window)
             assert count is not None
-            return _limit(np.arange(1, count + 1, dtype=np.float64) / rate, num_requests, duration_s)
+            return _limit(
+                np.arange(1, count + 1, dtype=np.float64) / rate, num_requests, duration_s
+            )
         case BurstArrivals(at_s=at):
             if num_requests is None:
                 raise ValueError("a burst needs num_requests")

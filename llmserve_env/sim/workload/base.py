@@ -43,12 +43,20 @@ class WorkloadData:
         n = len(self.arrival_s)
         for name in ("prompt_tokens", "output_tokens", "priority", "session_id"):
             if len(getattr(self, name)) != n:
-                raise ValueError(f"workload {name} has {len(getattr(self, name))} entries, expected {n}")
+                raise ValueError(
+                    f"workload {name} has {len(getattr(self, name))} entries, expected {n}"
+                )
         if self.contents is not None and len(self.contents) != n:
             raise ValueError(f"workload contents has {len(self.contents)} entries, expected {n}")
         if n and np.any(np.diff(self.arrival_s) < 0):
             raise ValueError("workload arrival times must be sorted")
-        for array in (self.arrival_s, self.prompt_tokens, self.output_tokens, self.priority, self.session_id):
+        for array in (
+            self.arrival_s,
+            self.prompt_tokens,
+            self.output_tokens,
+            self.priority,
+            self.session_id,
+        ):
             array.setflags(write=False)
 
     def __len__(self) -> int:
@@ -75,8 +83,16 @@ class WorkloadData:
         arrival = np.asarray(arrival_s, dtype=np.float64)
         order = np.argsort(arrival, kind="stable")
         n = len(arrival)
-        prio = np.zeros(n, dtype=np.int64) if priority is None else np.asarray(priority, dtype=np.int64)
-        sess = np.full(n, -1, dtype=np.int64) if session_id is None else np.asarray(session_id, dtype=np.int64)
+        prio = (
+            np.zeros(n, dtype=np.int64)
+            if priority is None
+            else np.asarray(priority, dtype=np.int64)
+        )
+        sess = (
+            np.full(n, -1, dtype=np.int64)
+            if session_id is None
+            else np.asarray(session_id, dtype=np.int64)
+        )
         sorted_contents = None
         if contents is not None and any(c is not None for c in contents):
             sorted_contents = tuple(contents[i] for i in order)

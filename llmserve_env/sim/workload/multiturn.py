@@ -56,7 +56,11 @@ def generate_multi_turn(
         n_turns = int(turns[s])
         user = sample_lengths(cfg.user_tokens, lengths_rng, n_turns)
         answer = sample_lengths(cfg.output_tokens, lengths_rng, n_turns)
-        gaps = arrivals_rng.exponential(cfg.think_time_s, n_turns) if cfg.think_time_s > 0 else np.zeros(n_turns)
+        gaps = (
+            arrivals_rng.exponential(cfg.think_time_s, n_turns)
+            if cfg.think_time_s > 0
+            else np.zeros(n_turns)
+        )
         t = float(starts[s])
         for k in range(n_turns):
             u, o = int(user[k]), int(answer[k])
@@ -78,7 +82,9 @@ def generate_multi_turn(
     if cfg.priority is not None:
         weights = np.asarray(cfg.priority.weights, dtype=np.float64)
         per_session = content_rng.choice(
-            np.asarray(cfg.priority.values, dtype=np.int64), size=num_sessions, p=weights / weights.sum()
+            np.asarray(cfg.priority.values, dtype=np.int64),
+            size=num_sessions,
+            p=weights / weights.sum(),
         )
         priority = per_session[np.asarray(session, dtype=np.int64)]
     return WorkloadData.from_arrays(

@@ -29,7 +29,7 @@ import json
 import math
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 from itertools import repeat
 from pathlib import Path
 from typing import Any, Literal
@@ -339,11 +339,13 @@ def load_azure_csv(path: str | Path) -> WorkloadData:
 
 def _parse_timestamp(text: str, path: Path, line: int) -> tuple[int, float]:
     """``(whole seconds since 0001-01-01, fraction of a second)`` of an ISO date-time."""
-    head, dot, digits = text.strip().partition(".")
+    # Split off the fraction ourselves: fromisoformat keeps only 6 digits of it.
+    head, dot, rest = text.strip().partition(".")
+    digits = rest[: len(rest) - len(rest.lstrip("0123456789"))]
     try:
-        if dot and not (digits.isascii() and digits.isdigit()):
+        if dot and not digits:
             raise ValueError
-        stamp = datetime.fromisoformat(head)
+        stamp = datetime.fromisoformat(head + rest[len(digits) :])  # date-time and zone
     except ValueError:
         raise DataFileError(
             path,
@@ -351,7 +353,7 @@ def _parse_timestamp(text: str, path: Path, line: int) -> tuple[int, float]:
             line=line,
         ) from None
     if stamp.tzinfo is not None:
-        stamp = (stamp - stamp.utcoffset()).replace(tzinfo=None)  # type: ignore[operator]
+        stamp = stamp.astimezone(UTC).replace(tzinfo=None)
     seconds = stamp.toordinal() * 86400 + stamp.hour * 3600 + stamp.minute * 60 + stamp.second
     return seconds, float(f"0.{digits}") if digits else 0.0
 
