@@ -16,7 +16,16 @@ from rich.table import Table
 from llmserve_env.config.errors import LLMServeError
 
 _err = Console(stderr=True)
-_out = Console()
+
+
+class _StdoutConsole:
+    """A console on the current stdout: the terminal's width, or wide when piped."""
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        Console(width=None if sys.stdout.isatty() else 160).print(*objects, **kwargs)
+
+
+_out = _StdoutConsole()
 
 
 def _fail(exc: Exception) -> None:

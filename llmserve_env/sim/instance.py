@@ -227,7 +227,11 @@ class Instance:
         num_decodes = kv_sum = kv_max = 0
         for request, num_new in batch:
             computed = request.num_computed_tokens
-            if num_new == 1 and request.num_output_tokens and computed == request.num_tokens - 1:
+            if (
+                num_new == 1
+                and request.num_output_tokens
+                and computed == request.num_prompt_tokens + request.num_output_tokens - 1
+            ):
                 num_decodes += 1
                 kv_sum += computed + 1
                 if computed + 1 > kv_max:
@@ -258,18 +262,25 @@ class Instance:
         running = self.running
         threshold = params.long_prefill_token_threshold
         budget = params.max_num_batched_tokens
+        bs = params.block_size
         scheduled: list[tuple[Request, int]] = []
         preempted = False
         index = 0
         while index < len(running) and budget > 0:
             request = running[index]
-            num_new = request.num_tokens - request.num_computed_tokens
+            computed = request.num_computed_tokens
+            num_new = request.num_prompt_tokens + request.num_output_tokens - computed
             if threshold and num_new > threshold:
                 num_new = threshold
             if num_new > budget:
                 num_new = budget
             fits = True
-            while not pool.grow(request, request.num_computed_tokens + num_new):
+            if (computed + num_new + bs - 1) // bs <= request.num_blocks:
+                scheduled.append((request, num_new))  # fast path: no new block needed
+                budget -= num_new
+                index += 1
+                continue
+            while not pool.grow(request, computed + num_new):
                 victim = self._victim()
                 victim_index = running.index(victim)
                 if victim_index < index:  # already scheduled this step: take it back
@@ -345,18 +356,19 @@ class Instance:
         pool = self.pool
         finished = False
         self.stats.num_iterations += 1
+        caching = pool.enable_prefix_caching
         for request, num_new in self._batch:
             if request.status != RequestStatus.RUNNING:
                 continue
             computed = request.num_computed_tokens
-            is_decode = (
-                num_new == 1 and request.num_output_tokens and computed == request.num_tokens - 1
-            )
-            if not is_decode:
+            num_tokens = request.num_prompt_tokens + request.num_output_tokens
+            if not (num_new == 1 and request.num_output_tokens and computed == num_tokens - 1):
                 self.stats.prompt_tokens += num_new
-            request.num_computed_tokens = computed + num_new
-            pool.register_computed(request)
-            if request.num_computed_tokens == request.num_tokens:
+            computed += num_new
+            request.num_computed_tokens = computed
+            if caching and request.content is not None:
+                pool.register_computed(request)
+            if computed == num_tokens:
                 self._sample(request, now)
                 if request.num_output_tokens >= request.max_output_tokens:
                     self._finish(request, now)
@@ -399,6 +411,9 @@ class Instance:
         num = len(running)
         params = self.params
         if num == 0 or num > params.max_num_batched_tokens:
+            return False
+        last = running[-1]  # the newest request is the likeliest to be prefilling
+        if last.num_prompt_tokens + last.num_output_tokens - last.num_computed_tokens != 1:
             return False
         steps = params.max_decode_run
         for request in running:

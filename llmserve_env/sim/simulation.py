@@ -301,7 +301,4 @@ class Simulation:
         for inst in self.instances:
             inst.pool.check()
             held = sum(r.num_blocks - r.num_hashed_blocks for r in inst.running)
-            assert held == inst.pool.num_private_held or inst._run, (
-                held,
-                inst.pool.num_private_held,
-            )
+            assert held == inst.pool.num_private_held, (held, inst.pool.num_private_held)
