@@ -11,18 +11,19 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
 from llmserve_env.config.errors import DataFileError, ScenarioError
 from llmserve_env.config.loader import load_scenario_file
-from llmserve_env.config.schema import EngineConfig, InstanceGroup, Scenario
+from llmserve_env.config.schema import EngineConfig, InstanceGroup, Scenario, TraceWorkload
 from llmserve_env.paths import scenarios_dir
+from llmserve_env.perf import factory as perf_factory
 from llmserve_env.perf.base import LatencyModel
 from llmserve_env.perf.hardware import GIB, DeviceSpec, device_catalog, resolve_device
 from llmserve_env.perf.memory import num_kv_blocks
 from llmserve_env.perf.model_arch import ModelArch, load_model_arch
-from llmserve_env.perf.roofline import RooflineModel
 from llmserve_env.sim.instance import EngineParams, Instance
 from llmserve_env.sim.kernel import Kernel
 from llmserve_env.sim.metrics import SLO, MetricsRecorder
@@ -252,18 +253,108 @@ def plan_instances(scenario: Scenario) -> list[InstancePlan]:
 
 
 def make_latency_model(plan: InstancePlan) -> LatencyModel:
-    """The latency model of an instance, by its ``perf`` setting."""
+    """The latency model of an instance, by its ``perf`` setting
+    (:func:`llmserve_env.perf.factory.make_latency_model`)."""
     group = plan.group
-    match group.perf:
-        case "auto" | "analytical":
-            return RooflineModel(plan.arch, plan.device, tp=group.tp, dtype=group.dtype)
-        case _:
-            raise ScenarioError(
-                [(f"{plan.key}.perf", f"profile folders are not supported yet: {group.perf}")]
-            )
+    try:
+        return perf_factory.make_latency_model(
+            plan.arch, plan.device, group.tp, group.dtype, group.perf
+        )
+    except (DataFileError, ValueError) as exc:
+        raise ScenarioError([(f"{plan.key}.perf", str(exc))]) from exc
 
 
 # --------------------------------------------------------------------------- simulation
+
+
+class SimulationFactory:
+    """Builds fresh simulations of one scenario quickly and repeatedly.
+
+    Catalog lookups, engine resolution and latency models are done once and shared
+    (they are read-only); each :meth:`build` makes new mutable state and a new workload
+    for its seed. Environments use this for resets in milliseconds.
+
+    Args:
+        scenario: A validated scenario.
+    """
+
+    def __init__(self, scenario: Scenario) -> None:
+        check_references(scenario)
+        self.scenario = scenario
+        self.plans = plan_instances(scenario)
+        self.latency_models = [make_latency_model(plan) for plan in self.plans]
+        self._trace_cache: WorkloadData | None = None
+
+    @property
+    def num_instances(self) -> int:
+        """Instances in the cluster."""
+        return len(self.plans)
+
+    def workload(self, seed: int) -> WorkloadData:
+        """The workload for ``seed`` (a trace is loaded once and reused)."""
+        cfg = self.scenario.workload
+        if isinstance(cfg, TraceWorkload) and cfg.priority is None:
+            if self._trace_cache is None:
+                self._trace_cache = build_workload(cfg, rng_tree(seed))
+            return self._trace_cache
+        return build_workload(cfg, rng_tree(seed))
+
+    def build(
+        self,
+        seed: int | None = None,
+        *,
+        external_routing: bool = False,
+        workload: WorkloadData | None = None,
+        horizon_s: float | Literal["scenario"] | None = "scenario",
+    ) -> Simulation:
+        """A ready-to-run simulation.
+
+        Args:
+            seed: Root seed (default: the scenario's).
+            external_routing: Halt at each arrival for an external routing decision
+                instead of using ``router.policy``.
+            workload: Use these requests instead of generating them.
+            horizon_s: Override the scenario's ``simulation.horizon_s``.
+        """
+        scenario = self.scenario
+        seed = scenario.seed if seed is None else seed
+        rngs = rng_tree(seed)
+        if workload is None:
+            workload = self.workload(seed)
+        kernel = Kernel()
+        slo = SLO(
+            ttft_s=None if scenario.slo.ttft_ms is None else scenario.slo.ttft_ms / 1e3,
+            tpot_s=None if scenario.slo.tpot_ms is None else scenario.slo.tpot_ms / 1e3,
+            e2e_s=None if scenario.slo.e2e_ms is None else scenario.slo.e2e_ms / 1e3,
+        )
+        itl = ItlHistogram()
+        instances = [
+            Instance(
+                instance_id=index,
+                name=plan.name,
+                kernel=kernel,
+                params=plan.params,
+                latency=latency,
+                itl=itl,
+                node_id=plan.node_id,
+                num_devices=plan.group.tp,
+            )
+            for index, (plan, latency) in enumerate(
+                zip(self.plans, self.latency_models, strict=True)
+            )
+        ]
+        router = None if external_routing else make_router(scenario.router.policy, rngs["routing"])
+        return Simulation(
+            kernel,
+            instances,
+            router,
+            workload,
+            MetricsRecorder(slo),
+            itl,
+            horizon_s=scenario.simulation.horizon_s if horizon_s == "scenario" else horizon_s,
+            sample_interval_s=scenario.simulation.sample_interval_s,
+            rngs=rngs,
+        )
 
 
 def build_simulation(
@@ -280,45 +371,7 @@ def build_simulation(
             (the routing environment) instead of using ``router.policy``.
         workload: Reuse already generated requests (they are read-only and shared).
     """
-    check_references(scenario)
-    rngs = rng_tree(scenario.seed)
-    if workload is None:
-        workload = build_workload(scenario.workload, rngs)
-    kernel = Kernel()
-    slo = SLO(
-        ttft_s=None if scenario.slo.ttft_ms is None else scenario.slo.ttft_ms / 1e3,
-        tpot_s=None if scenario.slo.tpot_ms is None else scenario.slo.tpot_ms / 1e3,
-        e2e_s=None if scenario.slo.e2e_ms is None else scenario.slo.e2e_ms / 1e3,
-    )
-    metrics = MetricsRecorder(slo)
-    itl = ItlHistogram()
-    instances: list[Instance] = []
-    for index, plan in enumerate(plan_instances(scenario)):
-        instances.append(
-            Instance(
-                instance_id=index,
-                name=plan.name,
-                kernel=kernel,
-                params=plan.params,
-                latency=make_latency_model(plan),
-                itl=itl,
-                node_id=plan.node_id,
-                num_devices=plan.group.tp,
-            )
-        )
-    router = None if external_routing else make_router(scenario.router.policy, rngs["routing"])
-    sim = Simulation(
-        kernel,
-        instances,
-        router,
-        workload,
-        metrics,
-        itl,
-        horizon_s=scenario.simulation.horizon_s,
-        sample_interval_s=scenario.simulation.sample_interval_s,
-        rngs=rngs,
-    )
-    return sim
+    return SimulationFactory(scenario).build(external_routing=external_routing, workload=workload)
 
 
 def describe_instances(scenario: Scenario) -> list[dict[str, object]]:
@@ -347,6 +400,7 @@ def describe_instances(scenario: Scenario) -> list[dict[str, object]]:
 
 
 __all__ = [
+    "SimulationFactory",
     "build_simulation",
     "check_references",
     "describe_instances",

@@ -511,6 +511,84 @@ class OutputConfig(StrictModel):
     """Write ``timeseries.csv``."""
 
 
+class RoutingHeadConfig(StrictModel):
+    """The routing action head."""
+
+    enabled: bool = True
+    """Let the agent route. When off, ``router.policy`` routes."""
+    weight_levels: Annotated[int, Field(ge=2, le=16)] = 5
+    """Cluster mode: routing weight levels per instance (0 .. levels-1); arrivals in an
+    interval go to instance i with probability proportional to its level."""
+    allow_reject: bool = False
+    """Routing mode: add a "reject" choice after the instances (admission control)."""
+
+
+class BatchingHeadConfig(StrictModel):
+    """The batching action head: per-instance engine knobs, chosen from levels."""
+
+    enabled: bool = False
+    """Let the agent set the knobs. When off, the engine section's values hold."""
+    max_num_seqs_levels: list[PositiveInt] = Field(default=[32, 64, 128, 256], min_length=1)
+    """Choices of ``max_num_seqs``."""
+    max_num_batched_tokens_levels: list[PositiveInt] = Field(
+        default=[512, 1024, 2048, 4096, 8192], min_length=1
+    )
+    """Choices of the token budget."""
+    scheduling_policies: list[SchedulingPolicy] = Field(
+        default=["fcfs", "shortest_prompt_first"], min_length=1
+    )
+    """Choices of the scheduling policy."""
+
+
+class ActionHeadsConfig(StrictModel):
+    """Which action heads the agent drives (a disabled head runs its heuristic)."""
+
+    routing: RoutingHeadConfig = RoutingHeadConfig()
+    """Where requests go."""
+    batching: BatchingHeadConfig = BatchingHeadConfig()
+    """Engine knobs per instance."""
+
+
+class RewardConfig(StrictModel):
+    """Weights of the named reward terms (reward = sum of weight x term).
+
+    Every term is additive over time (a count of events or a time integral over the
+    step), so an episode's return does not depend on how often decisions are taken.
+    """
+
+    goodput: float = 1.0
+    """Per request finished within every SLO."""
+    ttft_violation: float = -0.5
+    """Per finished request over the TTFT SLO."""
+    tpot_violation: float = -0.5
+    """Per finished request over the TPOT SLO."""
+    rejected: float = -1.0
+    """Per rejected request."""
+    backlog: float = -0.01
+    """Per request-second spent waiting in queues."""
+    energy: float = 0.0
+    """Per joule consumed (negative to penalise energy)."""
+
+
+class EnvConfig(StrictModel):
+    """Settings of the Gymnasium environment (ignored by ``llmserve run``)."""
+
+    decision_interval_s: PositiveFloat = 1.0
+    """Cluster mode: simulated seconds between decisions."""
+    horizon_s: PositiveFloat | None = 300.0
+    """Episode length in simulated seconds (``truncated`` at the end)."""
+    max_requests: PositiveInt | None = None
+    """Alternatively end the episode after this many arrivals."""
+    max_instances: PositiveInt | None = None
+    """Pad per-instance observation rows to this many (default: the cluster's size)."""
+    rate_window_s: PositiveFloat = 10.0
+    """Time constant of the moving estimates (arrival rate, SLO attainment, rates)."""
+    heads: ActionHeadsConfig = ActionHeadsConfig()
+    """Action heads."""
+    reward: RewardConfig = RewardConfig()
+    """Reward weights."""
+
+
 class Scenario(StrictModel):
     """A complete simulation setup: cluster, engine, routing, workload, SLOs."""
 
@@ -534,6 +612,8 @@ class Scenario(StrictModel):
     """Run control."""
     output: OutputConfig = OutputConfig()
     """Output tables."""
+    env: EnvConfig = EnvConfig()
+    """Gymnasium environment settings."""
 
     @model_validator(mode="before")
     @classmethod

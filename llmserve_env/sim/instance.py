@@ -20,6 +20,7 @@ run out, and is cut at the next iteration boundary when anything external happen
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from llmserve_env.sim.events import EngineWake, IterationDone
 from llmserve_env.sim.kernel import Kernel
 from llmserve_env.sim.kv_cache import KVBlockPool
 from llmserve_env.sim.queues import WaitingQueue, make_waiting_queue
-from llmserve_env.sim.request import RejectReason, Request, RequestStatus
+from llmserve_env.sim.request import RejectReason, Request, RequestStatus, clone_request
 from llmserve_env.sim.stats import InstanceStats, ItlHistogram
 
 
@@ -107,6 +108,9 @@ class Instance:
         self._run_start = 0.0
         self._run_done = 0
         self._run_len = 0
+        # Time integral of the waiting-queue length (request-seconds), kept lazily.
+        self._waiting_area = 0.0
+        self._waiting_t = 0.0
 
     # ------------------------------------------------------------------ queries
 
@@ -130,6 +134,15 @@ class Instance:
         """Fraction of KV blocks in use."""
         return self.pool.usage_frac
 
+    def waiting_area(self, now: float) -> float:
+        """Request-seconds spent in this waiting queue up to ``now``."""
+        return self._waiting_area + len(self.waiting) * (now - self._waiting_t)
+
+    def _touch_waiting(self, now: float) -> None:
+        """Close the waiting-area integral at ``now`` before the queue changes."""
+        self._waiting_area += len(self.waiting) * (now - self._waiting_t)
+        self._waiting_t = now
+
     def admission_check(self, request: Request) -> RejectReason:
         """Why this instance could never serve ``request`` (``NONE`` if it could)."""
         total = request.num_prompt_tokens + request.max_output_tokens
@@ -151,8 +164,38 @@ class Instance:
         request.instance_id = self.instance_id
         request.status = RequestStatus.WAITING
         self.stats.num_routed += 1
+        self._touch_waiting(self.kernel.now)
         self.waiting.push(request)
         self.interrupt()
+
+    def set_knobs(
+        self,
+        max_num_seqs: int | None = None,
+        max_num_batched_tokens: int | None = None,
+        scheduling_policy: str | None = None,
+    ) -> None:
+        """Change engine knobs on the fly (from the next iteration on).
+
+        Lowering ``max_num_seqs`` below the running count preempts nothing; it only
+        stops admissions until requests finish, as a restarted vLLM scheduler would.
+        """
+        changes: dict[str, object] = {}
+        if max_num_seqs is not None and max_num_seqs != self.params.max_num_seqs:
+            changes["max_num_seqs"] = max_num_seqs
+        if (
+            max_num_batched_tokens is not None
+            and max_num_batched_tokens != self.params.max_num_batched_tokens
+        ):
+            changes["max_num_batched_tokens"] = max_num_batched_tokens
+        if scheduling_policy is not None and scheduling_policy != self.params.scheduling_policy:
+            changes["scheduling_policy"] = scheduling_policy
+            queue = make_waiting_queue(scheduling_policy)
+            for request in self.waiting:
+                queue.push(request)
+            self.waiting = queue
+        if changes:
+            self.params = dataclasses.replace(self.params, **changes)  # type: ignore[arg-type]
+            self.interrupt()
 
     def interrupt(self) -> None:
         """Something external changed: reconsider scheduling at the next boundary."""
@@ -247,6 +290,7 @@ class Instance:
         return self.running[-1]
 
     def _preempt(self, victim: Request) -> None:
+        self._touch_waiting(self.kernel.now)
         self.running.remove(victim)
         self.pool.free(victim)
         victim.status = RequestStatus.PREEMPTED
@@ -303,6 +347,8 @@ class Instance:
         if preempted:
             return scheduled
         waiting = self.waiting
+        if waiting:
+            self._touch_waiting(now)
         while waiting and budget > 0 and len(running) < params.max_num_seqs:
             request = waiting.peek()
             hit_blocks = pool.num_hit_blocks(request)
@@ -396,7 +442,7 @@ class Instance:
                 return False
             num_new = budget
         hashes = request.block_hashes(pool.block_size) if hit_blocks else ()
-        reclaim = sum(1 for h in hashes[:hit_blocks] if pool._cached[h][0] == 0)
+        reclaim = pool.num_evictable_among(hashes[:hit_blocks])
         need = pool.blocks_for(hit_blocks * pool.block_size + num_new) - hit_blocks
         # Decodes of this iteration also need their next block.
         bs = pool.block_size
@@ -537,6 +583,7 @@ class Instance:
     def drain_unfinished(self) -> list[Request]:
         """Remove and return every live request (used at the horizon)."""
         self.advance_to(self.kernel.now)
+        self._touch_waiting(self.kernel.now)
         live = list(self.running) + list(self.waiting)
         for request in self.running:
             self.pool.free(request)
@@ -547,3 +594,32 @@ class Instance:
         self.busy = False
         self.generation += 1
         return live
+
+    # ------------------------------------------------------------------ copies
+
+    def clone(self, kernel: Kernel, itl: ItlHistogram, mapping: dict[int, Request]) -> Instance:
+        """An independent copy on ``kernel``; ``mapping`` translates shared requests.
+
+        The latency model and engine parameters are immutable and shared.
+        """
+        other = Instance.__new__(Instance)
+        other.__dict__.update(self.__dict__)
+        other.kernel = kernel
+        other.itl = itl
+        other.pool = self.pool.clone()
+        other.stats = dataclasses.replace(self.stats)
+
+        def copy(request: Request) -> Request:
+            new = mapping.get(id(request))
+            if new is None:
+                new = clone_request(request)
+                mapping[id(request)] = new
+            return new
+
+        other.running = [copy(r) for r in self.running]
+        for r in self.waiting:
+            copy(r)
+        other.waiting = self.waiting.clone(mapping)
+        other._run = [copy(r) for r in self._run]
+        other._batch = [(copy(r), n) for r, n in self._batch]
+        return other

@@ -91,6 +91,15 @@ class Kernel:
             self.now = until
         return False
 
+    def clone(self) -> Kernel:
+        """A copy with the same clock and pending events, and no handlers (the owner
+        registers its own)."""
+        other = Kernel()
+        other.now = self.now
+        other._heap = list(self._heap)  # events are immutable: sharing them is safe
+        other._seq = self._seq
+        return other
+
     def snapshot(self) -> tuple[float, list[tuple[float, int, int, Event]], int]:
         """The kernel state as plain data (events are immutable and may be shared)."""
         return self.now, list(self._heap), self._seq

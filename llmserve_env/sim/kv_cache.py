@@ -38,6 +38,7 @@ class KVBlockPool:
 
     __slots__ = (
         "_cached",
+        "_evictable",
         "_free_queue",
         "_token",
         "block_size",
@@ -55,10 +56,12 @@ class KVBlockPool:
         self.num_free_blocks = num_blocks
         self.num_private_held = 0
         self.num_evictions = 0
-        # hash -> [refcount, queue token]; token 0 = not in the free queue.
-        self._cached: dict[int, list[int]] = {}
+        # hash -> reference count, for every cached block (referenced or evictable).
+        self._cached: dict[int, int] = {}
+        # hash -> queue token, for cached blocks with no reference (in the free queue).
+        self._evictable: dict[int, int] = {}
         # Entries: int n > 0 = a run of n private free blocks; (hash, token) = a cached
-        # free block (stale when the record's token no longer matches).
+        # free block (stale when ``_evictable`` no longer holds that token for it).
         self._free_queue: deque[int | tuple[int, int]] = (
             deque([num_blocks]) if num_blocks else deque()
         )
@@ -93,6 +96,11 @@ class KVBlockPool:
             hits += 1
         return hits
 
+    def num_evictable_among(self, hashes: tuple[int, ...]) -> int:
+        """How many of these cached blocks sit in the free queue (unreferenced)."""
+        evictable = self._evictable
+        return sum(1 for h in hashes if h in evictable)
+
     def cached_prefix_tokens(self, request: Request) -> int:
         """Tokens of ``request``'s prompt this pool could serve from cache now."""
         return self.num_hit_blocks(request) * self.block_size
@@ -104,6 +112,7 @@ class KVBlockPool:
         self.num_free_blocks -= count
         queue = self._free_queue
         cached = self._cached
+        evictable = self._evictable
         while count:
             head = queue[0]
             if isinstance(head, int):
@@ -114,8 +123,8 @@ class KVBlockPool:
                 count -= head
             else:
                 queue.popleft()
-                record = cached.get(head[0])
-                if record is not None and record[1] == head[1]:
+                if evictable.get(head[0]) == head[1]:
+                    del evictable[head[0]]
                     del cached[head[0]]
                     self.num_evictions += 1
                     count -= 1
@@ -130,11 +139,11 @@ class KVBlockPool:
                 queue.append(count)
 
     def _release_hash(self, block_hash: int) -> None:
-        record = self._cached[block_hash]
-        record[0] -= 1
-        if record[0] == 0:
+        refs = self._cached[block_hash] - 1
+        self._cached[block_hash] = refs
+        if refs == 0:
             self._token += 1
-            record[1] = self._token
+            self._evictable[block_hash] = self._token
             self._free_queue.append((block_hash, self._token))
             self.num_free_blocks += 1
             if len(self._free_queue) > 2 * self.num_blocks + 1024:
@@ -142,7 +151,7 @@ class KVBlockPool:
 
     def _compact(self) -> None:
         """Drop stale queue entries (blocks taken back by a cache hit); order is kept."""
-        cached = self._cached
+        evictable = self._evictable
         kept: deque[int | tuple[int, int]] = deque()
         for entry in self._free_queue:
             if isinstance(entry, int):
@@ -150,18 +159,16 @@ class KVBlockPool:
                     kept[-1] += entry
                 else:
                     kept.append(entry)
-            else:
-                record = cached.get(entry[0])
-                if record is not None and record[1] == entry[1]:
-                    kept.append(entry)
+            elif evictable.get(entry[0]) == entry[1]:
+                kept.append(entry)
         self._free_queue = kept
 
     def _acquire_hash(self, block_hash: int) -> None:
-        record = self._cached[block_hash]
-        if record[0] == 0:
-            record[1] = 0  # its queue entry becomes stale
+        refs = self._cached[block_hash]
+        if refs == 0:
+            del self._evictable[block_hash]  # its queue entry becomes stale
             self.num_free_blocks -= 1
-        record[0] += 1
+        self._cached[block_hash] = refs + 1
 
     def admit(self, request: Request, num_hit_blocks: int, num_new_tokens: int) -> bool:
         """Take cache hits and allocate blocks for a waiting request's first chunk.
@@ -176,7 +183,7 @@ class KVBlockPool:
         """
         hashes = request.block_hashes(self.block_size) if num_hit_blocks else ()
         # Hit blocks sitting in the free queue stop being free when taken.
-        reclaim = sum(1 for h in hashes[:num_hit_blocks] if self._cached[h][0] == 0)
+        reclaim = self.num_evictable_among(hashes[:num_hit_blocks])
         total = self.blocks_for(num_hit_blocks * self.block_size + num_new_tokens)
         new_private = total - num_hit_blocks
         if new_private + reclaim > self.num_free_blocks:
@@ -229,7 +236,7 @@ class KVBlockPool:
                 self._acquire_hash(h)  # adopt the existing copy ...
                 adopted += 1  # ... and give our private one back below
             else:
-                cached[h] = [1, 0]
+                cached[h] = 1
         converted = upto - start
         self.num_private_held -= converted
         self._push_private(adopted)
@@ -249,22 +256,40 @@ class KVBlockPool:
 
     def reset_prefix_cache(self) -> int:
         """Drop every evictable cached block (their blocks stay free). Returns how many."""
-        dropped = [h for h, rec in self._cached.items() if rec[0] == 0]
+        dropped = list(self._evictable)
         for h in dropped:
             del self._cached[h]
+        self._evictable.clear()
         return len(dropped)
+
+    def clone(self) -> KVBlockPool:
+        """An independent copy (dicts and the queue are copied at C speed)."""
+        other = KVBlockPool.__new__(KVBlockPool)
+        other.num_blocks = self.num_blocks
+        other.block_size = self.block_size
+        other.enable_prefix_caching = self.enable_prefix_caching
+        other.num_free_blocks = self.num_free_blocks
+        other.num_private_held = self.num_private_held
+        other.num_evictions = self.num_evictions
+        other._cached = self._cached.copy()
+        other._evictable = self._evictable.copy()
+        other._free_queue = self._free_queue.copy()
+        other._token = self._token
+        return other
 
     # ------------------------------------------------------------------ checks
 
     def check(self) -> None:
         """Assert block conservation and queue consistency (for tests)."""
-        referenced = sum(1 for rec in self._cached.values() if rec[0] > 0)
-        evictable = sum(1 for rec in self._cached.values() if rec[0] == 0)
+        referenced = sum(1 for refs in self._cached.values() if refs > 0)
+        evictable = sum(1 for refs in self._cached.values() if refs == 0)
+        assert evictable == len(self._evictable)
+        assert all(self._cached[h] == 0 for h in self._evictable)
         queued_private = sum(e for e in self._free_queue if isinstance(e, int))
         queued_cached = sum(
             1
             for e in self._free_queue
-            if not isinstance(e, int) and e[0] in self._cached and self._cached[e[0]][1] == e[1]
+            if not isinstance(e, int) and self._evictable.get(e[0]) == e[1]
         )
         assert self.num_free_blocks >= 0, self.num_free_blocks
         assert queued_cached == evictable, (queued_cached, evictable)

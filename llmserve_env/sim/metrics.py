@@ -67,13 +67,21 @@ class SLO:
     tpot_s: float | None = None
     e2e_s: float | None = None
 
+    def ttft_ok(self, ttft_s: float) -> bool:
+        """Within the TTFT objective (or none set)."""
+        return self.ttft_s is None or ttft_s <= self.ttft_s
+
+    def tpot_ok(self, tpot_s: float) -> bool:
+        """Within the TPOT objective (or none set; a one-token answer has no TPOT)."""
+        return self.tpot_s is None or math.isnan(tpot_s) or tpot_s <= self.tpot_s
+
+    def e2e_ok(self, e2e_s: float) -> bool:
+        """Within the end-to-end objective (or none set)."""
+        return self.e2e_s is None or e2e_s <= self.e2e_s
+
     def met(self, ttft_s: float, tpot_s: float, e2e_s: float) -> bool:
-        """Whether a finished request met every objective (a one-token answer has no TPOT)."""
-        if self.ttft_s is not None and not ttft_s <= self.ttft_s:
-            return False
-        if self.tpot_s is not None and not (math.isnan(tpot_s) or tpot_s <= self.tpot_s):
-            return False
-        return not (self.e2e_s is not None and not e2e_s <= self.e2e_s)
+        """Whether a finished request met every objective."""
+        return self.ttft_ok(ttft_s) and self.tpot_ok(tpot_s) and self.e2e_ok(e2e_s)
 
 
 class MetricsRecorder:
@@ -92,14 +100,24 @@ class MetricsRecorder:
         self.num_rejected = 0
         self.num_unfinished = 0
         self.num_slo_met = 0
+        self.num_ttft_violations = 0
+        self.num_tpot_violations = 0
+        self.num_e2e_violations = 0
 
     def record(self, request: Request) -> None:
         """Record a request that reached a terminal state."""
         status = request.status
         if status == RequestStatus.FINISHED:
             self.num_finished += 1
-            if self.slo.met(request.ttft_s, request.tpot_s, request.e2e_s):
+            slo = self.slo
+            ttft_ok = slo.ttft_ok(request.ttft_s)
+            tpot_ok = slo.tpot_ok(request.tpot_s)
+            e2e_ok = slo.e2e_ok(request.e2e_s)
+            if ttft_ok and tpot_ok and e2e_ok:
                 self.num_slo_met += 1
+            self.num_ttft_violations += not ttft_ok
+            self.num_tpot_violations += not tpot_ok
+            self.num_e2e_violations += not e2e_ok
         elif status == RequestStatus.REJECTED:
             self.num_rejected += 1
         else:
@@ -169,6 +187,15 @@ class MetricsRecorder:
                 stats.num_preemptions,
             )
         )
+
+    def clone(self) -> MetricsRecorder:
+        """An independent copy (recorded rows are immutable tuples and are shared)."""
+        other = MetricsRecorder.__new__(MetricsRecorder)
+        other.__dict__.update(self.__dict__)
+        other.rows = list(self.rows)
+        other.series = list(self.series)
+        other._last_counts = dict(self._last_counts)
+        return other
 
     def request_table(self) -> dict[str, np.ndarray]:
         """Per-request columns (see ``REQUEST_COLUMNS``), in the order requests ended."""

@@ -40,6 +40,10 @@ class WaitingQueue(Protocol):
         """Take a request out (rerouting, cancellation)."""
         ...
 
+    def clone(self, mapping: dict[int, Request]) -> WaitingQueue:
+        """A copy holding ``mapping[id(r)]`` for each request ``r``."""
+        ...
+
 
 class FCFSQueue:
     """First come, first served; preempted requests return to the front."""
@@ -69,6 +73,11 @@ class FCFSQueue:
 
     def remove(self, request: Request) -> None:
         self._items.remove(request)
+
+    def clone(self, mapping: dict[int, Request]) -> FCFSQueue:
+        other = FCFSQueue()
+        other._items = deque(mapping[id(r)] for r in self._items)
+        return other
 
 
 class KeyedQueue:
@@ -113,6 +122,11 @@ class KeyedQueue:
                 heapq.heapify(self._heap)
                 return
         raise ValueError(f"request {request.request_id} is not waiting")
+
+    def clone(self, mapping: dict[int, Request]) -> KeyedQueue:
+        other = KeyedQueue(self._by_prompt)
+        other._heap = [(a, b, c, mapping[id(r)]) for a, b, c, r in self._heap]
+        return other
 
 
 def make_waiting_queue(policy: str) -> WaitingQueue:

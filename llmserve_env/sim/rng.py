@@ -19,3 +19,13 @@ def rng_tree(seed: int) -> dict[str, np.random.Generator]:
         name: np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=(i,))))
         for i, name in enumerate(STREAMS)
     }
+
+
+def clone_rngs(rngs: dict[str, np.random.Generator]) -> dict[str, np.random.Generator]:
+    """Independent generators in the same states (a fork draws the same future numbers)."""
+    out = {}
+    for name, gen in rngs.items():
+        bit = np.random.PCG64()
+        bit.state = gen.bit_generator.state  # type: ignore[assignment]
+        out[name] = np.random.Generator(bit)
+    return out

@@ -52,6 +52,10 @@ class RoutingPolicy(Protocol):
         """Return one of ``candidates`` (never empty)."""
         ...
 
+    def clone(self, rngs: dict[str, np.random.Generator]) -> RoutingPolicy:
+        """A copy with its own state, drawing from ``rngs["routing"]``."""
+        ...
+
 
 class RoundRobin:
     """Cycle through the instances (by instance id, skipping unavailable ones)."""
@@ -66,6 +70,11 @@ class RoundRobin:
         self.next_id = chosen.instance_id + 1
         return chosen
 
+    def clone(self, rngs: dict[str, np.random.Generator]) -> RoundRobin:
+        other = RoundRobin()
+        other.next_id = self.next_id
+        return other
+
 
 class RandomChoice:
     """Uniformly random choice from the routing RNG stream."""
@@ -78,6 +87,9 @@ class RandomChoice:
     def choose(self, request: Request, candidates: Sequence[Instance]) -> Instance:
         return candidates[int(self.rng.integers(len(candidates)))]
 
+    def clone(self, rngs: dict[str, np.random.Generator]) -> RandomChoice:
+        return RandomChoice(rngs["routing"])
+
 
 class LeastOutstanding:
     """Fewest requests waiting or running."""
@@ -86,6 +98,9 @@ class LeastOutstanding:
 
     def choose(self, request: Request, candidates: Sequence[Instance]) -> Instance:
         return min(candidates, key=lambda c: c.num_outstanding)
+
+    def clone(self, rngs: dict[str, np.random.Generator]) -> LeastOutstanding:
+        return self
 
 
 class JoinShortestQueue:
@@ -96,6 +111,9 @@ class JoinShortestQueue:
     def choose(self, request: Request, candidates: Sequence[Instance]) -> Instance:
         return min(candidates, key=lambda c: (c.num_waiting, c.num_outstanding))
 
+    def clone(self, rngs: dict[str, np.random.Generator]) -> JoinShortestQueue:
+        return self
+
 
 class LeastKVUsage:
     """Lowest KV-cache usage; ties by fewest outstanding."""
@@ -104,6 +122,9 @@ class LeastKVUsage:
 
     def choose(self, request: Request, candidates: Sequence[Instance]) -> Instance:
         return min(candidates, key=lambda c: (c.kv_usage_frac, c.num_outstanding))
+
+    def clone(self, rngs: dict[str, np.random.Generator]) -> LeastKVUsage:
+        return self
 
 
 class PowerOfTwoChoices:
@@ -121,6 +142,9 @@ class PowerOfTwoChoices:
         first, second = candidates[int(min(a, b))], candidates[int(max(a, b))]
         return first if first.num_outstanding <= second.num_outstanding else second
 
+    def clone(self, rngs: dict[str, np.random.Generator]) -> PowerOfTwoChoices:
+        return PowerOfTwoChoices(rngs["routing"])
+
 
 class PrefixAffinity:
     """Longest cached prefix for this request; ties by fewest outstanding."""
@@ -132,6 +156,35 @@ class PrefixAffinity:
             candidates,
             key=lambda c: (-c.pool.cached_prefix_tokens(request), c.num_outstanding),
         )
+
+    def clone(self, rngs: dict[str, np.random.Generator]) -> PrefixAffinity:
+        return self
+
+
+class WeightedRandom:
+    """Random choice with probability proportional to per-instance weights (an agent's
+    routing weights for an interval); uniform when every available weight is zero."""
+
+    reads_state = False
+
+    def __init__(self, rng: np.random.Generator, weights: Sequence[float]) -> None:
+        self.rng = rng
+        self.weights = list(weights)
+
+    def choose(self, request: Request, candidates: Sequence[Instance]) -> Instance:
+        weights = [self.weights[c.instance_id] for c in candidates]
+        total = sum(weights)
+        if total <= 0:
+            return candidates[int(self.rng.integers(len(candidates)))]
+        point = self.rng.random() * total
+        for candidate, weight in zip(candidates, weights, strict=True):
+            point -= weight
+            if point < 0:
+                return candidate
+        return candidates[-1]
+
+    def clone(self, rngs: dict[str, np.random.Generator]) -> WeightedRandom:
+        return WeightedRandom(rngs["routing"], self.weights)
 
 
 def make_router(policy: str, rng: np.random.Generator) -> RoutingPolicy:

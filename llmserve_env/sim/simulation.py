@@ -18,7 +18,8 @@ from llmserve_env.sim.events import Arrival, DecisionPoint, EngineWake, Iteratio
 from llmserve_env.sim.instance import Instance
 from llmserve_env.sim.kernel import Kernel
 from llmserve_env.sim.metrics import MetricsRecorder, summarize
-from llmserve_env.sim.request import RejectReason, Request, RequestStatus
+from llmserve_env.sim.request import RejectReason, Request, RequestStatus, clone_request
+from llmserve_env.sim.rng import clone_rngs
 from llmserve_env.sim.router import RoutingPolicy
 from llmserve_env.sim.stats import ItlHistogram
 from llmserve_env.sim.workload.base import WorkloadData
@@ -80,14 +81,19 @@ class Simulation:
         self._next_sample = 0.0
         for inst in instances:
             inst.on_finish = self._on_finish
+        self._register_handlers()
+        self._schedule_next_arrival()
+        if sample_interval_s is not None:
+            kernel.schedule(0.0, Sample())
+
+    def _register_handlers(self) -> None:
+        """The dispatch table: one handler per event type."""
+        kernel = self.kernel
         kernel.on(Arrival, self._on_arrival)
         kernel.on(IterationDone, self._on_iteration_done)
         kernel.on(EngineWake, self._on_wake)
         kernel.on(Sample, self._on_sample)
         kernel.on(DecisionPoint, self._on_decision)
-        self._schedule_next_arrival()
-        if sample_interval_s is not None:
-            kernel.schedule(0.0, Sample())
 
     # ------------------------------------------------------------------ state
 
@@ -99,7 +105,7 @@ class Simulation:
     @property
     def arrivals_exhausted(self) -> bool:
         """No request is left to arrive (before the horizon)."""
-        return self.next_index >= len(self.workload) or (
+        return self.next_index >= len(self.workload) or bool(
             self.horizon_s is not None and self.workload.arrival_s[self.next_index] > self.horizon_s
         )
 
@@ -293,6 +299,30 @@ class Simulation:
             wall_time_s=self.wall_time_s,
             end_time_s=self.kernel.now,
         )
+
+    def clone(self) -> Simulation:
+        """An independent copy of the whole simulation state, for what-if branches.
+
+        Mutable state (kernel, instances, requests, queues, KV pools, metrics, RNG
+        streams) is copied; read-only parts (workload arrays, latency models, engine
+        parameters, token contents) are shared. The copy continues exactly as the
+        original would under the same decisions.
+        """
+        other = Simulation.__new__(Simulation)
+        other.__dict__.update(self.__dict__)
+        kernel = self.kernel.clone()
+        other.kernel = kernel
+        other.rngs = clone_rngs(self.rngs)
+        other.itl = self.itl.copy()
+        other.metrics = self.metrics.clone()
+        mapping: dict[int, Request] = {}
+        other.instances = [inst.clone(kernel, other.itl, mapping) for inst in self.instances]
+        for inst in other.instances:
+            inst.on_finish = other._on_finish
+        other.pending = [mapping.get(id(r)) or clone_request(r) for r in self.pending]
+        other.router = None if self.router is None else self.router.clone(other.rngs)
+        other._register_handlers()
+        return other
 
     def check_invariants(self) -> None:
         """Assert request accounting and per-instance KV conservation (for tests)."""

@@ -1,0 +1,180 @@
+"""Action heads: each owns a slice of the MultiDiscrete action, its mask and its effect.
+
+A head is a small object with ``nvec`` (choices per action dimension), ``masks``
+(which choices are legal now) and ``apply`` (change the simulation). The environment
+concatenates the enabled heads in a fixed order: routing, batching. A disabled head
+is simply absent; its heuristic (the scenario's router, the engine's static knobs)
+keeps driving that part of the system.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from llmserve_env.config.schema import BatchingHeadConfig, RoutingHeadConfig
+from llmserve_env.sim.request import RejectReason
+from llmserve_env.sim.router import WeightedRandom
+from llmserve_env.sim.simulation import Simulation
+
+
+class ActionHead(Protocol):
+    """One group of action dimensions."""
+
+    name: str
+    nvec: list[int]
+
+    def masks(self, sim: Simulation) -> list[np.ndarray]:
+        """One boolean array per dimension: which choices are legal now."""
+        ...
+
+    def apply(self, sim: Simulation, action: np.ndarray) -> int:
+        """Carry out this head's part of the action; returns the number of illegal
+        choices met (they are handled as documented, never silently ignored)."""
+        ...
+
+    def describe(self) -> list[str]:
+        """One human-readable line per dimension."""
+        ...
+
+
+class RequestRoutingHead:
+    """Routing mode: pick the instance for the request awaiting a decision.
+
+    Choices ``0 .. max_instances-1`` name an instance; with ``allow_reject`` one more
+    choice rejects the request. Choosing a padding row or an instance that could never
+    serve the request rejects it (reason ``policy``) and counts as an illegal choice;
+    masks rule these out.
+    """
+
+    name = "routing"
+
+    def __init__(self, cfg: RoutingHeadConfig, num_instances: int, max_instances: int) -> None:
+        self.num_instances = num_instances
+        self.max_instances = max_instances
+        self.allow_reject = cfg.allow_reject
+        self.nvec = [max_instances + (1 if cfg.allow_reject else 0)]
+
+    def masks(self, sim: Simulation) -> list[np.ndarray]:
+        mask = np.zeros(self.nvec[0], dtype=bool)
+        if sim.pending:
+            request = sim.pending[0]
+            available = {inst.instance_id for inst in sim.available_instances()}
+            for inst in sim.instances:
+                if inst.instance_id in available and inst.admission_check(request).value == 0:
+                    mask[inst.instance_id] = True
+        if self.allow_reject:
+            mask[-1] = True
+        if not mask.any():
+            # Nothing can take it: every real instance stays choosable (the request is
+            # then rejected with the instance's reason), so the mask is never empty.
+            mask[: self.num_instances] = True
+        return [mask]
+
+    def apply(self, sim: Simulation, action: np.ndarray) -> int:
+        if not sim.pending:
+            return 0
+        request = sim.pending[0]
+        choice = int(action[0])
+        if self.allow_reject and choice == self.max_instances:
+            sim.reject(request, RejectReason.POLICY)
+            return 0
+        if choice >= self.num_instances:
+            sim.reject(request, RejectReason.POLICY)
+            return 1
+        return 0 if sim.route(request, choice) else 1
+
+    def describe(self) -> list[str]:
+        extra = " or reject" if self.allow_reject else ""
+        return [f"routing: instance for the pending request (0..{self.max_instances - 1}){extra}"]
+
+
+class WeightRoutingHead:
+    """Cluster mode: a routing weight level per instance for the next interval.
+
+    Arrivals during the interval go to instance ``i`` with probability proportional to
+    its level (0 .. ``weight_levels``-1); padding rows are masked to 0; all-zero weights
+    mean uniform routing.
+    """
+
+    name = "routing"
+
+    def __init__(self, cfg: RoutingHeadConfig, num_instances: int, max_instances: int) -> None:
+        self.num_instances = num_instances
+        self.max_instances = max_instances
+        self.levels = cfg.weight_levels
+        self.nvec = [self.levels] * max_instances
+
+    def masks(self, sim: Simulation) -> list[np.ndarray]:
+        out = []
+        for i in range(self.max_instances):
+            mask = np.ones(self.levels, dtype=bool)
+            if i >= self.num_instances:
+                mask[1:] = False
+            out.append(mask)
+        return out
+
+    def apply(self, sim: Simulation, action: np.ndarray) -> int:
+        weights = [float(a) for a in action[: self.num_instances]]
+        illegal = int(np.count_nonzero(action[self.num_instances :]))
+        if isinstance(sim.router, WeightedRandom):
+            sim.router.weights = weights
+        else:
+            sim.router = WeightedRandom(sim.rngs["routing"], weights)
+        return illegal
+
+    def describe(self) -> list[str]:
+        return [
+            f"routing weight of instance {i} (0..{self.levels - 1})"
+            for i in range(self.max_instances)
+        ]
+
+
+class BatchingHead:
+    """Per instance: ``max_num_seqs`` level, token-budget level, scheduling policy.
+
+    Three dimensions per instance row, in that order; padding rows are masked to their
+    first choice and ignored.
+    """
+
+    name = "batching"
+
+    def __init__(self, cfg: BatchingHeadConfig, num_instances: int, max_instances: int) -> None:
+        self.cfg = cfg
+        self.num_instances = num_instances
+        self.max_instances = max_instances
+        self.seqs = list(cfg.max_num_seqs_levels)
+        self.tokens = list(cfg.max_num_batched_tokens_levels)
+        self.policies = list(cfg.scheduling_policies)
+        self.nvec = [len(self.seqs), len(self.tokens), len(self.policies)] * max_instances
+
+    def masks(self, sim: Simulation) -> list[np.ndarray]:
+        out = []
+        for i in range(self.max_instances):
+            for n in (len(self.seqs), len(self.tokens), len(self.policies)):
+                mask = np.ones(n, dtype=bool)
+                if i >= self.num_instances:
+                    mask[1:] = False
+                out.append(mask)
+        return out
+
+    def apply(self, sim: Simulation, action: np.ndarray) -> int:
+        for i, inst in enumerate(sim.instances):
+            a, b, c = (int(x) for x in action[3 * i : 3 * i + 3])
+            inst.set_knobs(
+                max_num_seqs=self.seqs[a],
+                max_num_batched_tokens=self.tokens[b],
+                scheduling_policy=self.policies[c],
+            )
+        return int(np.count_nonzero(action[3 * self.num_instances :]))
+
+    def describe(self) -> list[str]:
+        lines = []
+        for i in range(self.max_instances):
+            lines += [
+                f"instance {i} max_num_seqs level {self.seqs}",
+                f"instance {i} max_num_batched_tokens level {self.tokens}",
+                f"instance {i} scheduling policy {self.policies}",
+            ]
+        return lines

@@ -1,0 +1,647 @@
+"""The Gymnasium environment around the serving simulator."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from llmserve_env.build import SimulationFactory, load_scenario
+from llmserve_env.config.errors import ScenarioError
+from llmserve_env.config.schema import Scenario
+from llmserve_env.env.actions import (
+    ActionHead,
+    BatchingHead,
+    RequestRoutingHead,
+    WeightRoutingHead,
+)
+from llmserve_env.env.observation import (
+    Ewma,
+    Feature,
+    features_for,
+    observation_layout,
+    observation_space,
+)
+from llmserve_env.sim.router import make_router
+from llmserve_env.sim.simulation import Simulation
+
+Mode = Literal["cluster", "routing"]
+REWARD_TERMS = ("goodput", "ttft_violation", "tpot_violation", "rejected", "backlog", "energy")
+
+
+@dataclass
+class EnvState:
+    """An opaque snapshot of an environment (see :meth:`LLMServeEnv.get_state`)."""
+
+    sim: Simulation
+    counters: dict[str, float]
+    rates: dict[str, Ewma]
+    last_time: float
+    elapsed_steps: int
+    episode_seed: int
+    np_random_state: Any
+    done: bool
+
+
+class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
+    """An LLM-serving cluster under a request workload, with vLLM V1 engines.
+
+    ## Description
+
+    The cluster of a scenario (nodes, instances of a model on accelerators, engine
+    knobs) serves its workload (synthetic arrivals, a trace or multi-turn sessions) in
+    an event-driven simulation with vLLM V1 semantics: continuous batching within a
+    token budget, chunked prefill, preemption by recomputation, paged KV cache with
+    prefix caching. The agent routes requests and tunes engine knobs; rewards come from
+    latency SLOs, rejections, queueing and energy.
+
+    Two decision cadences (``mode``):
+
+    - ``routing`` (``LLMServe/Routing-v0``): one step per arriving request; the step's
+      action places that request.
+    - ``cluster`` (``LLMServe/Cluster-v0``): one step every ``env.decision_interval_s``
+      of simulated time; the action sets routing weights and knobs for the interval.
+
+    The decision cadence is independent of the simulation's granularity (engine
+    iterations, arrivals), which runs exactly between decisions.
+
+    ## Action Space
+
+    ``MultiDiscrete``: the enabled heads' dimensions, concatenated in this order
+    (``N`` = ``max_instances``):
+
+    | head | dims | choices | effect |
+    |---|---|---|---|
+    | routing (routing mode) | 1 | ``N`` (+1 with ``allow_reject``) | instance for the pending request; the last choice rejects it |
+    | routing (cluster mode) | ``N`` | ``weight_levels`` | routing weight per instance for the interval (probability proportional to weight; all zero = uniform) |
+    | batching | ``3N`` | levels of ``max_num_seqs``, ``max_num_batched_tokens``, ``scheduling_policy`` | engine knobs per instance, from the next iteration |
+
+    Heads are switched in the scenario's ``env.heads``; a disabled head is driven by its
+    heuristic (``router.policy``; the static engine knobs). :meth:`action_masks`
+    returns the legal choices (padding rows, instances that cannot serve the pending
+    request) in sb3-contrib's MaskablePPO format. An illegal choice is handled, not
+    ignored: routing to a padding row or to an instance that can never serve the
+    request rejects it (reason ``policy``); it is counted in ``info["illegal_actions"]``.
+
+    ## Observation Space
+
+    A ``Dict`` of float32 ``Box`` spaces, each ``[0, high]``; per-instance features
+    have shape ``(N,)`` (padding rows are 0), the others ``(1,)``.
+    :attr:`observation_layout` gives each key's slice in the flattened vector.
+
+    | key | shape | unit | high | meaning |
+    |---|---|---|---|---|
+    | instance_valid | (N,) | 1 | 1 | 1 for a real instance, 0 for padding |
+    | num_waiting | (N,) | requests | 1e5 | requests in the waiting queue |
+    | num_running | (N,) | requests | 1e5 | requests in the running batch |
+    | scheduled_tokens | (N,) | tokens | 1e6 | tokens in the latest iteration's batch |
+    | queue_delay_s | (N,) | s | 1e5 | age of the request at the head of the waiting queue |
+    | preemption_rate | (N,) | 1/s | 1e6 | preemptions per second (moving average) |
+    | kv_usage_frac | (N,) | fraction | 1 | KV-cache blocks in use |
+    | free_kv_blocks | (N,) | blocks | 1e8 | free KV-cache blocks |
+    | prefix_hit_rate | (N,) | fraction | 1 | prefix-cache hit rate of admissions (moving average) |
+    | generation_tok_s | (N,) | tokens/s | 1e7 | output tokens per second (moving average) |
+    | max_num_seqs | (N,) | requests | 1e5 | current ``max_num_seqs`` knob |
+    | max_num_batched_tokens | (N,) | tokens | 1e7 | current token budget knob |
+    | arrival_rate_rps | (1,) | requests/s | 1e6 | arrival rate (moving average) |
+    | slo_attainment | (1,) | fraction | 1 | finished requests meeting every SLO (moving average; 1 before any finish) |
+    | goodput_rps | (1,) | requests/s | 1e6 | SLO-meeting finishes per second (moving average) |
+    | time_remaining_frac | (1,) | fraction | 1 | fraction of the episode horizon left |
+    | request_prompt_tokens | (1,) | tokens | 1e7 | routing mode only: prompt length of the pending request |
+    | request_cached_tokens | (N,) | tokens | 1e7 | routing mode only: tokens of its prefix cached at each instance |
+
+    Moving averages use the time constant ``env.rate_window_s``. Values are raw
+    physical quantities; wrap the environment in SB3's ``VecNormalize`` (or
+    Gymnasium's ``NormalizeObservation``) for learning.
+
+    ## Rewards
+
+    ``reward = sum(weight[k] * term[k])`` over named terms, each additive over time, so
+    an episode's return does not depend on the decision cadence. The raw terms of the
+    step are in ``info["reward_terms"]``; weights come from ``env.reward``:
+
+    | term | meaning | default weight |
+    |---|---|---|
+    | goodput | requests finished within every SLO during the step | +1.0 |
+    | ttft_violation | finished requests over the TTFT SLO | -0.5 |
+    | tpot_violation | finished requests over the TPOT SLO | -0.5 |
+    | rejected | requests rejected during the step | -1.0 |
+    | backlog | request-seconds spent waiting in queues during the step | -0.01 |
+    | energy | joules consumed during the step (0 until a power model is active) | 0.0 |
+
+    ## Starting State
+
+    ``reset(seed=...)`` builds a fresh simulation whose RNG tree (arrivals, lengths,
+    routing, gating, noise streams) is seeded from the environment's ``np_random``; in
+    routing mode it then runs to the first arrival. ``options`` may carry
+    ``{"start_s": float}`` to start a trace workload later in the trace.
+
+    ## Episode End
+
+    - ``terminated``: the workload is exhausted and every request has ended.
+    - ``truncated``: simulated time reached ``env.horizon_s``; requests still in flight
+      end as ``unfinished``.
+
+    At the end, ``info["episode_stats"]`` holds the run summary (the ``llmserve run``
+    summary: counts, throughput, TTFT/TPOT/ITL/e2e statistics, SLO attainment).
+
+    ## Arguments
+
+    ``gym.make("LLMServe/Routing-v0", scenario="default", overrides=["env.horizon_s=60"])``
+
+    - ``scenario``: a shipped scenario name or a path to a scenario YAML.
+    - ``overrides``: ``dotted.key=value`` strings applied to the scenario.
+    - ``mode``: ``"routing"`` or ``"cluster"`` (set by the registered id).
+    - ``render_mode``: ``None`` or ``"ansi"`` (a per-instance table).
+
+    All arguments are JSON-serialisable, so ``env.spec.to_json()`` rebuilds the same
+    environment. Counterfactual branches: :meth:`get_state`, :meth:`set_state`,
+    :meth:`fork` (about a millisecond; read-only tables are shared).
+
+    ## Version History
+
+    - v0: initial version (routing and batching heads).
+    """
+
+    metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}  # noqa: RUF012 - Gymnasium's convention
+
+    def __init__(
+        self,
+        scenario: str | Scenario = "default",
+        overrides: Sequence[str] | None = None,
+        mode: Mode = "routing",
+        render_mode: str | None = None,
+    ) -> None:
+        if mode not in ("routing", "cluster"):
+            raise ValueError(f"mode must be 'routing' or 'cluster', got {mode!r}")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(
+                f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}"
+            )
+        if isinstance(scenario, Scenario):
+            if overrides:
+                raise ValueError(
+                    "overrides apply to a scenario name or path, not a Scenario object"
+                )
+            cfg = scenario
+        else:
+            cfg = load_scenario(scenario, list(overrides or ()))
+        self.scenario = cfg
+        self.mode: Mode = mode
+        self.render_mode = render_mode
+        self.factory = SimulationFactory(cfg)
+        env_cfg = cfg.env
+        self.num_instances = self.factory.num_instances
+        self.max_instances = env_cfg.max_instances or self.num_instances
+        if self.max_instances < self.num_instances:
+            raise ScenarioError(
+                [
+                    (
+                        "env.max_instances",
+                        f"{self.max_instances} is fewer than the cluster's {self.num_instances} instances",
+                    )
+                ]
+            )
+        if env_cfg.horizon_s is None and env_cfg.max_requests is None and not _bounded(cfg):
+            raise ScenarioError(
+                [("env.horizon_s", "give env.horizon_s or env.max_requests so episodes end")]
+            )
+        self.heads: list[ActionHead] = []
+        if env_cfg.heads.routing.enabled:
+            head_cls = RequestRoutingHead if mode == "routing" else WeightRoutingHead
+            self.heads.append(
+                head_cls(env_cfg.heads.routing, self.num_instances, self.max_instances)
+            )
+        elif env_cfg.heads.routing.allow_reject:
+            raise ScenarioError(
+                [("env.heads.routing.allow_reject", "needs env.heads.routing.enabled: true")]
+            )
+        if env_cfg.heads.batching.enabled:
+            self.heads.append(
+                BatchingHead(env_cfg.heads.batching, self.num_instances, self.max_instances)
+            )
+        if not self.heads:
+            raise ScenarioError(
+                [("env.heads", "every action head is disabled; enable routing or batching")]
+            )
+        nvec = [n for head in self.heads for n in head.nvec]
+        self.action_space = spaces.MultiDiscrete(np.asarray(nvec, dtype=np.int64))
+        self._nvec = self.action_space.nvec
+        self._head_slices: list[slice] = []
+        start = 0
+        for head in self.heads:
+            self._head_slices.append(slice(start, start + len(head.nvec)))
+            start += len(head.nvec)
+        self.features: tuple[Feature, ...] = features_for(mode == "routing")
+        self.observation_space = observation_space(self.features, self.max_instances)  # type: ignore[assignment]
+        self.observation_layout = observation_layout(self.features, self.max_instances)
+        self.reward_weights = env_cfg.reward.model_dump()
+        self.horizon_s = env_cfg.horizon_s
+        self.sim: Simulation | None = None
+        self.episode_seed = cfg.seed
+        self._done = True
+        self._counters: dict[str, float] = dict.fromkeys(REWARD_TERMS, 0.0)
+        self._rates: dict[str, Ewma] = {}
+        self._last_time = 0.0
+        self._elapsed_steps = 0
+        self._start_s: float | None = None
+
+    # ------------------------------------------------------------------ episode
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Start an episode (see the class docstring, "Starting State")."""
+        super().reset(seed=seed)
+        options = dict(options or {})
+        start_s = options.pop("start_s", None)
+        if options:
+            raise ValueError(f"unknown reset options {sorted(options)}; allowed: start_s")
+        self.episode_seed = int(self.np_random.integers(2**31 - 1))
+        factory = self.factory
+        if start_s is not None:
+            if self.scenario.workload.kind != "trace":
+                raise ValueError("options['start_s'] needs a trace workload")
+            if start_s != self._start_s:
+                cfg = self.scenario.model_copy(
+                    update={
+                        "workload": self.scenario.workload.model_copy(
+                            update={"start_s": float(start_s)}
+                        )
+                    }
+                )
+                self._segment_factory = SimulationFactory(cfg)
+                self._start_s = start_s
+            factory = self._segment_factory
+        workload = factory.workload(self.episode_seed)
+        if (
+            self.scenario.env.max_requests is not None
+            and len(workload) > self.scenario.env.max_requests
+        ):
+            workload = _first(workload, self.scenario.env.max_requests)
+        self.sim = factory.build(
+            self.episode_seed,
+            external_routing=self.mode == "routing",
+            workload=workload,
+            horizon_s=self.horizon_s,
+        )
+        self._fallback = make_router(self.scenario.router.policy, self.sim.rngs["routing"])
+        self._counters = self._read_counters()
+        n = self.num_instances
+        tau = self.scenario.env.rate_window_s
+        self._rates = {
+            "arrivals": Ewma(tau, 1),
+            "finished": Ewma(tau, 2),
+            "preemptions": Ewma(tau, n),
+            "prefix": Ewma(tau, 2 * n),
+            "generation": Ewma(tau, n),
+        }
+        for name, totals in self._rate_totals().items():
+            self._rates[name].reset(totals)
+        self._last_time = 0.0
+        self._elapsed_steps = 0
+        self._done = False
+        if self.mode == "routing":
+            self._advance_routing()
+        self._update_rates()
+        return self._observe(), self._info({})
+
+    def step(
+        self, action: np.ndarray
+    ) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        """Apply the action, simulate to the next decision, observe and reward."""
+        if self.sim is None or self._done:
+            raise RuntimeError(
+                "step() called before reset() or after the episode ended; call reset() first"
+            )
+        action = np.asarray(action)
+        if (
+            action.shape != self._nvec.shape
+            or not np.issubdtype(action.dtype, np.integer)
+            or (action < 0).any()
+            or (action >= self._nvec).any()
+        ):
+            raise ValueError(
+                f"action {action.tolist()} is outside the action space {self.action_space} "
+                f"(dimensions: {self.action_names})"
+            )
+        sim = self.sim
+        illegal = 0
+        for head, part in zip(self.heads, self._head_slices, strict=True):
+            illegal += head.apply(sim, action[part])
+        if self.mode == "routing":
+            if sim.pending and not any(h.name == "routing" for h in self.heads):
+                request = sim.pending[0]
+                choice = self._fallback.choose(request, sim.available_instances())
+                sim.route(request, choice.instance_id)
+            self._advance_routing()
+        else:
+            target = sim.now + self.scenario.env.decision_interval_s
+            if self.horizon_s is not None:
+                target = min(target, self.horizon_s)
+            sim.run_until(target)
+        self._elapsed_steps += 1
+        terms = self._reward_terms()
+        reward = float(sum(self.reward_weights[k] * v for k, v in terms.items()))
+        self._update_rates()
+        terminated = bool(sim.drained)
+        truncated = bool(
+            not terminated and self.horizon_s is not None and sim.now >= self.horizon_s
+        )
+        info = self._info({"reward_terms": terms, "illegal_actions": illegal})
+        if terminated or truncated:
+            sim.finalize()
+            info["episode_stats"] = sim.summary()
+            self._done = True
+        return self._observe(), reward, terminated, truncated, info
+
+    def _advance_routing(self) -> None:
+        """Run until an arrival awaits routing, the horizon, or the end of work."""
+        sim = self.sim
+        assert sim is not None
+        end = self.horizon_s if self.horizon_s is not None else math.inf
+        while not sim.pending:
+            halted = sim.run_until(end)
+            if not halted:
+                break
+
+    # ------------------------------------------------------------------ masks
+
+    def action_masks(self) -> np.ndarray:
+        """Legal choices, concatenated over all action dimensions (MaskablePPO format)."""
+        if self.sim is None:
+            raise RuntimeError("action_masks() called before reset()")
+        return np.concatenate([m for head in self.heads for m in head.masks(self.sim)])
+
+    @property
+    def action_names(self) -> list[str]:
+        """One description per action dimension."""
+        return [line for head in self.heads for line in head.describe()]
+
+    # ------------------------------------------------------------------ observation
+
+    def _rate_totals(self) -> dict[str, np.ndarray]:
+        sim = self.sim
+        assert sim is not None
+        stats = [inst.stats for inst in sim.instances]
+        m = sim.metrics
+        return {
+            "arrivals": np.array([sim.num_arrived], dtype=np.float64),
+            "finished": np.array([m.num_finished, m.num_slo_met], dtype=np.float64),
+            "preemptions": np.array([s.num_preemptions for s in stats], dtype=np.float64),
+            "prefix": np.array(
+                [s.prefix_hit_tokens for s in stats] + [s.prefix_query_tokens for s in stats],
+                dtype=np.float64,
+            ),
+            "generation": np.array([s.generation_tokens for s in stats], dtype=np.float64),
+        }
+
+    def _update_rates(self) -> None:
+        sim = self.sim
+        assert sim is not None
+        sim.sync()
+        dt = sim.now - self._last_time
+        for name, totals in self._rate_totals().items():
+            self._rates[name].update(totals, dt)
+        self._last_time = sim.now
+
+    def _observe(self) -> dict[str, np.ndarray]:
+        sim = self.sim
+        assert sim is not None
+        sim.sync()
+        n, m = self.num_instances, self.max_instances
+        now = sim.now
+        cols: dict[str, list[float]] = {
+            name: []
+            for name in (
+                "num_waiting",
+                "num_running",
+                "scheduled_tokens",
+                "queue_delay_s",
+                "kv_usage_frac",
+                "free_kv_blocks",
+                "max_num_seqs",
+                "max_num_batched_tokens",
+            )
+        }
+        for inst in sim.instances:
+            waiting = inst.waiting
+            cols["num_waiting"].append(len(waiting))
+            cols["num_running"].append(len(inst.running))
+            cols["scheduled_tokens"].append(inst.stats.scheduled_tokens_last if inst.busy else 0)
+            cols["queue_delay_s"].append(now - waiting.peek().arrival_s if waiting else 0.0)
+            cols["kv_usage_frac"].append(inst.pool.usage_frac)
+            cols["free_kv_blocks"].append(inst.pool.num_free_blocks)
+            cols["max_num_seqs"].append(inst.params.max_num_seqs)
+            cols["max_num_batched_tokens"].append(inst.params.max_num_batched_tokens)
+        obs: dict[str, np.ndarray] = {}
+
+        def rows(values: Sequence[float] | np.ndarray) -> np.ndarray:
+            out = np.zeros(m, dtype=np.float32)
+            out[:n] = values
+            return out
+
+        valid = np.zeros(m, dtype=np.float32)
+        valid[:n] = 1.0
+        obs["instance_valid"] = valid
+        for name, values in cols.items():
+            obs[name] = rows(values)
+        rates = self._rates
+        obs["preemption_rate"] = rows(rates["preemptions"].values)
+        prefix = rates["prefix"].values
+        hits, queries = prefix[:n], prefix[n:]
+        obs["prefix_hit_rate"] = rows(
+            np.divide(hits, queries, out=np.zeros(n), where=queries > 1e-12)
+        )
+        obs["generation_tok_s"] = rows(rates["generation"].values)
+        obs["arrival_rate_rps"] = np.array([rates["arrivals"].values[0]], dtype=np.float32)
+        finished, met = rates["finished"].values
+        obs["slo_attainment"] = np.array(
+            [met / finished if finished > 1e-12 else 1.0], dtype=np.float32
+        )
+        obs["goodput_rps"] = np.array([met], dtype=np.float32)
+        remaining = 1.0 - now / self.horizon_s if self.horizon_s else 1.0
+        obs["time_remaining_frac"] = np.array([remaining], dtype=np.float32)
+        if self.mode == "routing":
+            request = sim.pending[0] if sim.pending else None
+            obs["request_prompt_tokens"] = np.array(
+                [request.num_prompt_tokens if request else 0], dtype=np.float32
+            )
+            cached = [
+                inst.pool.cached_prefix_tokens(request) if request else 0 for inst in sim.instances
+            ]
+            obs["request_cached_tokens"] = rows(cached)
+        for feature in self.features:
+            np.clip(obs[feature.name], 0.0, feature.high, out=obs[feature.name])
+        return obs
+
+    # ------------------------------------------------------------------ reward
+
+    def _read_counters(self) -> dict[str, float]:
+        sim = self.sim
+        assert sim is not None
+        m = sim.metrics
+        now = sim.now
+        return {
+            "goodput": float(m.num_slo_met),
+            "ttft_violation": float(m.num_ttft_violations),
+            "tpot_violation": float(m.num_tpot_violations),
+            "rejected": float(m.num_rejected),
+            "backlog": float(sum(inst.waiting_area(now) for inst in sim.instances)),
+            "energy": 0.0,
+        }
+
+    def _reward_terms(self) -> dict[str, float]:
+        current = self._read_counters()
+        terms = {k: current[k] - self._counters[k] for k in REWARD_TERMS}
+        self._counters = current
+        return terms
+
+    def _info(self, extra: dict[str, Any]) -> dict[str, Any]:
+        sim = self.sim
+        assert sim is not None
+        info = {
+            "sim_time_s": sim.now,
+            "num_arrived": sim.num_arrived,
+            "num_ended": sim.num_ended,
+        }
+        info.update(extra)
+        return info
+
+    # ------------------------------------------------------------------ render
+
+    def render(self) -> str | np.ndarray | None:
+        """``ansi``: a compact per-instance table; ``rgb_array``: per-instance bars
+        (green: KV usage, blue: running / max_num_seqs, red: waiting / max_num_seqs)."""
+        if self.render_mode is None:
+            gym.logger.warn("render() without render_mode; pass render_mode='ansi' to gym.make")
+            return None
+        sim = self.sim
+        if self.render_mode == "rgb_array":
+            return self._render_rgb()
+        if sim is None:
+            return "(not reset)"
+        sim.sync()
+        lines = [
+            f"t={sim.now:9.3f}s arrived={sim.num_arrived} ended={sim.num_ended} "
+            f"pending={len(sim.pending)}",
+            f"{'instance':<22}{'wait':>6}{'run':>6}{'kv%':>7}{'tok/it':>8}{'seqs':>6}{'budget':>8}",
+        ]
+        for inst in sim.instances:
+            lines.append(
+                f"{inst.name[:21]:<22}{inst.num_waiting:>6}{inst.num_running:>6}"
+                f"{100 * inst.kv_usage_frac:>6.1f}%{inst.stats.scheduled_tokens_last if inst.busy else 0:>8}"
+                f"{inst.params.max_num_seqs:>6}{inst.params.max_num_batched_tokens:>8}"
+            )
+        return "\n".join(lines) + "\n"
+
+    def _render_rgb(self) -> np.ndarray:
+        height, bar, gap = 160, 12, 8
+        width = self.max_instances * (3 * bar + gap) + gap
+        image = np.full((height, width, 3), 255, dtype=np.uint8)
+        if self.sim is None:
+            return image
+        self.sim.sync()
+        colours = ((46, 160, 67), (31, 111, 235), (218, 54, 51))
+        for i, inst in enumerate(self.sim.instances):
+            seqs = max(inst.params.max_num_seqs, 1)
+            values = (
+                inst.kv_usage_frac,
+                inst.num_running / seqs,
+                min(inst.num_waiting / seqs, 1.0),
+            )
+            left = gap + i * (3 * bar + gap)
+            for j, (value, colour) in enumerate(zip(values, colours, strict=True)):
+                top = height - round(value * (height - 4))
+                image[top:, left + j * bar : left + (j + 1) * bar - 1] = colour
+        return image
+
+    # ------------------------------------------------------------------ counterfactuals
+
+    def get_state(self) -> EnvState:
+        """A snapshot of the whole state (simulation, moving averages, counters, RNG)."""
+        if self.sim is None:
+            raise RuntimeError("get_state() called before reset()")
+        return EnvState(
+            sim=self.sim.clone(),
+            counters=dict(self._counters),
+            rates={k: v.copy() for k, v in self._rates.items()},
+            last_time=self._last_time,
+            elapsed_steps=self._elapsed_steps,
+            episode_seed=self.episode_seed,
+            np_random_state=self._np_random.bit_generator.state
+            if self._np_random is not None
+            else None,
+            done=self._done,
+        )
+
+    def set_state(self, state: EnvState) -> None:
+        """Return to a snapshot taken by :meth:`get_state` (the snapshot stays reusable)."""
+        self.sim = state.sim.clone()
+        self._counters = dict(state.counters)
+        self._rates = {k: v.copy() for k, v in state.rates.items()}
+        self._last_time = state.last_time
+        self._elapsed_steps = state.elapsed_steps
+        self.episode_seed = state.episode_seed
+        if state.np_random_state is not None:
+            self.np_random.bit_generator.state = state.np_random_state
+        self._done = state.done
+        self._fallback = make_router(self.scenario.router.policy, self.sim.rngs["routing"])
+
+    def fork(self) -> LLMServeEnv:
+        """An independent copy of this environment at its current state.
+
+        Stepping the fork with the same actions replays this environment exactly; with
+        other actions it sees the same future arrivals (common random numbers).
+        """
+        if self.sim is None:
+            raise RuntimeError("fork() called before reset()")
+        other = LLMServeEnv.__new__(LLMServeEnv)
+        other.__dict__.update(self.__dict__)
+        other.set_state(self.get_state_shallow())
+        if self._np_random is not None:
+            bit = np.random.PCG64()
+            bit.state = self._np_random.bit_generator.state  # type: ignore[assignment]
+            other._np_random = np.random.Generator(bit)
+        return other
+
+    def get_state_shallow(self) -> EnvState:
+        """Like :meth:`get_state` without copying the simulation (used by :meth:`fork`,
+        which copies it once)."""
+        assert self.sim is not None
+        return EnvState(
+            sim=self.sim,
+            counters=self._counters,
+            rates=self._rates,
+            last_time=self._last_time,
+            elapsed_steps=self._elapsed_steps,
+            episode_seed=self.episode_seed,
+            np_random_state=None,
+            done=self._done,
+        )
+
+
+def _bounded(cfg: Scenario) -> bool:
+    """Whether the workload ends on its own."""
+    w = cfg.workload
+    return w.kind in ("trace", "multi_turn") or getattr(w, "num_requests", None) is not None
+
+
+def _first(workload: Any, count: int) -> Any:
+    """The first ``count`` requests of a workload."""
+    from llmserve_env.sim.workload.base import WorkloadData
+
+    return WorkloadData(
+        arrival_s=workload.arrival_s[:count].copy(),
+        prompt_tokens=workload.prompt_tokens[:count].copy(),
+        output_tokens=workload.output_tokens[:count].copy(),
+        priority=workload.priority[:count].copy(),
+        session_id=workload.session_id[:count].copy(),
+        contents=None if workload.contents is None else workload.contents[:count],
+        source=workload.source,
+    )
