@@ -31,6 +31,19 @@ from llmserve_env.sim.router import make_router
 from llmserve_env.sim.simulation import Simulation
 
 Mode = Literal["cluster", "routing"]
+# Per-instance features in the order _observe fills them.
+_ROW_FEATURES = (
+    "instance_valid",
+    "num_waiting",
+    "num_running",
+    "scheduled_tokens",
+    "queue_delay_s",
+    "kv_usage_frac",
+    "free_kv_blocks",
+    "max_num_seqs",
+    "max_num_batched_tokens",
+)
+_INSTANCE_KEYS = (*_ROW_FEATURES, "preemption_rate", "prefix_hit_rate", "generation_tok_s")
 REWARD_TERMS = ("goodput", "ttft_violation", "tpot_violation", "rejected", "backlog", "energy")
 
 
@@ -40,7 +53,7 @@ class EnvState:
 
     sim: Simulation
     counters: dict[str, float]
-    rates: dict[str, Ewma]
+    rates: Ewma
     last_time: float
     elapsed_steps: int
     episode_seed: int
@@ -246,7 +259,21 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self.episode_seed = cfg.seed
         self._done = True
         self._counters: dict[str, float] = dict.fromkeys(REWARD_TERMS, 0.0)
-        self._rates: dict[str, Ewma] = {}
+        self._rates = Ewma(env_cfg.rate_window_s, 3 + 4 * self.num_instances)
+        highs = {f.name: f.high for f in self.features}
+        self._instance_highs = np.array([[highs[k]] for k in _INSTANCE_KEYS], dtype=np.float32)
+        self._cluster_highs = np.array(
+            [
+                highs[k]
+                for k in (
+                    "arrival_rate_rps",
+                    "slo_attainment",
+                    "goodput_rps",
+                    "time_remaining_frac",
+                )
+            ],
+            dtype=np.float32,
+        )
         self._last_time = 0.0
         self._elapsed_steps = 0
         self._start_s: float | None = None
@@ -294,15 +321,8 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self._counters = self._read_counters()
         n = self.num_instances
         tau = self.scenario.env.rate_window_s
-        self._rates = {
-            "arrivals": Ewma(tau, 1),
-            "finished": Ewma(tau, 2),
-            "preemptions": Ewma(tau, n),
-            "prefix": Ewma(tau, 2 * n),
-            "generation": Ewma(tau, n),
-        }
-        for name, totals in self._rate_totals().items():
-            self._rates[name].reset(totals)
+        self._rates = Ewma(tau, 3 + 4 * n)
+        self._rates.reset(self._rate_totals())
         self._last_time = 0.0
         self._elapsed_steps = 0
         self._done = False
@@ -385,29 +405,26 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
 
     # ------------------------------------------------------------------ observation
 
-    def _rate_totals(self) -> dict[str, np.ndarray]:
+    def _rate_totals(self) -> np.ndarray:
+        """Cumulative counters behind the moving averages, as one vector:
+        arrivals, finished, SLO met, then per instance preemptions, prefix hits,
+        prefix queries, generated tokens."""
         sim = self.sim
         assert sim is not None
-        stats = [inst.stats for inst in sim.instances]
         m = sim.metrics
-        return {
-            "arrivals": np.array([sim.num_arrived], dtype=np.float64),
-            "finished": np.array([m.num_finished, m.num_slo_met], dtype=np.float64),
-            "preemptions": np.array([s.num_preemptions for s in stats], dtype=np.float64),
-            "prefix": np.array(
-                [s.prefix_hit_tokens for s in stats] + [s.prefix_query_tokens for s in stats],
-                dtype=np.float64,
-            ),
-            "generation": np.array([s.generation_tokens for s in stats], dtype=np.float64),
-        }
+        values: list[float] = [sim.num_arrived, m.num_finished, m.num_slo_met]
+        stats = [inst.stats for inst in sim.instances]
+        values += [s.num_preemptions for s in stats]
+        values += [s.prefix_hit_tokens for s in stats]
+        values += [s.prefix_query_tokens for s in stats]
+        values += [s.generation_tokens for s in stats]
+        return np.array(values, dtype=np.float64)
 
     def _update_rates(self) -> None:
         sim = self.sim
         assert sim is not None
         sim.sync()
-        dt = sim.now - self._last_time
-        for name, totals in self._rate_totals().items():
-            self._rates[name].update(totals, dt)
+        self._rates.update(self._rate_totals(), sim.now - self._last_time)
         self._last_time = sim.now
 
     def _observe(self) -> dict[str, np.ndarray]:
@@ -416,68 +433,54 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         sim.sync()
         n, m = self.num_instances, self.max_instances
         now = sim.now
-        cols: dict[str, list[float]] = {
-            name: []
-            for name in (
-                "num_waiting",
-                "num_running",
-                "scheduled_tokens",
-                "queue_delay_s",
-                "kv_usage_frac",
-                "free_kv_blocks",
-                "max_num_seqs",
-                "max_num_batched_tokens",
-            )
-        }
+        rows = []
         for inst in sim.instances:
             waiting = inst.waiting
-            cols["num_waiting"].append(len(waiting))
-            cols["num_running"].append(len(inst.running))
-            cols["scheduled_tokens"].append(inst.stats.scheduled_tokens_last if inst.busy else 0)
-            cols["queue_delay_s"].append(now - waiting.peek().arrival_s if waiting else 0.0)
-            cols["kv_usage_frac"].append(inst.pool.usage_frac)
-            cols["free_kv_blocks"].append(inst.pool.num_free_blocks)
-            cols["max_num_seqs"].append(inst.params.max_num_seqs)
-            cols["max_num_batched_tokens"].append(inst.params.max_num_batched_tokens)
-        obs: dict[str, np.ndarray] = {}
-
-        def rows(values: Sequence[float] | np.ndarray) -> np.ndarray:
-            out = np.zeros(m, dtype=np.float32)
-            out[:n] = values
-            return out
-
-        valid = np.zeros(m, dtype=np.float32)
-        valid[:n] = 1.0
-        obs["instance_valid"] = valid
-        for name, values in cols.items():
-            obs[name] = rows(values)
-        rates = self._rates
-        obs["preemption_rate"] = rows(rates["preemptions"].values)
-        prefix = rates["prefix"].values
-        hits, queries = prefix[:n], prefix[n:]
-        obs["prefix_hit_rate"] = rows(
-            np.divide(hits, queries, out=np.zeros(n), where=queries > 1e-12)
-        )
-        obs["generation_tok_s"] = rows(rates["generation"].values)
-        obs["arrival_rate_rps"] = np.array([rates["arrivals"].values[0]], dtype=np.float32)
-        finished, met = rates["finished"].values
-        obs["slo_attainment"] = np.array(
-            [met / finished if finished > 1e-12 else 1.0], dtype=np.float32
-        )
-        obs["goodput_rps"] = np.array([met], dtype=np.float32)
+            pool = inst.pool
+            params = inst.params
+            rows.append(
+                (
+                    1.0,
+                    len(waiting),
+                    len(inst.running),
+                    inst.stats.scheduled_tokens_last if inst.busy else 0,
+                    now - waiting.peek().arrival_s if waiting else 0.0,
+                    1.0 - pool.num_free_blocks / pool.num_blocks,
+                    pool.num_free_blocks,
+                    params.max_num_seqs,
+                    params.max_num_batched_tokens,
+                )
+            )
+        rates = self._rates.values
+        matrix = np.zeros((len(_ROW_FEATURES) + 3, m), dtype=np.float32)
+        matrix[: len(_ROW_FEATURES), :n] = np.array(rows, dtype=np.float32).T
+        base = len(_ROW_FEATURES)
+        matrix[base, :n] = rates[3 : 3 + n]  # preemption rate
+        hits, queries = rates[3 + n : 3 + 2 * n], rates[3 + 2 * n : 3 + 3 * n]
+        matrix[base + 1, :n] = np.divide(hits, queries, out=np.zeros(n), where=queries > 1e-12)
+        matrix[base + 2, :n] = rates[3 + 3 * n : 3 + 4 * n]  # generation tokens/s
+        np.minimum(matrix, self._instance_highs, out=matrix)
+        obs = dict(zip(_INSTANCE_KEYS, matrix, strict=True))
+        finished, met = rates[1], rates[2]
         remaining = 1.0 - now / self.horizon_s if self.horizon_s else 1.0
-        obs["time_remaining_frac"] = np.array([remaining], dtype=np.float32)
+        cluster = np.array(
+            [rates[0], met / finished if finished > 1e-12 else 1.0, met, remaining],
+            dtype=np.float32,
+        )
+        np.clip(cluster, 0.0, self._cluster_highs, out=cluster)
+        obs["arrival_rate_rps"] = cluster[0:1]
+        obs["slo_attainment"] = cluster[1:2]
+        obs["goodput_rps"] = cluster[2:3]
+        obs["time_remaining_frac"] = cluster[3:4]
         if self.mode == "routing":
             request = sim.pending[0] if sim.pending else None
+            cached = np.zeros(m, dtype=np.float32)
+            if request is not None:
+                cached[:n] = [inst.pool.cached_prefix_tokens(request) for inst in sim.instances]
             obs["request_prompt_tokens"] = np.array(
                 [request.num_prompt_tokens if request else 0], dtype=np.float32
             )
-            cached = [
-                inst.pool.cached_prefix_tokens(request) if request else 0 for inst in sim.instances
-            ]
-            obs["request_cached_tokens"] = rows(cached)
-        for feature in self.features:
-            np.clip(obs[feature.name], 0.0, feature.high, out=obs[feature.name])
+            obs["request_cached_tokens"] = np.minimum(cached, 1e7)
         return obs
 
     # ------------------------------------------------------------------ reward
@@ -570,7 +573,7 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         return EnvState(
             sim=self.sim.clone(),
             counters=dict(self._counters),
-            rates={k: v.copy() for k, v in self._rates.items()},
+            rates=self._rates.copy(),
             last_time=self._last_time,
             elapsed_steps=self._elapsed_steps,
             episode_seed=self.episode_seed,
@@ -584,7 +587,7 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         """Return to a snapshot taken by :meth:`get_state` (the snapshot stays reusable)."""
         self.sim = state.sim.clone()
         self._counters = dict(state.counters)
-        self._rates = {k: v.copy() for k, v in state.rates.items()}
+        self._rates = state.rates.copy()
         self._last_time = state.last_time
         self._elapsed_steps = state.elapsed_steps
         self.episode_seed = state.episode_seed

@@ -108,6 +108,13 @@ class Instance:
         self._run_start = 0.0
         self._run_done = 0
         self._run_len = 0
+        self._run_c0 = np.empty(0, dtype=np.int64)
+        self._run_b0 = np.empty(0, dtype=np.int64)
+        self._run_last0: list[float] = []
+        self._run_blocks = 0
+        self._run_peak = 0.0
+        self._run_first_done = False
+        self._run_materialized = 0
         # Time integral of the waiting-queue length (request-seconds), kept lazily.
         self._waiting_area = 0.0
         self._waiting_t = 0.0
@@ -235,7 +242,7 @@ class Instance:
             done = int(self._run_ends.searchsorted(time, side="right"))
             done = min(done, self._run_len - 1)  # the last one belongs to its event
             if done > self._run_done:
-                self._commit_run(done)
+                self._account_run(done)
 
     def _cut_run(self) -> None:
         """End the decode stretch at the boundary of the iteration in flight now."""
@@ -476,17 +483,12 @@ class Instance:
         if self.waiting and num < params.max_num_seqs and self._head_admissible():
             return False
         bs = params.block_size
-        computed = [r.num_computed_tokens for r in running]
-        held = [r.num_blocks for r in running]
+        computed = np.fromiter((r.num_computed_tokens for r in running), dtype=np.int64, count=num)
+        held = np.fromiter((r.num_blocks for r in running), dtype=np.int64, count=num)
         free = self.pool.num_free_blocks
 
         def need(k: int) -> int:
-            total = 0
-            for c, b in zip(computed, held, strict=True):
-                extra = (c + k + bs - 1) // bs - b
-                if extra > 0:
-                    total += extra
-            return total
+            return int(np.maximum((computed + (k + bs - 1)) // bs - held, 0).sum())
 
         if need(1) > free:
             return False  # the general path preempts
@@ -502,10 +504,17 @@ class Instance:
             if steps < 2:
                 return False
         i = np.arange(1, steps + 1, dtype=np.float64)
-        kv_sum0 = float(sum(computed))
-        kv_max0 = float(max(computed))
-        durations = self.latency.decode_times_s(num, kv_sum0 + num * i, kv_max0 + i)
+        durations = self.latency.decode_times_s(
+            num, float(computed.sum()) + num * i, float(computed.max()) + i
+        )
         self._run = list(running)
+        self._run_c0 = computed
+        self._run_b0 = held
+        self._run_last0 = [r.last_token_s for r in running]
+        self._run_blocks = 0
+        self._run_peak = 0.0
+        self._run_first_done = False
+        self._run_materialized = 0
         self._run_ends = now + np.cumsum(durations)
         self._run_start = now
         self._run_done = 0
@@ -518,60 +527,83 @@ class Instance:
         )
         return True
 
-    def _commit_run(self, upto: int) -> None:
-        """Apply iterations ``[_run_done, upto)`` of the decode stretch."""
+    def _account_run(self, upto: int) -> None:
+        """Apply iterations ``[_run_done, upto)`` of the stretch to the instance's
+        aggregates (token counters, ITL histogram, KV blocks); requests untouched."""
         start = self._run_done
         count = upto - start
         if count <= 0:
             return
-        ends = self._run_ends
-        t_end = float(ends[upto - 1])
-        run = self._run
-        num = len(run)
+        num = len(self._run)
         stats = self.stats
         stats.num_iterations += count
         stats.generation_tokens += num * count
-        itl = self.itl
-        # Inter-token latencies: the stretch's first iteration measures from each
-        # request's previous token; later ones are the iteration durations.
-        first = start == 0
-        t_first = float(ends[0])
-        lo = 1 if first else start
-        peak = 0.0
+        ends = self._run_ends
+        lo = start if start > 1 else 1
         if upto > lo:
             gaps = ends[lo:upto] - ends[lo - 1 : upto - 1]
-            itl.add_many(gaps, num)
+            self.itl.add_many(gaps, num)
             peak = float(gaps.max())
+            if peak > self._run_peak:
+                self._run_peak = peak
         bs = self.params.block_size
-        total_new = 0
-        for request in run:
-            worst = peak
-            if first:
-                gap = t_first - request.last_token_s
-                itl.add(gap)
-                if gap > worst:
-                    worst = gap
-            if worst > request.itl_max_s:
-                request.itl_max_s = worst
-            computed = request.num_computed_tokens + count
+        blocks = int(np.maximum((self._run_c0 + (upto + bs - 1)) // bs - self._run_b0, 0).sum())
+        if blocks > self._run_blocks:
+            self.pool.take_private(blocks - self._run_blocks)
+            self._run_blocks = blocks
+        self._run_done = upto
+
+    def _materialize_run(self) -> None:
+        """Bring the stretch's requests up to the iterations applied so far (idempotent)."""
+        done = self._run_done
+        if done == self._run_materialized or done == 0:
+            return
+        run = self._run
+        ends = self._run_ends
+        if not self._run_first_done:
+            # Each request's first token in the stretch measures from its previous one.
+            t_first = float(ends[0])
+            for request, last in zip(run, self._run_last0, strict=True):
+                gap = t_first - last
+                self.itl.add(gap)
+                if gap > request.itl_max_s:
+                    request.itl_max_s = gap
+            self._run_first_done = True
+        peak = self._run_peak
+        t_end = float(ends[done - 1])
+        bs = self.params.block_size
+        start_outputs = done - self._run_materialized
+        for request, c0, b0 in zip(run, self._run_c0.tolist(), self._run_b0.tolist(), strict=True):
+            if peak > request.itl_max_s:
+                request.itl_max_s = peak
+            computed = c0 + done
             request.num_computed_tokens = computed
-            request.num_output_tokens += count
+            request.num_output_tokens += start_outputs
             request.last_token_s = t_end
             blocks = (computed + bs - 1) // bs
-            if blocks > request.num_blocks:
-                total_new += blocks - request.num_blocks
-                request.num_blocks = blocks
+            request.num_blocks = blocks if blocks > b0 else b0
+        self._run_materialized = done
         pool = self.pool
-        if total_new:
-            pool.take_private(total_new)
         if pool.enable_prefix_caching:
             for request in run:
                 if request.content is not None:
                     pool.register_computed(request)
-        self._run_done = upto
+
+    def materialize(self) -> None:
+        """Make every request's own fields current (cheap aggregates are always current
+        after :meth:`advance_to`; per-request fields of a decode stretch are updated on
+        demand)."""
+        if self._run:
+            self._materialize_run()
+
+    def _commit_run(self, upto: int) -> None:
+        """Apply iterations up to ``upto`` and, at the stretch's end, finish requests."""
+        self._account_run(upto)
+        self._materialize_run()
         if upto == self._run_len:
+            t_end = float(self._run_ends[upto - 1])
             finished = False
-            for request in run:
+            for request in self._run:
                 if request.num_output_tokens >= request.max_output_tokens:
                     self._finish(request, t_end)
                     finished = True
@@ -583,6 +615,7 @@ class Instance:
     def drain_unfinished(self) -> list[Request]:
         """Remove and return every live request (used at the horizon)."""
         self.advance_to(self.kernel.now)
+        self.materialize()
         self._touch_waiting(self.kernel.now)
         live = list(self.running) + list(self.waiting)
         for request in self.running:
@@ -602,6 +635,7 @@ class Instance:
 
         The latency model and engine parameters are immutable and shared.
         """
+        self.materialize()
         other = Instance.__new__(Instance)
         other.__dict__.update(self.__dict__)
         other.kernel = kernel

@@ -124,11 +124,18 @@ class Simulation:
         m = self.metrics
         return m.num_finished + m.num_rejected + m.num_unfinished
 
-    def sync(self) -> None:
-        """Bring every instance's lazily evaluated decode stretch up to now."""
+    def sync(self, materialize: bool = False) -> None:
+        """Bring every instance's lazily evaluated decode stretch up to now.
+
+        Args:
+            materialize: Also update each request's own fields (otherwise only the
+                instance aggregates that observers read are brought up to date).
+        """
         now = self.kernel.now
         for inst in self.instances:
             inst.advance_to(now)
+            if materialize:
+                inst.materialize()
 
     # ------------------------------------------------------------------ handlers
 
@@ -276,7 +283,7 @@ class Simulation:
         """End every live request as unfinished (at the horizon) and take a last sample."""
         if self.finalized:
             return
-        self.sync()
+        self.sync(materialize=True)
         for request in list(self.pending):
             self.pending.remove(request)
             self._end_unfinished(request)
@@ -326,6 +333,7 @@ class Simulation:
 
     def check_invariants(self) -> None:
         """Assert request accounting and per-instance KV conservation (for tests)."""
+        self.sync(materialize=True)
         live = sum(inst.num_outstanding for inst in self.instances) + len(self.pending)
         assert self.num_ended + live == self.num_arrived, (self.num_ended, live, self.num_arrived)
         for inst in self.instances:
