@@ -421,6 +421,7 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         return np.array(values, dtype=np.float64)
 
     def _update_rates(self) -> None:
+        """Bring the simulation's aggregates to now and fold them into the averages."""
         sim = self.sim
         assert sim is not None
         sim.sync()
@@ -428,9 +429,9 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self._last_time = sim.now
 
     def _observe(self) -> dict[str, np.ndarray]:
+        """The observation (call after :meth:`_update_rates`, which syncs the simulation)."""
         sim = self.sim
         assert sim is not None
-        sim.sync()
         n, m = self.num_instances, self.max_instances
         now = sim.now
         rows = []
@@ -438,6 +439,7 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             waiting = inst.waiting
             pool = inst.pool
             params = inst.params
+            free = pool.num_free_blocks
             rows.append(
                 (
                     1.0,
@@ -445,42 +447,42 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
                     len(inst.running),
                     inst.stats.scheduled_tokens_last if inst.busy else 0,
                     now - waiting.peek().arrival_s if waiting else 0.0,
-                    1.0 - pool.num_free_blocks / pool.num_blocks,
-                    pool.num_free_blocks,
+                    1.0 - free / pool.num_blocks,
+                    free,
                     params.max_num_seqs,
                     params.max_num_batched_tokens,
                 )
             )
         rates = self._rates.values
-        matrix = np.zeros((len(_ROW_FEATURES) + 3, m), dtype=np.float32)
-        matrix[: len(_ROW_FEATURES), :n] = np.array(rows, dtype=np.float32).T
+        matrix = np.zeros((len(_INSTANCE_KEYS), m), dtype=np.float32)
         base = len(_ROW_FEATURES)
+        matrix[:base, :n] = np.array(rows, dtype=np.float32).T
         matrix[base, :n] = rates[3 : 3 + n]  # preemption rate
         hits, queries = rates[3 + n : 3 + 2 * n], rates[3 + 2 * n : 3 + 3 * n]
-        matrix[base + 1, :n] = np.divide(hits, queries, out=np.zeros(n), where=queries > 1e-12)
+        matrix[base + 1, :n] = hits / np.maximum(queries, 1e-12)
         matrix[base + 2, :n] = rates[3 + 3 * n : 3 + 4 * n]  # generation tokens/s
         np.minimum(matrix, self._instance_highs, out=matrix)
+        np.maximum(matrix, 0.0, out=matrix)
         obs = dict(zip(_INSTANCE_KEYS, matrix, strict=True))
-        finished, met = rates[1], rates[2]
+        arrivals, finished, met = float(rates[0]), float(rates[1]), float(rates[2])
+        attainment = met / finished if finished > 1e-12 else 1.0
         remaining = 1.0 - now / self.horizon_s if self.horizon_s else 1.0
-        cluster = np.array(
-            [rates[0], met / finished if finished > 1e-12 else 1.0, met, remaining],
-            dtype=np.float32,
-        )
-        np.clip(cluster, 0.0, self._cluster_highs, out=cluster)
-        obs["arrival_rate_rps"] = cluster[0:1]
-        obs["slo_attainment"] = cluster[1:2]
-        obs["goodput_rps"] = cluster[2:3]
-        obs["time_remaining_frac"] = cluster[3:4]
+        highs = self._cluster_highs
+        obs["arrival_rate_rps"] = np.array([min(max(arrivals, 0.0), highs[0])], dtype=np.float32)
+        obs["slo_attainment"] = np.array([min(max(attainment, 0.0), 1.0)], dtype=np.float32)
+        obs["goodput_rps"] = np.array([min(max(met, 0.0), highs[2])], dtype=np.float32)
+        obs["time_remaining_frac"] = np.array([min(max(remaining, 0.0), 1.0)], dtype=np.float32)
         if self.mode == "routing":
             request = sim.pending[0] if sim.pending else None
             cached = np.zeros(m, dtype=np.float32)
-            if request is not None:
-                cached[:n] = [inst.pool.cached_prefix_tokens(request) for inst in sim.instances]
+            if request is not None and request.content is not None:
+                cached[:n] = [
+                    min(inst.pool.cached_prefix_tokens(request), 1e7) for inst in sim.instances
+                ]
             obs["request_prompt_tokens"] = np.array(
-                [request.num_prompt_tokens if request else 0], dtype=np.float32
+                [min(request.num_prompt_tokens, 1e7) if request else 0], dtype=np.float32
             )
-            obs["request_cached_tokens"] = np.minimum(cached, 1e7)
+            obs["request_cached_tokens"] = cached
         return obs
 
     # ------------------------------------------------------------------ reward

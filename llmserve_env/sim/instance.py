@@ -56,6 +56,35 @@ class EngineParams:
 FinishCallback = Callable[[Request], None]
 
 
+class _BlockNeed:
+    """Extra KV blocks a decode stretch needs after ``k`` iterations:
+    ``sum(max(0, ceil((computed + k) / block_size) - held))`` over its requests.
+
+    Immutable after construction (forks share it); uses numpy only for large batches.
+    """
+
+    __slots__ = ("_c", "_h", "block_size", "computed", "held")
+
+    def __init__(self, computed: list[int], held: list[int], block_size: int) -> None:
+        self.computed = computed
+        self.held = held
+        self.block_size = block_size
+        self._c = np.asarray(computed, dtype=np.int64) if len(computed) > 24 else None
+        self._h = np.asarray(held, dtype=np.int64) if len(computed) > 24 else None
+
+    def __call__(self, k: int) -> int:
+        bs = self.block_size
+        if self._c is not None:
+            return int(np.maximum((self._c + (k + bs - 1)) // bs - self._h, 0).sum())
+        total = 0
+        shift = k + bs - 1
+        for c, h in zip(self.computed, self.held, strict=True):
+            extra = (c + shift) // bs - h
+            if extra > 0:
+                total += extra
+        return total
+
+
 class Instance:
     """A serving engine: waiting queue, running batch, KV pool and latency model.
 
@@ -108,12 +137,9 @@ class Instance:
         self._run_start = 0.0
         self._run_done = 0
         self._run_len = 0
-        self._run_c0 = np.empty(0, dtype=np.int64)
-        self._run_b0 = np.empty(0, dtype=np.int64)
+        self._run_need = _BlockNeed([], [], params.block_size)
         self._run_last0: list[float] = []
         self._run_blocks = 0
-        self._run_peak = 0.0
-        self._run_first_done = False
         self._run_materialized = 0
         # Time integral of the waiting-queue length (request-seconds), kept lazily.
         self._waiting_area = 0.0
@@ -483,13 +509,10 @@ class Instance:
         if self.waiting and num < params.max_num_seqs and self._head_admissible():
             return False
         bs = params.block_size
-        computed = np.fromiter((r.num_computed_tokens for r in running), dtype=np.int64, count=num)
-        held = np.fromiter((r.num_blocks for r in running), dtype=np.int64, count=num)
+        computed = [r.num_computed_tokens for r in running]
+        held = [r.num_blocks for r in running]
         free = self.pool.num_free_blocks
-
-        def need(k: int) -> int:
-            return int(np.maximum((computed + (k + bs - 1)) // bs - held, 0).sum())
-
+        need = _BlockNeed(computed, held, bs)
         if need(1) > free:
             return False  # the general path preempts
         if need(steps) > free:
@@ -505,15 +528,12 @@ class Instance:
                 return False
         i = np.arange(1, steps + 1, dtype=np.float64)
         durations = self.latency.decode_times_s(
-            num, float(computed.sum()) + num * i, float(computed.max()) + i
+            num, float(sum(computed)) + num * i, float(max(computed)) + i
         )
         self._run = list(running)
-        self._run_c0 = computed
-        self._run_b0 = held
+        self._run_need = need
         self._run_last0 = [r.last_token_s for r in running]
         self._run_blocks = 0
-        self._run_peak = 0.0
-        self._run_first_done = False
         self._run_materialized = 0
         self._run_ends = now + np.cumsum(durations)
         self._run_start = now
@@ -529,56 +549,54 @@ class Instance:
 
     def _account_run(self, upto: int) -> None:
         """Apply iterations ``[_run_done, upto)`` of the stretch to the instance's
-        aggregates (token counters, ITL histogram, KV blocks); requests untouched."""
-        start = self._run_done
-        count = upto - start
+        aggregates (token counters, KV blocks); requests and the ITL histogram are
+        updated when the stretch is materialised."""
+        count = upto - self._run_done
         if count <= 0:
             return
-        num = len(self._run)
         stats = self.stats
         stats.num_iterations += count
-        stats.generation_tokens += num * count
-        ends = self._run_ends
-        lo = start if start > 1 else 1
-        if upto > lo:
-            gaps = ends[lo:upto] - ends[lo - 1 : upto - 1]
-            self.itl.add_many(gaps, num)
-            peak = float(gaps.max())
-            if peak > self._run_peak:
-                self._run_peak = peak
-        bs = self.params.block_size
-        blocks = int(np.maximum((self._run_c0 + (upto + bs - 1)) // bs - self._run_b0, 0).sum())
+        stats.generation_tokens += len(self._run) * count
+        blocks = self._run_need(upto)
         if blocks > self._run_blocks:
             self.pool.take_private(blocks - self._run_blocks)
             self._run_blocks = blocks
         self._run_done = upto
 
     def _materialize_run(self) -> None:
-        """Bring the stretch's requests up to the iterations applied so far (idempotent)."""
+        """Bring the stretch's requests and the ITL histogram up to the iterations
+        applied so far (idempotent)."""
         done = self._run_done
-        if done == self._run_materialized or done == 0:
+        materialized = self._run_materialized
+        if done == materialized:
             return
         run = self._run
         ends = self._run_ends
-        if not self._run_first_done:
+        itl = self.itl
+        if materialized == 0:
             # Each request's first token in the stretch measures from its previous one.
             t_first = float(ends[0])
             for request, last in zip(run, self._run_last0, strict=True):
                 gap = t_first - last
-                self.itl.add(gap)
+                itl.add(gap)
                 if gap > request.itl_max_s:
                     request.itl_max_s = gap
-            self._run_first_done = True
-        peak = self._run_peak
+        lo = materialized if materialized > 1 else 1
+        peak = 0.0
+        if done > lo:
+            gaps = ends[lo:done] - ends[lo - 1 : done - 1]
+            itl.add_many(gaps, len(run))
+            peak = float(gaps.max())
         t_end = float(ends[done - 1])
         bs = self.params.block_size
-        start_outputs = done - self._run_materialized
-        for request, c0, b0 in zip(run, self._run_c0.tolist(), self._run_b0.tolist(), strict=True):
+        added = done - materialized
+        need = self._run_need
+        for request, c0, b0 in zip(run, need.computed, need.held, strict=True):
             if peak > request.itl_max_s:
                 request.itl_max_s = peak
             computed = c0 + done
             request.num_computed_tokens = computed
-            request.num_output_tokens += start_outputs
+            request.num_output_tokens += added
             request.last_token_s = t_end
             blocks = (computed + bs - 1) // bs
             request.num_blocks = blocks if blocks > b0 else b0
