@@ -19,11 +19,11 @@ from llmserve_env.config.errors import DataFileError, ScenarioError
 from llmserve_env.config.loader import load_scenario_file
 from llmserve_env.config.schema import EngineConfig, InstanceGroup, Scenario, TraceWorkload
 from llmserve_env.paths import scenarios_dir
-from llmserve_env.perf import factory as perf_factory
 from llmserve_env.perf.base import LatencyModel
 from llmserve_env.perf.hardware import GIB, DeviceSpec, device_catalog, resolve_device
 from llmserve_env.perf.memory import num_kv_blocks
 from llmserve_env.perf.model_arch import ModelArch, load_model_arch
+from llmserve_env.perf.roofline import RooflineModel
 from llmserve_env.sim.instance import EngineParams, Instance
 from llmserve_env.sim.kernel import Kernel
 from llmserve_env.sim.metrics import SLO, MetricsRecorder
@@ -253,15 +253,15 @@ def plan_instances(scenario: Scenario) -> list[InstancePlan]:
 
 
 def make_latency_model(plan: InstancePlan) -> LatencyModel:
-    """The latency model of an instance, by its ``perf`` setting
-    (:func:`llmserve_env.perf.factory.make_latency_model`)."""
+    """The latency model of an instance, by its ``perf`` setting."""
     group = plan.group
-    try:
-        return perf_factory.make_latency_model(
-            plan.arch, plan.device, group.tp, group.dtype, group.perf
-        )
-    except (DataFileError, ValueError) as exc:
-        raise ScenarioError([(f"{plan.key}.perf", str(exc))]) from exc
+    match group.perf:
+        case "auto" | "analytical":
+            return RooflineModel(plan.arch, plan.device, tp=group.tp, dtype=group.dtype)
+        case _:
+            raise ScenarioError(
+                [(f"{plan.key}.perf", f"profile folders are not supported yet: {group.perf}")]
+            )
 
 
 # --------------------------------------------------------------------------- simulation

@@ -36,7 +36,7 @@ class HeuristicPolicy:
         self.env = unwrapped
         self.heads = unwrapped.heads
         self.slices = unwrapped._head_slices
-        self.nvec = unwrapped.action_space.nvec
+        self.nvec = unwrapped._nvec
         self.num_instances = unwrapped.num_instances
         self.batching_levels = batching_levels or self._default_batching(unwrapped)
 

@@ -74,7 +74,7 @@ class _BlockNeed:
 
     def __call__(self, k: int) -> int:
         bs = self.block_size
-        if self._c is not None:
+        if self._c is not None and self._h is not None:
             return int(np.maximum((self._c + (k + bs - 1)) // bs - self._h, 0).sum())
         total = 0
         shift = k + bs - 1
