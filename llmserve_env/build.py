@@ -8,10 +8,11 @@ naming the dotted key and the allowed values.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 
@@ -22,11 +23,14 @@ from llmserve_env.paths import scenarios_dir
 from llmserve_env.perf.base import LatencyModel
 from llmserve_env.perf.hardware import GIB, DeviceSpec, device_catalog, resolve_device
 from llmserve_env.perf.memory import num_kv_blocks
-from llmserve_env.perf.model_arch import ModelArch, load_model_arch
+from llmserve_env.perf.model_arch import DTYPE_BYTES, ModelArch, load_model_arch
+from llmserve_env.perf.power import DevicePowerSpec, WorkModel
 from llmserve_env.perf.roofline import RooflineModel
+from llmserve_env.sim.governors import make_governor
 from llmserve_env.sim.instance import EngineParams, Instance
 from llmserve_env.sim.kernel import Kernel
 from llmserve_env.sim.metrics import SLO, MetricsRecorder
+from llmserve_env.sim.power import InstancePower, NodePower, NodePowerSpec, PowerState
 from llmserve_env.sim.rng import rng_tree
 from llmserve_env.sim.router import make_router
 from llmserve_env.sim.simulation import Simulation
@@ -283,6 +287,12 @@ class SimulationFactory:
         self.scenario = scenario
         self.plans = plan_instances(scenario)
         self.latency_models = [make_latency_model(plan) for plan in self.plans]
+        self.power_specs = [_device_power_spec(scenario, plan) for plan in self.plans]
+        self.work_models = [
+            WorkModel(plan.arch, plan.device, plan.group.tp, plan.group.dtype)
+            for plan in self.plans
+        ]
+        self.node_specs = _node_power_specs(scenario)
         self._trace_cache: WorkloadData | None = None
 
     @property
@@ -328,22 +338,52 @@ class SimulationFactory:
             e2e_s=None if scenario.slo.e2e_ms is None else scenario.slo.e2e_ms / 1e3,
         )
         itl = ItlHistogram()
-        instances = [
-            Instance(
-                instance_id=index,
-                name=plan.name,
-                kernel=kernel,
-                params=plan.params,
-                latency=latency,
-                itl=itl,
-                node_id=plan.node_id,
-                num_devices=plan.group.tp,
+        nodes = [NodePower(spec) for spec in self.node_specs]
+        power_cfg = scenario.power
+        instances = []
+        for index, (plan, latency) in enumerate(zip(self.plans, self.latency_models, strict=True)):
+            arch, tp = plan.arch, plan.group.tp
+            wb = DTYPE_BYTES[plan.group.dtype]
+            collective = (
+                2 * arch.num_layers * 2 * (tp - 1) / tp * arch.hidden_size * wb * tp
+                if tp > 1
+                else 0.0
             )
-            for index, (plan, latency) in enumerate(
-                zip(self.plans, self.latency_models, strict=True)
+            power = InstancePower(
+                self.power_specs[index],
+                self.work_models[index],
+                num_devices=tp,
+                weight_bytes=arch.weight_bytes(plan.group.dtype) / tp,
+                host_gbps=plan.device.host_bw_gbps,
+                cap_w=power_cfg.cap_w,
+                node=nodes[plan.node_id],
+                collective_bytes_per_token=collective,
             )
-        ]
+            if plan.group.initial_power_state != "on":
+                power.set_state(_POWER_STATES[plan.group.initial_power_state], 0.0)
+            instances.append(
+                Instance(
+                    instance_id=index,
+                    name=plan.name,
+                    kernel=kernel,
+                    params=plan.params,
+                    latency=latency,
+                    itl=itl,
+                    node_id=plan.node_id,
+                    num_devices=tp,
+                    power=power,
+                )
+            )
         router = None if external_routing else make_router(scenario.router.policy, rngs["routing"])
+        target_tpot = power_cfg.target_tpot_ms or scenario.slo.tpot_ms
+        governor = make_governor(
+            power_cfg.governor,
+            up=power_cfg.up_threshold,
+            down=power_cfg.down_threshold,
+            idle_timeout_s=power_cfg.idle_timeout_s,
+            sleep_level=power_cfg.sleep_level,
+            target_tpot_s=None if target_tpot is None else target_tpot / 1e3,
+        )
         return Simulation(
             kernel,
             instances,
@@ -354,7 +394,65 @@ class SimulationFactory:
             horizon_s=scenario.simulation.horizon_s if horizon_s == "scenario" else horizon_s,
             sample_interval_s=scenario.simulation.sample_interval_s,
             rngs=rngs,
+            nodes=nodes,
+            governor=governor,
+            power_interval_s=power_cfg.control_interval_s,
+            wake_on_demand=power_cfg.wake_on_demand,
         )
+
+
+_POWER_STATES = {
+    "on": PowerState.ON,
+    "sleep": PowerState.SLEEP,
+    "deep_sleep": PowerState.DEEP_SLEEP,
+    "off": PowerState.OFF,
+}
+
+
+def _device_power_spec(scenario: Scenario, plan: InstancePlan) -> DevicePowerSpec:
+    """A device's power constants: catalog, then the scenario's overrides."""
+    overrides: dict[str, Any] = {}
+    for name, values in scenario.power.devices.items():
+        try:
+            matches = resolve_device(name).name == plan.device.name
+        except KeyError:
+            matches = False
+        if matches:
+            overrides.update(values.model_dump(exclude_none=True))
+    if scenario.power.clock_levels is not None:
+        overrides["clock_levels"] = tuple(scenario.power.clock_levels)
+    try:
+        return DevicePowerSpec.for_device(plan.device, **overrides)
+    except ValueError as exc:
+        raise ScenarioError([("power.devices", str(exc))]) from exc
+
+
+def _node_power_specs(scenario: Scenario) -> list[NodePowerSpec]:
+    """One spec per node (after expanding ``count``)."""
+    specs = []
+    for node in scenario.cluster.nodes:
+        cfg = node.power
+        dimms = (
+            cfg.num_dimms if cfg.num_dimms is not None else math.ceil(node.dram_gib / cfg.dimm_gib)
+        )
+        spec = NodePowerSpec(
+            base_w=cfg.base_w,
+            cpu_idle_w=cfg.cpu_idle_w,
+            cpu_active_w=cfg.cpu_active_w,
+            cpu_util=cfg.cpu_util,
+            num_dimms=dimms,
+            dimm_idle_w=cfg.dimm_idle_w,
+            dram_pj_per_bit=cfg.dram_pj_per_bit,
+            num_links=cfg.num_links,
+            link_idle_w=cfg.link_idle_w,
+            link_pj_per_bit=cfg.link_pj_per_bit,
+            num_nics=cfg.num_nics,
+            nic_idle_w=cfg.nic_idle_w,
+            num_storage=cfg.num_storage,
+            storage_idle_w=cfg.storage_idle_w,
+        )
+        specs.extend([spec] * node.count)
+    return specs
 
 
 def build_simulation(

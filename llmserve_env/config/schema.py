@@ -139,6 +139,9 @@ class InstanceGroup(StrictModel):
     engine: EngineConfig = EngineConfig()
     """Engine knobs; the scenario's top-level ``engine`` gives the defaults."""
 
+    initial_power_state: Literal["on", "sleep", "deep_sleep", "off"] = "on"
+    """Power state at the start (sleeping instances wake on demand or by the agent)."""
+
     perf: str = "auto"
     """Latency model: ``auto`` (best available source), ``analytical``, or a path to a
     profile folder in llmserve-env's profile format."""
@@ -149,6 +152,42 @@ class InstanceGroup(StrictModel):
         if value in ("auto", "analytical"):
             return value
         return _resolve_path(value, info)
+
+
+class NodePowerConfig(StrictModel):
+    """Node components' power (LLMServingSim's ``power`` block; defaults from its
+    RTX PRO 6000 example)."""
+
+    base_w: NonNegFloat = 60.0
+    """Chassis, fans and board."""
+    cpu_idle_w: NonNegFloat = 10.0
+    """Host CPU at idle."""
+    cpu_active_w: NonNegFloat = 200.0
+    """Host CPU at full load."""
+    cpu_util: Annotated[float, Field(ge=0.0, le=1.0)] = 0.15
+    """CPU load while any instance on the node runs an iteration."""
+    num_dimms: NonNegInt | None = None
+    """DRAM modules (default: ``dram_gib`` / ``dimm_gib``)."""
+    dimm_gib: PositiveFloat = 32.0
+    """Capacity of one module."""
+    dimm_idle_w: NonNegFloat = 2.0
+    """Idle power per module."""
+    dram_pj_per_bit: NonNegFloat = 6.0
+    """Energy of DRAM traffic."""
+    num_links: NonNegInt = 1
+    """Device links."""
+    link_idle_w: NonNegFloat = 5.0
+    """Idle power per link."""
+    link_pj_per_bit: NonNegFloat = 4.0
+    """Energy of link traffic."""
+    num_nics: NonNegInt = 1
+    """Network interfaces."""
+    nic_idle_w: NonNegFloat = 20.0
+    """Power per NIC."""
+    num_storage: NonNegInt = 2
+    """Storage devices."""
+    storage_idle_w: NonNegFloat = 5.0
+    """Power per storage device."""
 
 
 class NodeConfig(StrictModel):
@@ -171,6 +210,9 @@ class NodeConfig(StrictModel):
 
     instances: list[InstanceGroup] = Field(min_length=1)
     """Instances placed on this node."""
+
+    power: NodePowerConfig = NodePowerConfig()
+    """Power of the node's components (energy accounting)."""
 
     @model_validator(mode="after")
     def _devices_fit(self) -> NodeConfig:
@@ -511,6 +553,68 @@ class OutputConfig(StrictModel):
     """Write ``timeseries.csv``."""
 
 
+class DevicePowerOverrides(StrictModel):
+    """Override a device's power constants (W, s); unset fields keep the catalog's."""
+
+    idle_w: NonNegFloat | None = None
+    """Idle power with a model loaded."""
+    tdp_w: PositiveFloat | None = None
+    """Board limit (LLMServingSim's "active" power)."""
+    standby_w: NonNegFloat | None = None
+    """Power of the tail after work."""
+    standby_s: NonNegFloat | None = None
+    """Length of that tail."""
+    sleep_w: NonNegFloat | None = None
+    """Sleep level 1 power."""
+    deep_sleep_w: NonNegFloat | None = None
+    """Sleep level 2 power."""
+    compute_w: NonNegFloat | None = None
+    """Dynamic compute power at full utilisation and maximum clock."""
+    memory_w: NonNegFloat | None = None
+    """Memory power at full bandwidth."""
+
+
+Governor = Literal["always_max", "always_min", "ondemand", "idle_timeout_sleep", "slo_aware"]
+
+
+class PowerConfig(StrictModel):
+    """Device power management and energy accounting."""
+
+    governor: Governor = "always_max"
+    """Heuristic that drives clocks and sleep when no agent does."""
+    control_interval_s: PositiveFloat = 1.0
+    """How often the governor acts."""
+    cap_w: PositiveFloat | None = None
+    """Power cap per device; each iteration runs at the highest clock that keeps it
+    under the cap."""
+    clock_levels: list[Annotated[float, Field(gt=0.0, le=1.0)]] | None = None
+    """Selectable clocks as fractions of the maximum (increasing)."""
+    up_threshold: Annotated[float, Field(gt=0.0, le=1.0)] = 0.8
+    """``ondemand``: raise the clock above this busy fraction."""
+    down_threshold: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.3
+    """``ondemand``: lower the clock below this busy fraction."""
+    idle_timeout_s: NonNegFloat | None = None
+    """``idle_timeout_sleep``: idle gap before sleeping (default: the break-even time)."""
+    sleep_level: Literal["sleep", "deep_sleep", "off"] = "sleep"
+    """``idle_timeout_sleep``: which state to enter."""
+    target_tpot_ms: PositiveFloat | None = None
+    """``slo_aware``: TPOT to stay under (default: ``slo.tpot_ms``)."""
+    wake_on_demand: bool = True
+    """Wake a sleeping instance when a request finds no instance on."""
+    devices: dict[str, DevicePowerOverrides] = Field(default_factory=dict)
+    """Per device name: power constants that replace the catalog's."""
+
+    @model_validator(mode="after")
+    def _levels(self) -> PowerConfig:
+        if self.clock_levels is not None and sorted(self.clock_levels) != self.clock_levels:
+            raise ValueError(f"clock_levels must be increasing, got {self.clock_levels}")
+        if self.down_threshold >= self.up_threshold:
+            raise ValueError(
+                f"down_threshold ({self.down_threshold}) must be below up_threshold ({self.up_threshold})"
+            )
+        return self
+
+
 class RoutingHeadConfig(StrictModel):
     """The routing action head."""
 
@@ -540,6 +644,13 @@ class BatchingHeadConfig(StrictModel):
     """Choices of the scheduling policy."""
 
 
+class PowerHeadConfig(StrictModel):
+    """The power action head: per instance a target power state and a clock level."""
+
+    enabled: bool = False
+    """Let the agent drive power. When off, ``power.governor`` does."""
+
+
 class ActionHeadsConfig(StrictModel):
     """Which action heads the agent drives (a disabled head runs its heuristic)."""
 
@@ -547,6 +658,8 @@ class ActionHeadsConfig(StrictModel):
     """Where requests go."""
     batching: BatchingHeadConfig = BatchingHeadConfig()
     """Engine knobs per instance."""
+    power: PowerHeadConfig = PowerHeadConfig()
+    """Power state and clock per instance."""
 
 
 class RewardConfig(StrictModel):
@@ -612,6 +725,8 @@ class Scenario(StrictModel):
     """Run control."""
     output: OutputConfig = OutputConfig()
     """Output tables."""
+    power: PowerConfig = PowerConfig()
+    """Power management and energy accounting."""
     env: EnvConfig = EnvConfig()
     """Gymnasium environment settings."""
 

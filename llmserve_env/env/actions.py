@@ -14,6 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from llmserve_env.config.schema import BatchingHeadConfig, RoutingHeadConfig
+from llmserve_env.sim.power import PowerState
 from llmserve_env.sim.request import RejectReason
 from llmserve_env.sim.router import WeightedRandom
 from llmserve_env.sim.simulation import Simulation
@@ -176,5 +177,77 @@ class BatchingHead:
                 f"instance {i} max_num_seqs level {self.seqs}",
                 f"instance {i} max_num_batched_tokens level {self.tokens}",
                 f"instance {i} scheduling policy {self.policies}",
+            ]
+        return lines
+
+
+# Legal target states from each current state (a wake in progress must complete; an
+# instance that is off or in deep sleep cannot reach a shallower sleep without waking).
+_LEGAL_TARGETS: dict[PowerState, tuple[PowerState, ...]] = {
+    PowerState.ON: (PowerState.ON, PowerState.SLEEP, PowerState.DEEP_SLEEP, PowerState.OFF),
+    PowerState.WAKING: (PowerState.ON,),
+    PowerState.SLEEP: (PowerState.ON, PowerState.SLEEP, PowerState.DEEP_SLEEP, PowerState.OFF),
+    PowerState.DEEP_SLEEP: (PowerState.ON, PowerState.DEEP_SLEEP, PowerState.OFF),
+    PowerState.OFF: (PowerState.ON, PowerState.OFF),
+}
+_TARGETS = (PowerState.ON, PowerState.SLEEP, PowerState.DEEP_SLEEP, PowerState.OFF)
+
+
+class PowerHead:
+    """Per instance: target power state (on, sleep, deep sleep, off) and clock level.
+
+    Two dimensions per instance row. Masks allow only legal transitions: a waking
+    instance can only continue to on; off and deep sleep cannot go to a shallower
+    sleep. An illegal choice leaves the state unchanged and is counted.
+    """
+
+    name = "power"
+
+    def __init__(self, num_instances: int, max_instances: int, num_levels: int) -> None:
+        self.num_instances = num_instances
+        self.max_instances = max_instances
+        self.num_levels = num_levels
+        self.nvec = [len(_TARGETS), num_levels] * max_instances
+
+    def masks(self, sim: Simulation) -> list[np.ndarray]:
+        out = []
+        for i in range(self.max_instances):
+            state_mask = np.zeros(len(_TARGETS), dtype=bool)
+            level_mask = np.ones(self.num_levels, dtype=bool)
+            if i < self.num_instances:
+                power = sim.instances[i].power
+                assert power is not None
+                for target in _LEGAL_TARGETS[power.state]:
+                    state_mask[_TARGETS.index(target)] = True
+                level_mask[len(power.spec.clock_levels) :] = False
+            else:
+                state_mask[0] = True
+                level_mask[1:] = False
+            out += [state_mask, level_mask]
+        return out
+
+    def apply(self, sim: Simulation, action: np.ndarray) -> int:
+        illegal = 0
+        for i, inst in enumerate(sim.instances):
+            power = inst.power
+            assert power is not None
+            target = _TARGETS[int(action[2 * i])]
+            level = int(action[2 * i + 1])
+            if target in _LEGAL_TARGETS[power.state]:
+                sim.set_power_state(i, target)
+            else:
+                illegal += 1
+            if level < len(power.spec.clock_levels):
+                sim.set_frequency(i, level)
+            else:
+                illegal += 1
+        return illegal + int(np.count_nonzero(action[2 * self.num_instances :]))
+
+    def describe(self) -> list[str]:
+        lines = []
+        for i in range(self.max_instances):
+            lines += [
+                f"instance {i} power state (0 on, 1 sleep, 2 deep sleep, 3 off)",
+                f"instance {i} clock level (0..{self.num_levels - 1}, highest = max clock)",
             ]
         return lines

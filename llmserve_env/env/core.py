@@ -17,6 +17,7 @@ from llmserve_env.config.schema import Scenario
 from llmserve_env.env.actions import (
     ActionHead,
     BatchingHead,
+    PowerHead,
     RequestRoutingHead,
     WeightRoutingHead,
 )
@@ -27,10 +28,12 @@ from llmserve_env.env.observation import (
     observation_layout,
     observation_space,
 )
+from llmserve_env.sim.power import PowerState
 from llmserve_env.sim.router import make_router
 from llmserve_env.sim.simulation import Simulation
 
 Mode = Literal["cluster", "routing"]
+_CLUSTER_RATES = 4  # arrivals, finished, SLO met, energy
 # Per-instance features in the order _observe fills them.
 _ROW_FEATURES = (
     "instance_valid",
@@ -42,6 +45,10 @@ _ROW_FEATURES = (
     "free_kv_blocks",
     "max_num_seqs",
     "max_num_batched_tokens",
+    "power_state",
+    "clock_frac",
+    "power_w",
+    "time_to_wake_s",
 )
 _INSTANCE_KEYS = (*_ROW_FEATURES, "preemption_rate", "prefix_hit_rate", "generation_tok_s")
 REWARD_TERMS = ("goodput", "ttft_violation", "tpot_violation", "rejected", "backlog", "energy")
@@ -93,9 +100,10 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     | routing (routing mode) | 1 | ``N`` (+1 with ``allow_reject``) | instance for the pending request; the last choice rejects it |
     | routing (cluster mode) | ``N`` | ``weight_levels`` | routing weight per instance for the interval (probability proportional to weight; all zero = uniform) |
     | batching | ``3N`` | levels of ``max_num_seqs``, ``max_num_batched_tokens``, ``scheduling_policy`` | engine knobs per instance, from the next iteration |
+    | power | ``2N`` | target state (0 on, 1 sleep, 2 deep sleep, 3 off); clock level | per instance; sleeping drops the KV cache (requests are rerouted or recomputed), waking takes the reload time |
 
     Heads are switched in the scenario's ``env.heads``; a disabled head is driven by its
-    heuristic (``router.policy``; the static engine knobs). :meth:`action_masks`
+    heuristic (``router.policy``; the static engine knobs; ``power.governor``). :meth:`action_masks`
     returns the legal choices (padding rows, instances that cannot serve the pending
     request) in sb3-contrib's MaskablePPO format. An illegal choice is handled, not
     ignored: routing to a padding row or to an instance that can never serve the
@@ -121,10 +129,15 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     | generation_tok_s | (N,) | tokens/s | 1e7 | output tokens per second (moving average) |
     | max_num_seqs | (N,) | requests | 1e5 | current ``max_num_seqs`` knob |
     | max_num_batched_tokens | (N,) | tokens | 1e7 | current token budget knob |
+    | power_state | (N,) | code | 4 | 0 on, 1 waking, 2 sleep, 3 deep sleep, 4 off |
+    | clock_frac | (N,) | fraction | 1 | selected clock as a fraction of the maximum |
+    | power_w | (N,) | W | 1e5 | current draw of the instance's devices |
+    | time_to_wake_s | (N,) | s | 1e4 | time until the instance can serve (0 when on) |
     | arrival_rate_rps | (1,) | requests/s | 1e6 | arrival rate (moving average) |
     | slo_attainment | (1,) | fraction | 1 | finished requests meeting every SLO (moving average; 1 before any finish) |
     | goodput_rps | (1,) | requests/s | 1e6 | SLO-meeting finishes per second (moving average) |
     | time_remaining_frac | (1,) | fraction | 1 | fraction of the episode horizon left |
+    | cluster_power_w | (1,) | W | 1e7 | power of devices and node components (moving average) |
     | request_prompt_tokens | (1,) | tokens | 1e7 | routing mode only: prompt length of the pending request |
     | request_cached_tokens | (N,) | tokens | 1e7 | routing mode only: tokens of its prefix cached at each instance |
 
@@ -145,7 +158,7 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     | tpot_violation | finished requests over the TPOT SLO | -0.5 |
     | rejected | requests rejected during the step | -1.0 |
     | backlog | request-seconds spent waiting in queues during the step | -0.01 |
-    | energy | joules consumed during the step (0 until a power model is active) | 0.0 |
+    | energy | joules consumed by devices and node components during the step | 0.0 |
 
     ## Starting State
 
@@ -178,7 +191,7 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
 
     ## Version History
 
-    - v0: initial version (routing and batching heads).
+    - v0: initial version (routing, batching and power heads).
     """
 
     metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}  # noqa: RUF012 - Gymnasium's convention
@@ -238,9 +251,12 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             self.heads.append(
                 BatchingHead(env_cfg.heads.batching, self.num_instances, self.max_instances)
             )
+        if env_cfg.heads.power.enabled:
+            levels = max(len(spec.clock_levels) for spec in self.factory.power_specs)
+            self.heads.append(PowerHead(self.num_instances, self.max_instances, levels))
         if not self.heads:
             raise ScenarioError(
-                [("env.heads", "every action head is disabled; enable routing or batching")]
+                [("env.heads", "every action head is disabled; enable routing, batching or power")]
             )
         nvec = [n for head in self.heads for n in head.nvec]
         self.action_space = spaces.MultiDiscrete(np.asarray(nvec, dtype=np.int64))
@@ -259,7 +275,7 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self.episode_seed = cfg.seed
         self._done = True
         self._counters: dict[str, float] = dict.fromkeys(REWARD_TERMS, 0.0)
-        self._rates = Ewma(env_cfg.rate_window_s, 3 + 4 * self.num_instances)
+        self._rates = Ewma(env_cfg.rate_window_s, _CLUSTER_RATES + 4 * self.num_instances)
         highs = {f.name: f.high for f in self.features}
         self._instance_highs = np.array([[highs[k]] for k in _INSTANCE_KEYS], dtype=np.float32)
         self._cluster_highs = np.array(
@@ -318,10 +334,12 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             horizon_s=self.horizon_s,
         )
         self._fallback = make_router(self.scenario.router.policy, self.sim.rngs["routing"])
+        if any(isinstance(head, PowerHead) for head in self.heads):
+            self.sim.governor = None  # the agent drives power
         self._counters = self._read_counters()
         n = self.num_instances
         tau = self.scenario.env.rate_window_s
-        self._rates = Ewma(tau, 3 + 4 * n)
+        self._rates = Ewma(tau, _CLUSTER_RATES + 4 * n)
         self._rates.reset(self._rate_totals())
         self._last_time = 0.0
         self._elapsed_steps = 0
@@ -407,12 +425,13 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
 
     def _rate_totals(self) -> np.ndarray:
         """Cumulative counters behind the moving averages, as one vector:
-        arrivals, finished, SLO met, then per instance preemptions, prefix hits,
-        prefix queries, generated tokens."""
+        arrivals, finished, SLO met, energy, then per instance preemptions, prefix
+        hits, prefix queries, generated tokens."""
         sim = self.sim
         assert sim is not None
         m = sim.metrics
-        values: list[float] = [sim.num_arrived, m.num_finished, m.num_slo_met]
+        energy = sum(sim.energy_j().values())
+        values: list[float] = [sim.num_arrived, m.num_finished, m.num_slo_met, energy]
         stats = [inst.stats for inst in sim.instances]
         values += [s.num_preemptions for s in stats]
         values += [s.prefix_hit_tokens for s in stats]
@@ -440,6 +459,15 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             pool = inst.pool
             params = inst.params
             free = pool.num_free_blocks
+            power = inst.power
+            assert power is not None
+            state = power.state
+            if state == PowerState.ON:
+                to_wake = 0.0
+            elif state == PowerState.WAKING:
+                to_wake = max(power.wake_ready_s - now, 0.0)
+            else:
+                to_wake = power.wake_time_s()
             rows.append(
                 (
                     1.0,
@@ -451,16 +479,21 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
                     free,
                     params.max_num_seqs,
                     params.max_num_batched_tokens,
+                    int(state),
+                    power.freq,
+                    power.power_w(now),
+                    to_wake,
                 )
             )
         rates = self._rates.values
         matrix = np.zeros((len(_INSTANCE_KEYS), m), dtype=np.float32)
         base = len(_ROW_FEATURES)
         matrix[:base, :n] = np.array(rows, dtype=np.float32).T
-        matrix[base, :n] = rates[3 : 3 + n]  # preemption rate
-        hits, queries = rates[3 + n : 3 + 2 * n], rates[3 + 2 * n : 3 + 3 * n]
+        c = _CLUSTER_RATES
+        matrix[base, :n] = rates[c : c + n]  # preemption rate
+        hits, queries = rates[c + n : c + 2 * n], rates[c + 2 * n : c + 3 * n]
         matrix[base + 1, :n] = hits / np.maximum(queries, 1e-12)
-        matrix[base + 2, :n] = rates[3 + 3 * n : 3 + 4 * n]  # generation tokens/s
+        matrix[base + 2, :n] = rates[c + 3 * n : c + 4 * n]  # generation tokens/s
         np.minimum(matrix, self._instance_highs, out=matrix)
         np.maximum(matrix, 0.0, out=matrix)
         obs = dict(zip(_INSTANCE_KEYS, matrix, strict=True))
@@ -472,6 +505,7 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         obs["slo_attainment"] = np.array([min(max(attainment, 0.0), 1.0)], dtype=np.float32)
         obs["goodput_rps"] = np.array([min(max(met, 0.0), highs[2])], dtype=np.float32)
         obs["time_remaining_frac"] = np.array([min(max(remaining, 0.0), 1.0)], dtype=np.float32)
+        obs["cluster_power_w"] = np.array([min(max(float(rates[3]), 0.0), 1e7)], dtype=np.float32)
         if self.mode == "routing":
             request = sim.pending[0] if sim.pending else None
             cached = np.zeros(m, dtype=np.float32)
@@ -498,7 +532,7 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             "tpot_violation": float(m.num_tpot_violations),
             "rejected": float(m.num_rejected),
             "backlog": float(sum(inst.waiting_area(now) for inst in sim.instances)),
-            "energy": 0.0,
+            "energy": float(sum(sim.energy_j().values())),
         }
 
     def _reward_terms(self) -> dict[str, float]:

@@ -65,6 +65,14 @@ FEATURES: tuple[Feature, ...] = (
     ),
     Feature("max_num_seqs", "instance", "requests", 1e5, "current max_num_seqs knob"),
     Feature("max_num_batched_tokens", "instance", "tokens", 1e7, "current token budget knob"),
+    Feature("power_state", "instance", "code", 4.0, "0 on, 1 waking, 2 sleep, 3 deep sleep, 4 off"),
+    Feature(
+        "clock_frac", "instance", "fraction", 1.0, "selected clock as a fraction of the maximum"
+    ),
+    Feature("power_w", "instance", "W", 1e5, "current draw of the instance's devices"),
+    Feature(
+        "time_to_wake_s", "instance", "s", 1e4, "time until the instance can serve (0 when on)"
+    ),
     Feature("arrival_rate_rps", "cluster", "requests/s", 1e6, "arrival rate (moving average)"),
     Feature(
         "slo_attainment",
@@ -82,6 +90,13 @@ FEATURES: tuple[Feature, ...] = (
     ),
     Feature(
         "time_remaining_frac", "cluster", "fraction", 1.0, "fraction of the episode horizon left"
+    ),
+    Feature(
+        "cluster_power_w",
+        "cluster",
+        "W",
+        1e7,
+        "power of devices and node components (moving average)",
     ),
     Feature(
         "request_prompt_tokens",

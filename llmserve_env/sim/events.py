@@ -8,10 +8,12 @@ priority    event                why this place
 ==========  ===================  ==============================================
 10          IterationDone        an iteration's tokens and freed KV are visible
                                  to everything else that happens at that instant
+20          PowerTransitionDone  a woken instance is on before requests arrive
 30          Arrival              a request is routed after capacity was freed
 35          EngineWake           an idle engine starts after every simultaneous
                                  arrival has landed (a burst is batched together)
 40          DecisionPoint        an agent decides on the settled state
+45          PowerTick            the governor acts on the settled state
 50          Sample               the time series sees the settled state
 ==========  ===================  ==============================================
 """
@@ -77,3 +79,19 @@ class Sample(Event):
     """Record one row of the metrics time series."""
 
     priority: ClassVar[int] = 50
+
+
+@dataclass(frozen=True, slots=True)
+class PowerTransitionDone(Event):
+    """An instance finished waking up (stale when its wake generation moved on)."""
+
+    priority: ClassVar[int] = 20
+    instance_id: int
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class PowerTick(Event):
+    """The power governor acts."""
+
+    priority: ClassVar[int] = 45

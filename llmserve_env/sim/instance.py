@@ -31,6 +31,7 @@ from llmserve_env.perf.base import BatchShape, LatencyModel
 from llmserve_env.sim.events import EngineWake, IterationDone
 from llmserve_env.sim.kernel import Kernel
 from llmserve_env.sim.kv_cache import KVBlockPool
+from llmserve_env.sim.power import InstancePower, NodePower, PowerState
 from llmserve_env.sim.queues import WaitingQueue, make_waiting_queue
 from llmserve_env.sim.request import RejectReason, Request, RequestStatus, clone_request
 from llmserve_env.sim.stats import InstanceStats, ItlHistogram
@@ -98,6 +99,8 @@ class Instance:
         on_finish: Called once per request that finishes here (the simulation sets it).
         node_id: Index of the node hosting the instance.
         num_devices: Devices the instance spans (its tensor-parallel degree).
+        power: Power state and energy of the instance's devices (``None``: no power
+            model; iterations run at full clock and no energy is counted).
     """
 
     def __init__(
@@ -111,11 +114,13 @@ class Instance:
         on_finish: FinishCallback | None = None,
         node_id: int = 0,
         num_devices: int = 1,
+        power: InstancePower | None = None,
     ) -> None:
         self.instance_id = instance_id
         self.name = name
         self.node_id = node_id
         self.num_devices = num_devices
+        self.power = power
         self.kernel = kernel
         self.params = params
         self.latency = latency
@@ -141,6 +146,8 @@ class Instance:
         self._run_last0: list[float] = []
         self._run_blocks = 0
         self._run_materialized = 0
+        self._run_cum_j: np.ndarray = np.empty(0)
+        self._iter_watts = 0.0
         # Time integral of the waiting-queue length (request-seconds), kept lazily.
         self._waiting_area = 0.0
         self._waiting_t = 0.0
@@ -257,6 +264,8 @@ class Instance:
         else:
             self._commit_iteration(now)
             self.stats.busy_s += now - self._iter_start
+        if self.power is not None:
+            self.power.end_busy(now)
         self.busy = False
         self._start_iteration(now)
 
@@ -275,6 +284,8 @@ class Instance:
         in_flight = int(self._run_ends.searchsorted(self.kernel.now, side="right"))
         if in_flight + 1 < self._run_len:
             self._run_len = in_flight + 1
+            if self.power is not None:
+                self.power.cut_stretch(float(self._run_ends[in_flight]))
             self.generation += 1
             self.kernel.schedule(
                 float(self._run_ends[in_flight]), IterationDone(self.instance_id, self.generation)
@@ -282,7 +293,14 @@ class Instance:
 
     # ------------------------------------------------------------------ scheduling
 
+    @property
+    def serving(self) -> bool:
+        """Whether the engine may run iterations (its devices are on)."""
+        return self.power is None or self.power.state == PowerState.ON
+
     def _start_iteration(self, now: float) -> None:
+        if not self.serving:
+            return
         if self._try_decode_run(now):
             return
         batch = self._schedule(now)
@@ -295,6 +313,10 @@ class Instance:
         self.generation += 1
         self.stats.scheduled_tokens_last = shape.num_tokens
         duration = self.latency.iteration_time_s(shape)
+        if self.power is not None:
+            duration, watts = self.power.iteration(shape, duration)
+            self.power.begin_busy(now, now + duration, watts)
+            self._iter_watts = watts
         self.kernel.schedule(now + duration, IterationDone(self.instance_id, self.generation))
 
     def _shape(self, batch: list[tuple[Request, int]]) -> BatchShape:
@@ -435,6 +457,14 @@ class Instance:
         pool = self.pool
         finished = False
         self.stats.num_iterations += 1
+        if self.power is not None:
+            # The iteration's energy goes to its requests in proportion to their tokens.
+            energy = self._iter_watts * (now - self._iter_start)
+            tokens = sum(n for _, n in self._batch)
+            if tokens:
+                per_token = energy / tokens
+                for request, num_new in self._batch:
+                    request.energy_j += per_token * num_new
         caching = pool.enable_prefix_caching
         for request, num_new in self._batch:
             if request.status != RequestStatus.RUNNING:
@@ -527,15 +557,19 @@ class Instance:
             if steps < 2:
                 return False
         i = np.arange(1, steps + 1, dtype=np.float64)
-        durations = self.latency.decode_times_s(
-            num, float(sum(computed)) + num * i, float(max(computed)) + i
-        )
+        kv_sum = float(sum(computed)) + num * i
+        durations = self.latency.decode_times_s(num, kv_sum, float(max(computed)) + i)
+        powers = None
+        if self.power is not None:
+            durations, powers = self.power.stretch(num, kv_sum, durations)
         self._run = list(running)
         self._run_need = need
         self._run_last0 = [r.last_token_s for r in running]
         self._run_blocks = 0
         self._run_materialized = 0
         self._run_ends = now + np.cumsum(durations)
+        if self.power is not None and powers is not None:
+            self._run_cum_j = self.power.begin_stretch(now, self._run_ends, powers)
         self._run_start = now
         self._run_done = 0
         self._run_len = steps
@@ -591,6 +625,11 @@ class Instance:
         bs = self.params.block_size
         added = done - materialized
         need = self._run_need
+        energy_each = 0.0
+        if self.power is not None and len(self._run_cum_j):
+            cum = self._run_cum_j
+            before = float(cum[materialized - 1]) if materialized else 0.0
+            energy_each = (float(cum[done - 1]) - before) / len(run)
         for request, c0, b0 in zip(run, need.computed, need.held, strict=True):
             if peak > request.itl_max_s:
                 request.itl_max_s = peak
@@ -598,6 +637,7 @@ class Instance:
             request.num_computed_tokens = computed
             request.num_output_tokens += added
             request.last_token_s = t_end
+            request.energy_j += energy_each
             blocks = (computed + bs - 1) // bs
             request.num_blocks = blocks if blocks > b0 else b0
         self._run_materialized = done
@@ -646,9 +686,46 @@ class Instance:
         self.generation += 1
         return live
 
+    def evacuate(self) -> list[Request]:
+        """Stop serving (the devices go to sleep or off): preempt running requests
+        (their KV is dropped; they are recomputed later), remove every live request
+        and return them, running ones first."""
+        now = self.kernel.now
+        self.advance_to(now)
+        self.materialize()
+        self._touch_waiting(now)
+        running = list(self.running)
+        for request in running:
+            self.pool.free(request)
+            request.status = RequestStatus.PREEMPTED
+            request.num_computed_tokens = 0
+            request.num_preemptions += 1
+            self.stats.num_preemptions += 1
+        live = running + list(self.waiting)
+        self.running = []
+        self.waiting = make_waiting_queue(self.params.scheduling_policy)
+        self._run = []
+        self._batch = []
+        if self.busy and self.power is not None:
+            self.power.abort_busy(now)
+        self.busy = False
+        self.generation += 1
+        return live
+
+    def requeue(self, request: Request) -> None:
+        """Keep an evacuated request queued here (served after the devices wake)."""
+        self._touch_waiting(self.kernel.now)
+        self.waiting.push_preempted(request)
+
     # ------------------------------------------------------------------ copies
 
-    def clone(self, kernel: Kernel, itl: ItlHistogram, mapping: dict[int, Request]) -> Instance:
+    def clone(
+        self,
+        kernel: Kernel,
+        itl: ItlHistogram,
+        mapping: dict[int, Request],
+        nodes: dict[int, NodePower] | None = None,
+    ) -> Instance:
         """An independent copy on ``kernel``; ``mapping`` translates shared requests.
 
         The latency model and engine parameters are immutable and shared.
@@ -660,6 +737,9 @@ class Instance:
         other.itl = itl
         other.pool = self.pool.clone()
         other.stats = dataclasses.replace(self.stats)
+        if self.power is not None:
+            node = (nodes or {}).get(id(self.power.node), self.power.node)
+            other.power = self.power.clone(node)
 
         def copy(request: Request) -> Request:
             new = mapping.get(id(request))

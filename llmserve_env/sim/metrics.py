@@ -52,6 +52,10 @@ TIMESERIES_COLUMNS = (
     "generation_throughput_tok_s",
     "prefix_hit_rate",
     "num_preemptions",
+    "power_w",
+    "energy_j",
+    "power_state",
+    "clock_frac",
 )
 
 
@@ -157,6 +161,11 @@ class MetricsRecorder:
         running: int,
         waiting: int,
         kv: float,
+        *,
+        power_w: float = 0.0,
+        energy_j: float = 0.0,
+        power_state: int = 0,
+        clock: float = 1.0,
     ) -> None:
         """Append one time-series row for one instance."""
         prev = self._last_counts.get(instance_id, (0.0, 0, 0, 0, 0))
@@ -185,6 +194,10 @@ class MetricsRecorder:
                 d_gen / dt if dt > 0 else 0.0,
                 d_hit / d_query if d_query else 0.0,
                 stats.num_preemptions,
+                power_w,
+                energy_j,
+                power_state,
+                clock,
             )
         )
 

@@ -14,10 +14,21 @@ from typing import Any
 
 import numpy as np
 
-from llmserve_env.sim.events import Arrival, DecisionPoint, EngineWake, IterationDone, Sample
+from llmserve_env.sim.events import (
+    Arrival,
+    DecisionPoint,
+    EngineWake,
+    IterationDone,
+    PowerTick,
+    PowerTransitionDone,
+    Sample,
+)
+from llmserve_env.sim.governors import Governor
 from llmserve_env.sim.instance import Instance
 from llmserve_env.sim.kernel import Kernel
+from llmserve_env.sim.kv_cache import KVBlockPool
 from llmserve_env.sim.metrics import MetricsRecorder, summarize
+from llmserve_env.sim.power import NodePower, PowerState
 from llmserve_env.sim.request import RejectReason, Request, RequestStatus, clone_request
 from llmserve_env.sim.rng import clone_rngs
 from llmserve_env.sim.router import RoutingPolicy
@@ -49,6 +60,10 @@ class Simulation:
         horizon_s: Stop time, or ``None`` to run until every request has ended.
         sample_interval_s: Time-series interval (``None``: no sampling).
         rngs: The named RNG streams (kept for forks).
+        nodes: Power trackers of the nodes' components (``None``: no node energy).
+        governor: Power governor acting every ``power_interval_s`` (``None``: none).
+        power_interval_s: Governor period.
+        wake_on_demand: Wake a sleeping instance when an arrival finds none on.
     """
 
     def __init__(
@@ -63,6 +78,10 @@ class Simulation:
         horizon_s: float | None = None,
         sample_interval_s: float | None = 1.0,
         rngs: dict[str, np.random.Generator] | None = None,
+        nodes: list[NodePower] | None = None,
+        governor: Governor | None = None,
+        power_interval_s: float = 1.0,
+        wake_on_demand: bool = True,
     ) -> None:
         self.kernel = kernel
         self.instances = instances
@@ -73,6 +92,12 @@ class Simulation:
         self.horizon_s = horizon_s
         self.sample_interval_s = sample_interval_s
         self.rngs = rngs or {}
+        self.nodes = nodes or []
+        self.governor = governor
+        self.power_interval_s = power_interval_s
+        self.power_wake_on_demand = wake_on_demand
+        self.recent_tpot_s: dict[int, float] = {}
+        self._wake_generation: dict[int, int] = {}
         self.pending: list[Request] = []
         self.num_arrived = 0
         self.next_index = 0
@@ -85,6 +110,8 @@ class Simulation:
         self._schedule_next_arrival()
         if sample_interval_s is not None:
             kernel.schedule(0.0, Sample())
+        if governor is not None:
+            kernel.schedule(0.0, PowerTick())
 
     def _register_handlers(self) -> None:
         """The dispatch table: one handler per event type."""
@@ -94,6 +121,8 @@ class Simulation:
         kernel.on(EngineWake, self._on_wake)
         kernel.on(Sample, self._on_sample)
         kernel.on(DecisionPoint, self._on_decision)
+        kernel.on(PowerTransitionDone, self._on_power_done)
+        kernel.on(PowerTick, self._on_power_tick)
 
     # ------------------------------------------------------------------ state
 
@@ -168,6 +197,8 @@ class Simulation:
             self.kernel.halt()
             return
         candidates = self.available_instances()
+        if not candidates and self.power_wake_on_demand:
+            candidates = self._wake_fastest()
         if not candidates:
             self.reject(request, RejectReason.NO_INSTANCE)
             return
@@ -206,8 +237,104 @@ class Simulation:
     # ------------------------------------------------------------------ routing API
 
     def available_instances(self) -> list[Instance]:
-        """Instances that may receive requests now."""
-        return self.instances
+        """Instances that may receive requests now (on, or waking: requests wait)."""
+        return [
+            inst
+            for inst in self.instances
+            if inst.power is None or inst.power.state in (PowerState.ON, PowerState.WAKING)
+        ]
+
+    # ------------------------------------------------------------------ power API
+
+    def set_frequency(self, instance_id: int, level: int) -> None:
+        """Select a clock level of an instance (from its next iteration)."""
+        inst = self.instances[instance_id]
+        if inst.power is None:
+            raise ValueError(f"instance {instance_id} has no power model")
+        if inst.power.set_freq_index(level):
+            inst.advance_to(self.kernel.now)
+            inst.interrupt()
+
+    def set_power_state(self, instance_id: int, target: PowerState) -> None:
+        """Move an instance towards ``target`` (ON, SLEEP, DEEP_SLEEP or OFF).
+
+        Going down drops the KV cache: running requests are preempted (recomputed
+        later) and every live request is rerouted to an instance that is on, or, if
+        none is, kept queued here until it wakes. Going up from a sleep or off state
+        takes the wake time (:meth:`InstancePower.wake_time_s`); requests routed to a
+        waking instance wait.
+        """
+        inst = self.instances[instance_id]
+        power = inst.power
+        if power is None:
+            raise ValueError(f"instance {instance_id} has no power model")
+        now = self.kernel.now
+        if target == PowerState.WAKING:
+            raise ValueError("WAKING is not a target; ask for ON")
+        if target == power.state or (target == PowerState.ON and power.state == PowerState.WAKING):
+            return
+        generation = self._wake_generation.get(instance_id, 0) + 1
+        self._wake_generation[instance_id] = generation  # voids a pending wake-up
+        if target == PowerState.ON:
+            power.set_state(PowerState.WAKING, now)
+            self.kernel.schedule(power.wake_ready_s, PowerTransitionDone(instance_id, generation))
+            return
+        if power.state == PowerState.ON:
+            live = inst.evacuate()
+            inst.pool = KVBlockPool(
+                inst.params.num_blocks, inst.params.block_size, inst.params.enable_prefix_caching
+            )
+            power.set_state(target, now)
+            others = [i for i in self.available_instances() if i is not inst]
+            for request in live:
+                if others and self.router is not None:
+                    for other in others:
+                        other.advance_to(now)
+                    self.route(request, self.router.choose(request, others).instance_id)
+                else:
+                    inst.requeue(request)
+        else:
+            power.set_state(target, now)
+
+    def _wake_fastest(self) -> list[Instance]:
+        asleep = [
+            inst
+            for inst in self.instances
+            if inst.power is not None
+            and inst.power.state in (PowerState.SLEEP, PowerState.DEEP_SLEEP, PowerState.OFF)
+        ]
+        if not asleep:
+            return []
+        fastest = min(asleep, key=lambda i: i.power.wake_time_s() if i.power else math.inf)
+        self.set_power_state(fastest.instance_id, PowerState.ON)
+        return [fastest]
+
+    def _on_power_done(self, event: PowerTransitionDone) -> None:
+        if self._wake_generation.get(event.instance_id) != event.generation:
+            return
+        inst = self.instances[event.instance_id]
+        assert inst.power is not None
+        inst.power.set_state(PowerState.ON, self.kernel.now)
+        inst.interrupt()
+
+    def _on_power_tick(self, event: PowerTick) -> None:
+        if self.governor is None:
+            return
+        self.sync()
+        self.governor.on_tick(self, self.kernel.now)
+        if not self.drained and (
+            self.horizon_s is None or self.kernel.now + self.power_interval_s <= self.horizon_s
+        ):
+            self.kernel.schedule(self.kernel.now + self.power_interval_s, PowerTick())
+
+    def energy_j(self) -> dict[str, float]:
+        """Energy so far by component: ``devices`` plus the nodes' components."""
+        now = self.kernel.now
+        out = {"devices": sum(i.power.energy_j(now) for i in self.instances if i.power is not None)}
+        for node in self.nodes:
+            for name, joules in node.energy_j(now).items():
+                out[name] = out.get(name, 0.0) + joules
+        return out
 
     def route(self, request: Request, instance_id: int) -> bool:
         """Send ``request`` to an instance; rejects it if that instance can never serve it.
@@ -237,6 +364,12 @@ class Simulation:
 
     def _on_finish(self, request: Request) -> None:
         self.metrics.record(request)
+        tpot = request.tpot_s
+        if tpot == tpot:  # not NaN: a moving average per instance for governors
+            prev = self.recent_tpot_s.get(request.instance_id)
+            self.recent_tpot_s[request.instance_id] = (
+                tpot if prev is None else 0.8 * prev + 0.2 * tpot
+            )
 
     # ------------------------------------------------------------------ running
 
@@ -297,8 +430,9 @@ class Simulation:
         self.metrics.record(request)
 
     def summary(self) -> dict[str, Any]:
-        """The run summary (see :func:`llmserve_env.sim.metrics.summarize`)."""
-        return summarize(
+        """The run summary (see :func:`llmserve_env.sim.metrics.summarize`), with the
+        energy of devices and node components when a power model is present."""
+        summary = summarize(
             self.metrics,
             self.itl,
             num_arrived=self.num_arrived,
@@ -306,6 +440,15 @@ class Simulation:
             wall_time_s=self.wall_time_s,
             end_time_s=self.kernel.now,
         )
+        if any(inst.power is not None for inst in self.instances):
+            breakdown = self.energy_j()
+            total = sum(breakdown.values())
+            tokens = summary["num_generated_tokens"]
+            summary["energy_j"] = total
+            summary["energy_per_output_token_j"] = total / tokens if tokens else None
+            summary["avg_power_w"] = total / self.kernel.now if self.kernel.now > 0 else None
+            summary["energy_breakdown_j"] = breakdown
+        return summary
 
     def clone(self) -> Simulation:
         """An independent copy of the whole simulation state, for what-if branches.
@@ -323,7 +466,14 @@ class Simulation:
         other.itl = self.itl.copy()
         other.metrics = self.metrics.clone()
         mapping: dict[int, Request] = {}
-        other.instances = [inst.clone(kernel, other.itl, mapping) for inst in self.instances]
+        other.nodes = [node.clone() for node in self.nodes]
+        node_map = {id(old): new for old, new in zip(self.nodes, other.nodes, strict=True)}
+        other.instances = [
+            inst.clone(kernel, other.itl, mapping, node_map) for inst in self.instances
+        ]
+        other.governor = None if self.governor is None else self.governor.clone()
+        other.recent_tpot_s = dict(self.recent_tpot_s)
+        other._wake_generation = dict(self._wake_generation)
         for inst in other.instances:
             inst.on_finish = other._on_finish
         other.pending = [mapping.get(id(r)) or clone_request(r) for r in self.pending]

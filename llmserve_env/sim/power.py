@@ -1,0 +1,436 @@
+"""Power state machines and energy integrated over simulated time.
+
+Each instance has an :class:`InstancePower`: its devices' state (on, waking, sleep
+level 1 or 2, off), clock level and optional power cap, and a piecewise-constant power
+timeline that is integrated lazily as time passes — energy is accrued for what has
+happened up to the moment it is read, never booked ahead at schedule time. While on and
+without work, a device draws standby power for ``standby_s`` after its last iteration,
+then idle power. Each node has a :class:`NodePower` for the base board, CPU, DRAM,
+links, NIC and storage (LLMServingSim's power block).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import IntEnum
+
+import numpy as np
+from numpy.typing import NDArray
+
+from llmserve_env.perf.base import BatchShape
+from llmserve_env.perf.power import DevicePowerSpec, WorkModel, active_power_w, scaled_time
+
+FloatArray = NDArray[np.float64]
+
+
+class PowerState(IntEnum):
+    """Power state of an instance's devices (the observation's ``power_state``)."""
+
+    ON = 0
+    """Model loaded and serving (busy, standby or idle by activity)."""
+    WAKING = 1
+    """Returning to ON; requests routed here wait."""
+    SLEEP = 2
+    """vLLM sleep level 1: weights offloaded to host memory, KV cache dropped."""
+    DEEP_SLEEP = 3
+    """vLLM sleep level 2: weights and KV cache dropped."""
+    OFF = 4
+    """Powered off; waking is a cold start."""
+
+
+@dataclass(frozen=True)
+class NodePowerSpec:
+    """Node components (LLMServingSim's ``power`` block), per node.
+
+    Attributes:
+        base_w: Chassis, fans, board.
+        cpu_idle_w: Host CPU idle power.
+        cpu_active_w: Host CPU power at full load.
+        cpu_util: CPU load while any instance on the node is busy.
+        num_dimms: DRAM modules.
+        dimm_idle_w: Idle (refresh) power per module.
+        dram_pj_per_bit: Energy of DRAM traffic (weight reloads from host).
+        num_links: Device links (NVLink / PCIe switches).
+        link_idle_w: Idle power per link.
+        link_pj_per_bit: Energy of link traffic (tensor-parallel collectives, loads).
+        num_nics: Network interfaces.
+        nic_idle_w: Power per NIC.
+        num_storage: Storage devices.
+        storage_idle_w: Power per storage device.
+    """
+
+    base_w: float = 60.0
+    cpu_idle_w: float = 10.0
+    cpu_active_w: float = 200.0
+    cpu_util: float = 0.15
+    num_dimms: int = 16
+    dimm_idle_w: float = 2.0
+    dram_pj_per_bit: float = 6.0
+    num_links: int = 1
+    link_idle_w: float = 5.0
+    link_pj_per_bit: float = 4.0
+    num_nics: int = 1
+    nic_idle_w: float = 20.0
+    num_storage: int = 2
+    storage_idle_w: float = 5.0
+
+    @property
+    def static_w(self) -> dict[str, float]:
+        """Components that draw constant power while the node is up."""
+        return {
+            "base": self.base_w,
+            "cpu": self.cpu_idle_w,
+            "dram": self.num_dimms * self.dimm_idle_w,
+            "links": self.num_links * self.link_idle_w,
+            "nic": self.num_nics * self.nic_idle_w,
+            "storage": self.num_storage * self.storage_idle_w,
+        }
+
+
+class NodePower:
+    """Energy of one node's components, integrated as time passes."""
+
+    __slots__ = ("_busy_count", "_busy_since", "_busy_time", "_traffic_j", "spec")
+
+    def __init__(self, spec: NodePowerSpec) -> None:
+        self.spec = spec
+        self._busy_count = 0
+        self._busy_since = 0.0
+        self._busy_time = 0.0
+        self._traffic_j = {"dram": 0.0, "links": 0.0}
+
+    def busy_change(self, delta: int, now: float) -> None:
+        """An instance on this node started (+1) or stopped (-1) an iteration."""
+        if self._busy_count == 0 and delta > 0:
+            self._busy_since = now
+        self._busy_count += delta
+        if self._busy_count == 0 and delta < 0:
+            self._busy_time += now - self._busy_since
+
+    def add_traffic(self, component: str, nbytes: float) -> None:
+        """Account ``nbytes`` moved over ``dram`` or ``links``."""
+        pj = self.spec.dram_pj_per_bit if component == "dram" else self.spec.link_pj_per_bit
+        self._traffic_j[component] += nbytes * 8 * pj * 1e-12
+
+    def busy_time(self, now: float) -> float:
+        """Seconds with at least one instance busy, up to ``now``."""
+        return self._busy_time + (now - self._busy_since if self._busy_count else 0.0)
+
+    def energy_j(self, now: float) -> dict[str, float]:
+        """Energy per component up to ``now``."""
+        out = {name: watts * now for name, watts in self.spec.static_w.items()}
+        spec = self.spec
+        out["cpu"] += (spec.cpu_active_w - spec.cpu_idle_w) * spec.cpu_util * self.busy_time(now)
+        for name, joules in self._traffic_j.items():
+            out[name] += joules
+        return out
+
+    def power_w(self) -> float:
+        """Current draw of the node's components."""
+        spec = self.spec
+        cpu = (spec.cpu_active_w - spec.cpu_idle_w) * spec.cpu_util if self._busy_count else 0.0
+        return sum(spec.static_w.values()) + cpu
+
+    def clone(self) -> NodePower:
+        """An independent copy."""
+        other = NodePower(self.spec)
+        other._busy_count = self._busy_count
+        other._busy_since = self._busy_since
+        other._busy_time = self._busy_time
+        other._traffic_j = dict(self._traffic_j)
+        return other
+
+
+class InstancePower:
+    """The devices of one instance: state, clock, cap, and their energy.
+
+    Power is a piecewise timeline: one busy iteration at a constant power, a decode
+    stretch with one power per iteration, or a resting segment (standby tail then idle
+    while on; a constant draw while waking, asleep or off). :meth:`energy_j` integrates
+    it up to any time.
+
+    Args:
+        spec: Device constants.
+        work: FLOPs/bytes model of the instance's model on its device.
+        num_devices: Devices in the instance (its tensor-parallel degree).
+        weight_bytes: Weight bytes per device (for wake-up reloads).
+        host_gbps: Host-link bandwidth per device (GB/s).
+        cap_w: Power cap per device (``None``: the TDP).
+        node: The node's component tracker.
+        collective_bytes_per_token: Link traffic of the tensor-parallel all-reduces per
+            token, all devices together (0 without tensor parallelism).
+    """
+
+    def __init__(
+        self,
+        spec: DevicePowerSpec,
+        work: WorkModel,
+        num_devices: int,
+        weight_bytes: float,
+        host_gbps: float,
+        cap_w: float | None,
+        node: NodePower,
+        collective_bytes_per_token: float = 0.0,
+    ) -> None:
+        self.spec = spec
+        self.collective_bytes_per_token = collective_bytes_per_token
+        self.work = work
+        self.num_devices = num_devices
+        self.weight_bytes = weight_bytes
+        self.host_gbps = host_gbps
+        self.cap_w = min(cap_w, spec.tdp_w) if cap_w is not None else spec.tdp_w
+        self.node = node
+        self.state = PowerState.ON
+        self.freq_index = len(spec.clock_levels) - 1
+        self.wake_ready_s = 0.0
+        self.last_freq_used = 1.0
+        self._clock_penalty_s = 0.0
+        # The timeline: energy accrued up to _acc_t, then the current segment.
+        self._acc_j = 0.0
+        self._acc_t = 0.0
+        self._busy_time = 0.0
+        self._seg = "rest"
+        self._rest_since = 0.0  # last busy end (standby tail reference)
+        self._busy_start = 0.0
+        self._busy_end = 0.0
+        self._busy_w = 0.0
+        self._ends: FloatArray = np.empty(0)
+        self._cum_j: FloatArray = np.empty(0)
+        self._powers: FloatArray = np.empty(0)
+
+    # ------------------------------------------------------------------ clocks
+
+    @property
+    def freq(self) -> float:
+        """Relative clock of the selected level."""
+        return self.spec.clock_levels[self.freq_index]
+
+    def set_freq_index(self, index: int) -> bool:
+        """Select a clock level; returns whether it changed (a change stalls the next
+        iteration by ``clock_change_s``)."""
+        if not 0 <= index < len(self.spec.clock_levels):
+            raise ValueError(
+                f"clock level {index} out of range 0..{len(self.spec.clock_levels) - 1}"
+            )
+        if index == self.freq_index:
+            return False
+        self.freq_index = index
+        self._clock_penalty_s = self.spec.clock_change_s
+        return True
+
+    def _capped_freq(
+        self, flops: float, nbytes: float, time_s: float, share: float
+    ) -> tuple[float, float, float]:
+        """The highest allowed clock whose power stays under the cap: (f, t, P)."""
+        spec = self.spec
+        levels = spec.clock_levels
+        for index in range(self.freq_index, -1, -1):
+            f = levels[index]
+            t = float(scaled_time(time_s, share, f))
+            p = float(active_power_w(spec, self.work, flops, nbytes, t, f))
+            if p <= self.cap_w or index == 0:
+                return f, t, min(p, self.cap_w)
+        raise AssertionError("unreachable")
+
+    # ------------------------------------------------------------------ iterations
+
+    def iteration(self, batch: BatchShape, time_s: float) -> tuple[float, float]:
+        """Clock-adjusted duration and per-instance power of one iteration."""
+        flops, nbytes, share = self.work.iteration(batch)
+        f, t, p = self._capped_freq(flops, nbytes, time_s, share)
+        self.last_freq_used = f
+        t += self._clock_penalty_s
+        self._clock_penalty_s = 0.0
+        self.node.add_traffic("links", self._collective_bytes(batch.num_tokens))
+        return t, p * self.num_devices
+
+    def stretch(
+        self, num: int, kv_sum: FloatArray, times_s: FloatArray
+    ) -> tuple[FloatArray, FloatArray]:
+        """Clock-adjusted durations and per-instance powers of decode iterations (the
+        capped clock is chosen on the first iteration and held for the stretch)."""
+        flops, nbytes, share = self.work.decode(num, kv_sum)
+        f, _, _ = self._capped_freq(
+            float(flops[0]), float(nbytes[0]), float(times_s[0]), float(share[0])
+        )
+        self.last_freq_used = f
+        t = np.asarray(scaled_time(times_s, share, f), dtype=np.float64)
+        if self._clock_penalty_s:
+            t[0] += self._clock_penalty_s
+            self._clock_penalty_s = 0.0
+        p = np.minimum(
+            np.asarray(active_power_w(self.spec, self.work, flops, nbytes, t, f)), self.cap_w
+        )
+        self.node.add_traffic("links", self._collective_bytes(num) * len(t))
+        return t, p * self.num_devices
+
+    def _collective_bytes(self, tokens: int) -> float:
+        """Bytes the instance's tensor-parallel all-reduces move for ``tokens``."""
+        return tokens * self.collective_bytes_per_token
+
+    # ------------------------------------------------------------------ timeline
+
+    def _rest_power(self) -> float:
+        spec = self.spec
+        match self.state:
+            case PowerState.ON:
+                return spec.idle_w * self.num_devices
+            case PowerState.WAKING:
+                return spec.standby_w * self.num_devices
+            case PowerState.SLEEP:
+                return spec.sleep_w * self.num_devices
+            case PowerState.DEEP_SLEEP:
+                return spec.deep_sleep_w * self.num_devices
+            case _:
+                return spec.off_w * self.num_devices
+
+    def _rest_energy(self, a: float, b: float) -> float:
+        if b <= a:
+            return 0.0
+        if self.state != PowerState.ON:
+            return self._rest_power() * (b - a)
+        tail_end = self._rest_since + self.spec.standby_s
+        standby = max(0.0, min(b, tail_end) - max(a, self._rest_since))
+        idle = (b - a) - standby
+        n = self.num_devices
+        return n * (self.spec.standby_w * standby + self.spec.idle_w * idle)
+
+    def _busy_energy(self, a: float, b: float) -> float:
+        if self._seg == "busy":
+            lo, hi = max(a, self._busy_start), min(b, self._busy_end)
+            return self._busy_w * max(0.0, hi - lo)
+        # A stretch: cumulative energy at each iteration end.
+        return self._stretch_cum(b) - self._stretch_cum(a)
+
+    def _stretch_cum(self, t: float) -> float:
+        ends = self._ends
+        if t <= self._busy_start:
+            return 0.0
+        k = int(ends.searchsorted(t, side="right"))
+        done = float(self._cum_j[k - 1]) if k > 0 else 0.0
+        if k < len(ends):
+            prev = float(ends[k - 1]) if k > 0 else self._busy_start
+            done += float(self._powers[k]) * (t - prev)
+        return done
+
+    def settle(self, now: float) -> None:
+        """Accrue energy up to ``now``."""
+        a = self._acc_t
+        if now <= a:
+            return
+        if self._seg == "rest":
+            self._acc_j += self._rest_energy(a, now)
+        else:
+            end = min(now, self._busy_end)
+            self._acc_j += self._busy_energy(a, end)
+            self._busy_time += max(0.0, end - max(a, self._busy_start))
+            if now > self._busy_end:  # rest after the busy segment ended
+                self._acc_j += self._rest_energy(self._busy_end, now)
+        self._acc_t = now
+
+    def energy_j(self, now: float) -> float:
+        """Device energy of the instance up to ``now``."""
+        self.settle(now)
+        return self._acc_j
+
+    def busy_time_s(self, now: float) -> float:
+        """Seconds spent running iterations up to ``now``."""
+        self.settle(now)
+        return self._busy_time
+
+    def power_w(self, now: float) -> float:
+        """Instantaneous draw of the instance's devices at ``now``."""
+        if self._seg != "rest" and self._busy_start <= now < self._busy_end:
+            if self._seg == "busy":
+                return self._busy_w
+            k = int(self._ends.searchsorted(now, side="right"))
+            return float(self._powers[min(k, len(self._powers) - 1)])
+        if self.state == PowerState.ON:
+            tail = self._rest_since + self.spec.standby_s
+            per = self.spec.standby_w if now < tail else self.spec.idle_w
+            return per * self.num_devices
+        return self._rest_power()
+
+    def begin_busy(self, now: float, end: float, power_w: float) -> None:
+        """An iteration runs from ``now`` to ``end`` at ``power_w``."""
+        self.settle(now)
+        self._seg = "busy"
+        self._busy_start, self._busy_end, self._busy_w = now, end, power_w
+        self.node.busy_change(+1, now)
+
+    def begin_stretch(self, now: float, ends: FloatArray, powers: FloatArray) -> FloatArray:
+        """Decode iterations end at ``ends`` with ``powers``; returns the cumulative
+        energy at each iteration end (for per-request attribution)."""
+        self.settle(now)
+        self._seg = "stretch"
+        durations = np.diff(ends, prepend=now)
+        self._cum_j = np.cumsum(powers * durations)
+        self._ends, self._powers = ends, powers
+        self._busy_start, self._busy_end = now, float(ends[-1])
+        self.node.busy_change(+1, now)
+        return self._cum_j
+
+    def cut_stretch(self, end: float) -> None:
+        """The stretch now ends at ``end`` (an iteration boundary)."""
+        self._busy_end = end
+
+    def end_busy(self, now: float) -> None:
+        """The busy segment ended at ``now``; rest (standby tail) begins."""
+        self.settle(now)
+        self._seg = "rest"
+        self._rest_since = now
+        self.node.busy_change(-1, now)
+
+    def abort_busy(self, now: float) -> None:
+        """Work stops mid-iteration (sleep or off): energy so far stays accrued."""
+        if self._seg != "rest":
+            self._busy_end = min(self._busy_end, now)
+            self.end_busy(now)
+
+    # ------------------------------------------------------------------ states
+
+    def wake_time_s(self, state: PowerState | None = None) -> float:
+        """Seconds from ``state`` (default: the current one) back to ON."""
+        spec = self.spec
+        match self.state if state is None else state:
+            case PowerState.SLEEP:
+                return spec.wake_fixed_s + self.weight_bytes / (self.host_gbps * 1e9)
+            case PowerState.DEEP_SLEEP:
+                return spec.deep_wake_fixed_s + self.weight_bytes / (spec.storage_gbps * 1e9)
+            case PowerState.OFF:
+                return spec.cold_start_s + self.weight_bytes / (spec.storage_gbps * 1e9)
+            case _:
+                return 0.0
+
+    def set_state(self, state: PowerState, now: float) -> None:
+        """Change the power state at ``now`` (the caller handles requests and events)."""
+        self.settle(now)
+        if state == PowerState.WAKING:
+            self.wake_ready_s = now + self.wake_time_s()
+            if self.state == PowerState.SLEEP:
+                self.node.add_traffic("dram", self.weight_bytes * self.num_devices)
+            self.node.add_traffic("links", self.weight_bytes * self.num_devices)
+        if state == PowerState.ON:
+            self._rest_since = now
+        self.state = state
+
+    def break_even_s(self, level: PowerState = PowerState.SLEEP) -> float:
+        """Idle gap above which sleeping at ``level`` saves energy: the extra energy of
+        waking divided by the power saved while asleep."""
+        spec = self.spec
+        asleep = {PowerState.SLEEP: spec.sleep_w, PowerState.DEEP_SLEEP: spec.deep_sleep_w}.get(
+            level, spec.off_w
+        )
+        saved = spec.idle_w - asleep
+        if saved <= 0:
+            return math.inf
+        wake_extra = (spec.standby_w - asleep) * self.wake_time_s(level)
+        return wake_extra / saved
+
+    def clone(self, node: NodePower) -> InstancePower:
+        """An independent copy attached to ``node`` (arrays are immutable and shared)."""
+        other = InstancePower.__new__(InstancePower)
+        other.__dict__.update(self.__dict__)
+        other.node = node
+        return other
