@@ -25,7 +25,6 @@ from llmserve_env.perf.hardware import GIB, DeviceSpec, device_catalog, resolve_
 from llmserve_env.perf.memory import num_kv_blocks
 from llmserve_env.perf.model_arch import DTYPE_BYTES, ModelArch, load_model_arch
 from llmserve_env.perf.power import DevicePowerSpec, WorkModel
-from llmserve_env.perf.roofline import RooflineModel
 from llmserve_env.sim.governors import make_governor
 from llmserve_env.sim.instance import EngineParams, Instance
 from llmserve_env.sim.kernel import Kernel
@@ -257,15 +256,17 @@ def plan_instances(scenario: Scenario) -> list[InstancePlan]:
 
 
 def make_latency_model(plan: InstancePlan) -> LatencyModel:
-    """The latency model of an instance, by its ``perf`` setting."""
+    """The latency model of an instance, by its ``perf`` setting
+    (:func:`llmserve_env.perf.factory.make_latency_model`)."""
+    from llmserve_env.perf import factory as perf_factory
+
     group = plan.group
-    match group.perf:
-        case "auto" | "analytical":
-            return RooflineModel(plan.arch, plan.device, tp=group.tp, dtype=group.dtype)
-        case _:
-            raise ScenarioError(
-                [(f"{plan.key}.perf", f"profile folders are not supported yet: {group.perf}")]
-            )
+    try:
+        return perf_factory.make_latency_model(
+            plan.arch, plan.device, group.tp, group.dtype, group.perf
+        )
+    except (DataFileError, ValueError) as exc:
+        raise ScenarioError([(f"{plan.key}.perf", str(exc))]) from exc
 
 
 # --------------------------------------------------------------------------- simulation

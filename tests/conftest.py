@@ -20,3 +20,11 @@ def shared() -> Path:
     if not SHARED.is_dir():
         pytest.skip("../shared/reference (public reference data) is not present")
     return SHARED
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Compiled latency tables go to a temporary cache, never the user's."""
+    import os
+
+    os.environ["LLMSERVE_CACHE"] = str(tmp_path_factory.mktemp("llmserve-cache"))

@@ -271,5 +271,16 @@ def describe(scenario: str, overrides: tuple[str, ...]) -> None:
     _out.print(table)
 
 
+from llmserve_env.cli.interop_cmd import import_group, validate  # noqa: E402
+from llmserve_env.cli.profiles_cmd import profiles  # noqa: E402
+
+main.add_command(profiles)
+main.add_command(import_group)
+main.add_command(validate)
+
+from llmserve_env.cli.profile_cmd import profile  # noqa: E402
+
+main.add_command(profile)
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -142,6 +142,16 @@ class InstanceGroup(StrictModel):
     initial_power_state: Literal["on", "sleep", "deep_sleep", "off"] = "on"
     """Power state at the start (sleeping instances wake on demand or by the agent)."""
 
+    @field_validator("initial_power_state", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, value: object) -> object:
+        # YAML 1.1 reads bare on/off as booleans.
+        if value is True:
+            return "on"
+        if value is False:
+            return "off"
+        return value
+
     perf: str = "auto"
     """Latency model: ``auto`` (best available source), ``analytical``, or a path to a
     profile folder in llmserve-env's profile format."""

@@ -3,13 +3,17 @@
 Every operator of an iteration is charged ``max(FLOPs / (peak x eff_compute),
 bytes / (bandwidth x eff_memory))``; the layer sequence is that of a decoder-only
 transformer (QKV and O projections, attention, gated MLP or routed experts, norms),
-plus the LM head, tensor-parallel all-reduces (ring, alpha-beta) and a fixed
-per-iteration overhead. The floors are physical: a decode step never beats reading the
-weights and the attended KV at the device's bandwidth.
+plus the LM head, tensor-parallel all-reduces (:mod:`llmserve_env.perf.comm`: measured
+tables when given, else alpha-beta with ring factors) and fixed per-layer and
+per-iteration overheads. The floors are physical: every derate is at most 1, so a
+decode step never beats reading the weights and the attended KV at the device's
+bandwidth, and no step beats its FLOPs at the device's peak.
 
-The efficiency factors are calibration constants (see VALIDATION.md for how they were
-fitted against measured profiles); they default to values typical of vLLM on recent
-NVIDIA GPUs.
+The derates are calibration constants fitted per device family against measured
+operator times (:data:`FAMILY_CALIBRATIONS`; ``benchmarks/calibration/fit_roofline.py``
+reproduces the fits, VALIDATION.md lists their errors). :func:`calibration_for` picks a
+device's family; devices without measurements (MI300X, TPU v5e, Gaudi, user-described
+devices) get their vendor's family or the generic constants.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from llmserve_env.perf.base import BatchShape, FloatArray
+from llmserve_env.perf.comm import AlphaBetaComm, CommModel
 from llmserve_env.perf.hardware import DeviceSpec
 from llmserve_env.perf.model_arch import DTYPE_BYTES, ModelArch
 
@@ -27,23 +32,181 @@ from llmserve_env.perf.model_arch import DTYPE_BYTES, ModelArch
 class RooflineCalibration:
     """Derates and overheads of the roofline model.
 
+    The defaults are the generic constants (the median of the measured NVIDIA
+    datacenter families); :func:`calibration_for` gives a device's fitted ones.
+
     Attributes:
         eff_gemm: Fraction of peak FLOP/s dense GEMMs reach.
         eff_attn: Fraction of peak FLOP/s attention kernels reach.
         eff_mem: Fraction of peak memory bandwidth streaming kernels reach.
-        overhead_s: Fixed time per iteration (scheduling, launch, sampling, sync).
-        per_layer_overhead_s: Fixed time per decoder layer (kernel launch gaps).
-        comm_latency_s: Latency term of one collective step.
+        overhead_s: Fixed time per iteration (scheduling, input preparation, sampling,
+            output processing on the CPU).
+        per_layer_overhead_s: Fixed time per decoder layer (the floors of its kernels:
+            four GEMMs and attention).
+        comm_latency_s: Latency of one ring step of a collective.
         comm_eff: Fraction of link bandwidth collectives reach.
+        comm_base_s: Fixed cost of one collective.
     """
 
-    eff_gemm: float = 0.70
-    eff_attn: float = 0.45
-    eff_mem: float = 0.82
-    overhead_s: float = 0.8e-3
-    per_layer_overhead_s: float = 10e-6
-    comm_latency_s: float = 8e-6
-    comm_eff: float = 0.75
+    eff_gemm: float = 0.72
+    eff_attn: float = 0.44
+    eff_mem: float = 0.80
+    overhead_s: float = 2.0e-3
+    per_layer_overhead_s: float = 35e-6
+    comm_latency_s: float = 0.5e-6
+    comm_eff: float = 0.65
+    comm_base_s: float = 5e-6
+
+    def __post_init__(self) -> None:
+        for name in ("eff_gemm", "eff_attn", "eff_mem", "comm_eff"):
+            value = getattr(self, name)
+            if not 0.0 < value <= 1.0:
+                raise ValueError(f"{name} must be in (0, 1] (a derate of the peak), got {value}")
+        for name in ("overhead_s", "per_layer_overhead_s", "comm_latency_s", "comm_base_s"):
+            if getattr(self, name) < 0.0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True, slots=True)
+class FamilyCalibration:
+    """Fitted roofline constants of one device family, with where they come from.
+
+    Attributes:
+        calibration: The constants.
+        source: Measurements they were fitted against ("assumed: ..." when none).
+        fit_error: Error of the fit on those measurements (MAPE of operator times).
+    """
+
+    calibration: RooflineCalibration
+    source: str
+    fit_error: str
+
+
+def _cal(
+    eff_gemm: float,
+    eff_attn: float,
+    eff_mem: float,
+    t0_gemm_us: float,
+    t0_attn_us: float,
+    comm: tuple[float, float, float],
+) -> RooflineCalibration:
+    base_us, step_us, comm_eff = comm
+    return RooflineCalibration(
+        eff_gemm=eff_gemm,
+        eff_attn=eff_attn,
+        eff_mem=eff_mem,
+        per_layer_overhead_s=(4 * t0_gemm_us + t0_attn_us) * 1e-6,
+        comm_base_s=base_us * 1e-6,
+        comm_latency_s=step_us * 1e-6,
+        comm_eff=comm_eff,
+    )
+
+
+# Fitted with benchmarks/calibration/fit_roofline.py (grid search, mean |log error|)
+# against datasheet peaks in profiles/devices.yaml. Per-kernel floors t0 enter as
+# per_layer_overhead_s = 4 t0_gemm + t0_attn; collectives as (base us, us per ring step,
+# link efficiency) fitted on vLLM's measured custom all-reduce. The CPU overhead per
+# iteration (overhead_s) is fitted end to end (VALIDATION.md) and shared by all families.
+FAMILY_CALIBRATIONS: dict[str, FamilyCalibration] = {
+    "nvidia-hopper": FamilyCalibration(
+        _cal(0.76, 0.44, 0.88, 5, 15, (5, 0, 0.69)),
+        "aiconfigurator-core 0.12 H100/H200 vLLM GEMM + attention + all-reduce; "
+        "LLMServingSim paper H100 layers; Vidur H100 mlp.csv",
+        "GEMM 9.7-15.4 %, prefill attention 27-45 %, decode attention 26-52 %, all-reduce 13-14 %",
+    ),
+    "nvidia-ampere-dc": FamilyCalibration(
+        _cal(0.70, 0.46, 0.72, 6, 15, (4, 0.25, 0.60)),
+        "aiconfigurator-core 0.12 A100-SXM vLLM GEMM + attention + all-reduce; Vidur A100 mlp.csv",
+        "GEMM 8.0-12.1 %, prefill attention 26 %, decode attention 26 %, all-reduce 15 %",
+    ),
+    "nvidia-blackwell": FamilyCalibration(
+        _cal(0.70, 0.30, 0.74, 3, 15, (6, 0, 0.60)),
+        "aiconfigurator-core 0.12 B200/GB200 vLLM GEMM + attention + all-reduce",
+        "GEMM 11.5-12.8 %, prefill attention 33-35 %, decode attention 38-43 %, all-reduce 18-26 %",
+    ),
+    "nvidia-blackwell-ws": FamilyCalibration(
+        _cal(0.74, 0.46, 0.82, 3, 12, (0, 2, 0.44)),
+        "aiconfigurator-core 0.12 RTX PRO 6000 vLLM tables; LLMServingSim current RTXPRO6000",
+        "GEMM 12.0-14.6 %, prefill attention 26-34 %, decode attention 9-27 %, all-reduce 17 %",
+    ),
+    "nvidia-ada": FamilyCalibration(
+        _cal(0.62, 0.42, 0.80, 2, 8, (1, 2, 0.20)),
+        "aiconfigurator-core 0.12 L40S vLLM tables; LLMServingSim current RTX4090",
+        "GEMM 17.5-40.1 %, prefill attention 22-41 %, decode attention 21-36 %, "
+        "all-reduce (PCIe) 64 %",
+    ),
+    "nvidia-ampere": FamilyCalibration(
+        _cal(0.76, 0.86, 1.0, 12, 30, (4, 1, 0.60)),
+        "LLMServingSim paper A6000 / RTX3090 layers.csv and attention.csv "
+        "(collectives assumed as A100)",
+        "GEMM 12.1-16.8 %, prefill attention 52 %, decode attention 71 %",
+    ),
+    "google-tpu": FamilyCalibration(
+        _cal(0.80, 0.20, 1.0, 6, 30, (5, 1, 0.70)),
+        "LLMServingSim paper TPU-v6e-1 layers.csv and attention export (collectives assumed)",
+        "GEMM 17.7 %, prefill attention 57 %, decode attention 90 %",
+    ),
+    "amd-cdna3": FamilyCalibration(
+        _cal(0.55, 0.35, 0.80, 5, 15, (5, 0.5, 0.65)),
+        "assumed: no public MI300X operator measurements in ../shared; Hopper-class floors "
+        "and bandwidth derate, GEMM and attention derates lowered for ROCm kernels",
+        "not fitted",
+    ),
+    "intel-gaudi": FamilyCalibration(
+        _cal(0.60, 0.35, 0.75, 6, 20, (8, 1, 0.60)),
+        "assumed: no public Gaudi operator measurements in ../shared",
+        "not fitted",
+    ),
+    "generic": FamilyCalibration(
+        RooflineCalibration(),
+        "median of the fitted NVIDIA datacenter families (Hopper, Ampere, Blackwell)",
+        "not fitted on its own",
+    ),
+}
+"""Roofline constants per device family (see :func:`device_family`)."""
+
+
+# --------------------------------------------------------------------------- families
+
+_DEVICE_FAMILIES = {
+    "A100-SXM-80GB": "nvidia-ampere-dc",
+    "RTX-A6000": "nvidia-ampere",
+    "RTX3090": "nvidia-ampere",
+    "H100-SXM": "nvidia-hopper",
+    "H100-PCIe": "nvidia-hopper",
+    "H200": "nvidia-hopper",
+    "B200": "nvidia-blackwell",
+    "GB200": "nvidia-blackwell",
+    "RTX-PRO-6000": "nvidia-blackwell-ws",
+    "L40S": "nvidia-ada",
+    "RTX4090": "nvidia-ada",
+    "L4": "nvidia-ada",
+    "MI300X": "amd-cdna3",
+    "TPU-v5e": "google-tpu",
+    "TPU-v6e": "google-tpu",
+    "Gaudi2": "intel-gaudi",
+    "Gaudi3": "intel-gaudi",
+}
+_VENDOR_FAMILIES = {
+    "nvidia": "nvidia-hopper",
+    "amd": "amd-cdna3",
+    "google": "google-tpu",
+    "intel": "intel-gaudi",
+}
+
+
+def device_family(device: DeviceSpec) -> str:
+    """The calibration family of a device: its architecture generation for catalog
+    devices, the vendor's best-characterised family for others, else ``generic``."""
+    family = _DEVICE_FAMILIES.get(device.name)
+    if family is not None:
+        return family
+    return _VENDOR_FAMILIES.get(device.vendor.lower(), "generic")
+
+
+def calibration_for(device: DeviceSpec) -> RooflineCalibration:
+    """The fitted roofline constants of a device's family (:data:`FAMILY_CALIBRATIONS`)."""
+    return FAMILY_CALIBRATIONS[device_family(device)].calibration
 
 
 class RooflineModel:
@@ -55,7 +218,10 @@ class RooflineModel:
         tp: Tensor-parallel degree (weights and heads split ``tp`` ways).
         dtype: Weight/activation data type (``bf16``, ``fp16``, ``fp8``).
         kv_dtype: KV-cache data type.
-        calibration: Derates and overheads.
+        calibration: Derates and overheads (default: the device family's,
+            :func:`calibration_for`).
+        comm: Collective model for the tensor-parallel all-reduces (default: alpha-beta
+            over the device's scale-up link with the calibration's constants).
     """
 
     def __init__(
@@ -66,13 +232,22 @@ class RooflineModel:
         dtype: str = "bf16",
         kv_dtype: str | None = None,
         calibration: RooflineCalibration | None = None,
+        comm: CommModel | None = None,
     ) -> None:
+        if tp < 1:
+            raise ValueError(f"tp must be >= 1, got {tp}")
+        for name, value in (("dtype", dtype), ("kv_dtype", kv_dtype or dtype)):
+            if value not in DTYPE_BYTES:
+                raise ValueError(f"unknown {name} {value!r}; known: {', '.join(DTYPE_BYTES)}")
         self.arch = arch
         self.device = device
         self.tp = tp
         self.dtype = dtype
-        self.calibration = calibration or RooflineCalibration()
+        self.calibration = calibration or calibration_for(device)
         cal = self.calibration
+        self.comm: CommModel = comm or AlphaBetaComm(
+            device.scaleup_bw_gbps, cal.comm_latency_s, cal.comm_eff, cal.comm_base_s
+        )
         wb = DTYPE_BYTES[dtype]
         kvb = DTYPE_BYTES[kv_dtype or dtype]
         self._flops_gemm = device.peak_flops(dtype) * cal.eff_gemm
@@ -104,14 +279,10 @@ class RooflineModel:
             else arch.intermediate_size
         )
         self._elementwise_bytes_per_token = layers * (8 * h + 3 * inter / tp) * wb
-        # Tensor-parallel all-reduce: two per layer, ring algorithm.
-        if tp > 1:
-            link = device.scaleup_bw_gbps * 1e9 * cal.comm_eff
-            self._ar_bytes_factor = 2 * layers * 2 * (tp - 1) / tp * h * wb / link
-            self._ar_fixed = 2 * layers * 2 * (tp - 1) * cal.comm_latency_s
-        else:
-            self._ar_bytes_factor = 0.0
-            self._ar_fixed = 0.0
+        # Tensor-parallel all-reduces of 16-bit activations: two per layer.
+        self._ar_count = 2 * layers if tp > 1 else 0
+        self._ar_bytes_per_token = h * DTYPE_BYTES["bf16"]
+        self._ar_cache: dict[int, float] = {}
         self._fixed = cal.overhead_s + layers * cal.per_layer_overhead_s
         self._decode_cache: dict[int, tuple[float, float, float]] = {}
 
@@ -143,8 +314,19 @@ class RooflineModel:
         head = self._roof(
             2.0 * num_seqs * self._lm_head_params, self._lm_head_bytes, self._flops_gemm
         )
-        comm = self._ar_fixed + self._ar_bytes_factor * num_tokens if num_tokens else 0.0
-        return body + head + comm
+        return body + head + self._all_reduce_time(num_tokens)
+
+    def _all_reduce_time(self, num_tokens: int) -> float:
+        """The iteration's tensor-parallel all-reduces (cached per token count)."""
+        if not self._ar_count or num_tokens <= 0:
+            return 0.0
+        cached = self._ar_cache.get(num_tokens)
+        if cached is None:
+            nbytes = num_tokens * self._ar_bytes_per_token
+            cached = self._ar_count * self.comm.time_s("all_reduce", nbytes, self.tp)
+            if len(self._ar_cache) < 65536:
+                self._ar_cache[num_tokens] = cached
+        return cached
 
     def _attn_coeffs(self) -> tuple[float, float]:
         """Seconds per attended KV token in decode: (flop-bound, byte-bound)."""

@@ -1,0 +1,148 @@
+"""``llmserve profile``: measure a model's operators on this machine into a profile folder."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from llmserve_env.config.errors import DataFileError
+
+
+@click.command("profile")
+@click.argument("model")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Profile folder to write (llmserve format, see profiles/README.md).",
+)
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="cuda, cuda:N, cpu, or auto (CUDA when available).",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["bf16", "fp16", "fp32"]),
+    default="bf16",
+    show_default=True,
+    help="Weights and activations.",
+)
+@click.option(
+    "--tp",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Time one tensor-parallel shard.",
+)
+@click.option("--quick", is_flag=True, help="A small grid (seconds on a CPU for a tiny model).")
+@click.option(
+    "--max-tokens",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Largest batch token count to time.",
+)
+@click.option(
+    "--max-context",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Largest cached context to time.",
+)
+@click.option(
+    "--warmup",
+    type=click.IntRange(min=0),
+    default=3,
+    show_default=True,
+    help="Untimed calls per point.",
+)
+@click.option(
+    "--repeat",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Timed calls per point.",
+)
+@click.option(
+    "--num-layers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Layer count written to the profile (default: the model's; timing is per layer).",
+)
+@click.option(
+    "--device-name",
+    default=None,
+    help="Device name for meta.yaml (default: the catalog name of the GPU, or 'cpu').",
+)
+@click.option(
+    "--threads", type=click.IntRange(min=1), default=None, help="CPU threads torch may use."
+)
+@click.option("--no-power", is_flag=True, help="Do not sample board power through NVML.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
+def profile(
+    model: str,
+    output: Path,
+    device: str,
+    dtype: str,
+    tp: int,
+    quick: bool,
+    max_tokens: int | None,
+    max_context: int | None,
+    warmup: int,
+    repeat: int,
+    num_layers: int | None,
+    device_name: str | None,
+    threads: int | None,
+    no_power: bool,
+    seed: int,
+) -> None:
+    """Time every operator of MODEL (a catalog name or a HuggingFace config.json) in
+    PyTorch with random weights, and write an llmserve profile folder.
+
+    Use it in a scenario with ``perf: <folder>``; ``llmserve profiles check <folder>``
+    summarises it.
+    """
+    from llmserve_env.perf.model_arch import load_model_arch
+    from llmserve_env.perf.profile_format import write_profile
+    from llmserve_env.perf.profiler import ProfileGrid, ProfilerOptions, profile_model
+
+    try:
+        import torch
+    except ImportError:
+        click.echo("error: llmserve profile needs PyTorch (pip install torch)", err=True)
+        sys.exit(2)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        arch = load_model_arch(model)
+    except KeyError as exc:
+        raise click.BadParameter(str(exc.args[0]), param_hint="MODEL") from exc
+    grid = (ProfileGrid.quick() if quick else ProfileGrid()).bounded(max_tokens, max_context)
+    try:
+        options = ProfilerOptions(
+            device=device,
+            dtype=dtype,
+            tp=tp,
+            grid=grid,
+            warmup=warmup,
+            repeat=repeat,
+            num_layers=num_layers,
+            device_name=device_name,
+            seed=seed,
+            sample_power=not no_power,
+        )
+        result = profile_model(arch, options, log=lambda line: click.echo(f"  {line}", err=True))
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    problems = [p for p in result.problems() if "collectives.csv" not in p]
+    if problems:  # pragma: no cover - a bug in the profiler, not in the input
+        raise DataFileError(output, "; ".join(problems))
+    folder = write_profile(result, output)
+    meta = result.meta
+    click.echo(
+        f"wrote {folder}/ ({meta.model} on {meta.device}, {meta.dtype}, tp={meta.tp}, "
+        f"{meta.provenance.get('duration_s', 0):.1f} s)"
+    )

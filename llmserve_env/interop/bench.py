@@ -1,0 +1,532 @@
+"""Validate the simulator against a real vLLM run in LLMServingSim's bench layout.
+
+A run folder holds ``config.json`` (the LLMServingSim cluster that served it) and
+``vllm/{meta.json, requests.jsonl, timeseries.csv}``: the engine arguments and trace
+(``meta.json``), per-request vLLM ``RequestStateStats`` timestamps, and a per-second
+series of prompt and generation throughput, running and waiting requests.
+
+Time bases. In ``requests.jsonl`` ``arrival_time`` is wall-clock epoch seconds while
+``queued_ts``, ``scheduled_ts``, ``first_token_ts`` and ``last_token_ts`` are the engine
+process's monotonic clock, so latencies use the monotonic stamps only:
+
+- TTFT = ``first_token_ts - queued_ts`` (queueing included),
+- TPOT = ``(last_token_ts - first_token_ts) / (output_toks - 1)`` (requests with more
+  than one output token),
+- e2e = ``last_token_ts - queued_ts``,
+- queueing = ``scheduled_ts - queued_ts``
+
+(the definitions of LLMServingSim's ``bench validate``). The simulator is fed the
+arrivals the engine saw: request ``i`` arrives at ``queued_ts[i] - t0`` with
+``t0 = queued_ts[0] - arrival_time_ns[0]`` of the trace, which puts simulated time on
+the trace's clock; the bench's ``timeseries.csv`` ticks start at the client's start,
+which is the trace's time 0, so per-second bins line up to within milliseconds. The
+simulator's latencies use the same definitions (arrival = queued).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from llmserve_env.config.errors import DataFileError
+from llmserve_env.config.loader import validate_scenario
+from llmserve_env.config.schema import Scenario
+from llmserve_env.interop.llmservingsim_config import ImportOptions, convert_cluster
+from llmserve_env.interop.llmservingsim_import import convert_profile, find_llmservingsim_profile
+from llmserve_env.perf.compiled import cache_dir
+from llmserve_env.perf.csv_table import read_csv_columns
+from llmserve_env.perf.importers import llmservingsim, llmservingsim_paper
+from llmserve_env.perf.importers.common import files_digest
+from llmserve_env.perf.profile_format import write_profile
+from llmserve_env.sim.request import TokenContent
+from llmserve_env.sim.workload.base import WorkloadData
+from llmserve_env.sim.workload.traces import load_llmservingsim_jsonl
+
+FloatArray = NDArray[np.float64]
+
+_REQUEST_KEYS = (
+    "input_toks",
+    "output_toks",
+    "queued_ts",
+    "scheduled_ts",
+    "first_token_ts",
+    "last_token_ts",
+)
+
+
+@dataclass(frozen=True)
+class BenchRun:
+    """A real vLLM run.
+
+    Attributes:
+        path: The run folder.
+        config_path: Its ``config.json``.
+        meta: ``vllm/meta.json``.
+        requests: Per-request columns (``input_toks``, ``output_toks``, ``queued_ts``,
+            ``scheduled_ts``, ``first_token_ts``, ``last_token_ts``), bench order.
+        timeseries: ``vllm/timeseries.csv`` columns.
+        dataset: The trace named in ``meta.json``, when found.
+    """
+
+    path: Path
+    config_path: Path
+    meta: dict[str, Any]
+    requests: dict[str, FloatArray]
+    timeseries: dict[str, FloatArray]
+    dataset: Path | None
+
+    @property
+    def engine_kwargs(self) -> dict[str, Any]:
+        """vLLM engine arguments of the run."""
+        kwargs = self.meta.get("engine_kwargs") or {}
+        return kwargs if isinstance(kwargs, dict) else {}
+
+    def latencies_ms(self) -> dict[str, FloatArray]:
+        """TTFT, TPOT, e2e and queueing per request (ms), as the module defines them."""
+        r = self.requests
+        out_toks = r["output_toks"]
+        tpot = np.where(
+            out_toks > 1,
+            (r["last_token_ts"] - r["first_token_ts"]) / np.maximum(out_toks - 1, 1),
+            np.nan,
+        )
+        return {
+            "ttft": (r["first_token_ts"] - r["queued_ts"]) * 1e3,
+            "tpot": tpot * 1e3,
+            "e2e": (r["last_token_ts"] - r["queued_ts"]) * 1e3,
+            "queueing": (r["scheduled_ts"] - r["queued_ts"]) * 1e3,
+        }
+
+
+def _find_dataset(run_dir: Path, name: str) -> Path | None:
+    candidate = Path(name)
+    if candidate.is_absolute():
+        return candidate if candidate.is_file() else None
+    for parent in (run_dir, *run_dir.parents):
+        if (parent / candidate).is_file():
+            return parent / candidate
+    return None
+
+
+def load_bench_run(path: str | Path, dataset: str | Path | None = None) -> BenchRun:
+    """Read a bench run folder.
+
+    Args:
+        path: The run folder (``config.json`` and ``vllm/``).
+        dataset: The trace; default: ``meta.json``'s ``dataset_path``, looked up from the
+            run folder upwards.
+
+    Raises:
+        DataFileError: missing or malformed files (file and line named).
+    """
+    run_dir = Path(path)
+    config_path = run_dir / "config.json"
+    vllm_dir = run_dir / "vllm"
+    if not config_path.is_file():
+        raise DataFileError(config_path, "not a bench run folder: config.json not found")
+    meta_path = vllm_dir / "meta.json"
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise DataFileError(meta_path, "file not found") from exc
+    except json.JSONDecodeError as exc:
+        raise DataFileError(meta_path, f"invalid JSON: {exc.msg}", line=exc.lineno) from exc
+    requests: dict[str, list[float]] = {k: [] for k in _REQUEST_KEYS}
+    req_path = vllm_dir / "requests.jsonl"
+    try:
+        lines = req_path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError as exc:
+        raise DataFileError(req_path, "file not found") from exc
+    for line_no, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataFileError(req_path, f"invalid JSON: {exc.msg}", line=line_no) from exc
+        for key in _REQUEST_KEYS:
+            value = record.get(key) if isinstance(record, dict) else None
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise DataFileError(
+                    req_path, f"{key!r}: expected a number, got {value!r}", line=line_no
+                )
+            requests[key].append(float(value))
+    if not requests["queued_ts"]:
+        raise DataFileError(req_path, "no requests")
+    ts = read_csv_columns(
+        vllm_dir / "timeseries.csv",
+        numeric=("t", "prompt_throughput", "gen_throughput", "running", "waiting"),
+    )
+    found = None
+    if dataset is not None:
+        found = Path(dataset)
+        if not found.is_file():
+            raise DataFileError(found, "trace file not found")
+    elif meta.get("dataset_path"):
+        found = _find_dataset(run_dir, str(meta["dataset_path"]))
+    return BenchRun(
+        path=run_dir,
+        config_path=config_path,
+        meta=meta,
+        requests={k: np.asarray(v, dtype=np.float64) for k, v in requests.items()},
+        timeseries=ts.numbers,
+        dataset=found,
+    )
+
+
+# --------------------------------------------------------------------------- simulate
+
+
+@dataclass
+class SimSetup:
+    """The scenario and workload that stand for a bench run.
+
+    Attributes:
+        scenario: The validated scenario.
+        workload: The requests, in bench order.
+        notes: What was assumed or approximated.
+    """
+
+    scenario: Scenario
+    workload: WorkloadData
+    notes: list[str] = field(default_factory=list)
+
+
+def bench_workload(run: BenchRun) -> tuple[WorkloadData, list[str]]:
+    """The bench's requests with the arrivals the engine saw (see the module doc)."""
+    r = run.requests
+    notes: list[str] = []
+    n = len(r["queued_ts"])
+    contents: list[TokenContent | None] | None = None
+    offset = 0.0
+    if run.dataset is not None:
+        data = load_llmservingsim_jsonl(run.dataset)
+        if len(data) < n:
+            raise DataFileError(
+                run.dataset, f"the trace has {len(data)} requests, the bench run {n}"
+            )
+        same = np.array_equal(data.prompt_tokens[:n], r["input_toks"].astype(np.int64))
+        same &= np.array_equal(data.output_tokens[:n], r["output_toks"].astype(np.int64))
+        if not same:
+            raise DataFileError(
+                run.dataset, "the trace's first requests do not match requests.jsonl lengths"
+            )
+        first_ns = json.loads(run.dataset.read_text(encoding="utf-8").splitlines()[0]).get(
+            "arrival_time_ns", 0
+        )
+        offset = float(first_ns) * 1e-9
+        if data.contents is not None:
+            contents = list(data.contents[:n])
+    else:
+        notes.append(
+            "trace file not found: lengths from requests.jsonl, no token ids (so no "
+            "prefix-cache hits)"
+        )
+    arrival = r["queued_ts"] - r["queued_ts"][0] + offset
+    order = np.argsort(arrival, kind="stable")
+    if np.any(order != np.arange(n)):
+        notes.append("requests reached the engine out of trace order; simulated in engine order")
+    workload = WorkloadData.from_arrays(
+        arrival,
+        r["input_toks"].astype(np.int64),
+        r["output_toks"].astype(np.int64),
+        contents=contents,
+        source=str(run.path),
+    )
+    return workload, notes
+
+
+def _bench_profile(run: BenchRun, profiles: Path, converted: Any, index: int) -> Path:
+    """Convert the run's LLMServingSim profile into the cache (keyed by its files)."""
+    _, arch, _, tp, dtype, hardware = converted.instances[index]
+    folder = find_llmservingsim_profile(profiles, hardware, arch.name, dtype, tp)
+    result = convert_profile(folder, converted, index)
+    tag = f"{llmservingsim.TAG}:{llmservingsim_paper.TAG}:{converted.link_bw_gbps}:{converted.link_latency_us}"
+    key = files_digest(result.source_files, tag)
+    target = cache_dir() / "imported" / key[:24]
+    if not (target / "meta.yaml").is_file():
+        write_profile(result.profile, target)
+    return target
+
+
+def bench_setup(
+    run: BenchRun,
+    profiles: str | Path | None,
+    *,
+    allow_unsupported: bool = False,
+    overrides: dict[str, Any] | None = None,
+) -> SimSetup:
+    """The scenario (cluster from ``config.json``, engine knobs from ``meta.json``) and
+    workload for a bench run.
+
+    vLLM defaults fill what ``meta.json`` does not record: ``gpu_memory_utilization``
+    0.9, prefix caching on, chunked prefill on, block size 16.
+
+    Args:
+        run: The bench run.
+        profiles: LLMServingSim profile root (``perf/``) for the instances, or ``None``
+            for ``perf: auto``.
+        allow_unsupported: Approximate expert parallelism (see :class:`ImportOptions`).
+        overrides: Engine keys to override (e.g. ``{"gpu_memory_utilization": 0.85}``).
+    """
+    kwargs = run.engine_kwargs
+    dataset = run.dataset or (run.path / "vllm" / "requests.jsonl")
+    options = ImportOptions(
+        enable_prefix_caching=True,
+        max_num_batched_tokens=kwargs.get("max_num_batched_tokens"),
+        max_num_seqs=kwargs.get("max_num_seqs"),
+        max_model_len=kwargs.get("max_model_len"),
+        gpu_memory_utilization=0.9,
+        allow_unsupported=allow_unsupported,
+    )
+    converted = convert_cluster(run.config_path, dataset, options)
+    notes = list(converted.notes)
+    data = converted.scenario
+    data["name"] = f"bench-{run.path.parent.name}-{run.path.name}"
+    data["description"] = f"vLLM bench run {run.path}"
+    data["engine"]["block_size"] = 16
+    groups = [g for node in data["cluster"]["nodes"] for g in node["instances"]]
+    for index, group in enumerate(groups):
+        if overrides:
+            group["engine"].update(overrides)  # group keys win over top-level ones
+        if profiles is not None:
+            group["perf"] = str(_bench_profile(run, Path(profiles), converted, index))
+    data["workload"] = {"kind": "trace", "path": str(dataset), "format": "llmservingsim"}
+    scenario = validate_scenario(data, source=str(run.config_path))
+    workload, wl_notes = bench_workload(run)
+    return SimSetup(scenario, workload, notes + wl_notes)
+
+
+# --------------------------------------------------------------------------- compare
+
+
+def _stats(values: FloatArray) -> dict[str, float]:
+    v = values[~np.isnan(values)]
+    if len(v) == 0:
+        return {"mean": math.nan, "p50": math.nan, "p90": math.nan, "p99": math.nan}
+    p50, p90, p99 = np.percentile(v, [50, 90, 99])
+    return {"mean": float(v.mean()), "p50": float(p50), "p90": float(p90), "p99": float(p99)}
+
+
+def _err(sim: float, real: float) -> float:
+    if not math.isfinite(sim) or not math.isfinite(real) or real == 0:
+        return math.nan
+    return 100.0 * (sim - real) / real
+
+
+def per_second(times: FloatArray, tokens: FloatArray, edges: FloatArray) -> FloatArray:
+    """Tokens per second in each bin ``[edges[i], edges[i+1])``."""
+    sums, _ = np.histogram(times, bins=edges, weights=tokens)
+    return sums / np.diff(edges)
+
+
+@dataclass
+class ValidationReport:
+    """Per-metric comparison of a simulated run with the real one.
+
+    Attributes:
+        run: The run folder.
+        latency: ``{metric: {stat: {"vllm", "sim", "err_pct"}}}`` for ttft, tpot, e2e,
+            queueing (ms).
+        throughput: Per-second output throughput: bins, the two series, MAPE.
+        totals: Token counts, makespans and mean throughputs.
+        notes: Assumptions and approximations.
+        series: Raw per-second series for plots.
+        samples: Per-request latencies (ms) of both, for CDF plots.
+    """
+
+    run: str
+    latency: dict[str, dict[str, dict[str, float]]]
+    throughput: dict[str, float]
+    totals: dict[str, float]
+    notes: list[str]
+    series: dict[str, list[float]]
+    samples: dict[str, list[float]] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready data (NaN becomes ``None``)."""
+
+        def clean(value: Any) -> Any:
+            if isinstance(value, dict):
+                return {k: clean(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [clean(v) for v in value]
+            if isinstance(value, float) and not math.isfinite(value):
+                return None
+            return value
+
+        return clean(
+            {
+                "run": self.run,
+                "latency_ms": self.latency,
+                "throughput": self.throughput,
+                "totals": self.totals,
+                "notes": self.notes,
+            }
+        )
+
+
+def compare(
+    run: BenchRun,
+    sim_requests: dict[str, np.ndarray],
+    sim_timeseries: dict[str, np.ndarray],
+    notes: list[str],
+    tick_s: float = 1.0,
+) -> ValidationReport:
+    """Compare a simulated run with the bench run.
+
+    Args:
+        run: The bench run.
+        sim_requests: The simulation's request table, request ids in bench order.
+        sim_timeseries: The simulation's time series (every instance, ``tick_s`` apart).
+        notes: Notes carried into the report.
+        tick_s: Bin width of ``timeseries.csv``.
+
+    The per-second MAPE is ``mean(|sim - vllm| / vllm)`` over the bins of
+    ``timeseries.csv`` with non-zero generation throughput; ``steady`` restricts it to
+    bins with at least 10 % of the peak (drops the ramp's and the tail's few-token bins,
+    where a shift of a fraction of a second gives errors of hundreds of percent); WAPE is
+    ``sum |sim - vllm| / sum vllm`` over all bins.
+    """
+    real = run.latencies_ms()
+    order = np.argsort(sim_requests["request_id"])
+    sim = {
+        "ttft": np.asarray(sim_requests["ttft_ms"], dtype=float)[order],
+        "tpot": np.asarray(sim_requests["tpot_ms"], dtype=float)[order],
+        "e2e": np.asarray(sim_requests["e2e_ms"], dtype=float)[order],
+        "queueing": np.asarray(sim_requests["queueing_ms"], dtype=float)[order],
+    }
+    latency: dict[str, dict[str, dict[str, float]]] = {}
+    for metric in ("ttft", "tpot", "e2e", "queueing"):
+        a, b = _stats(real[metric]), _stats(sim[metric])
+        latency[metric] = {
+            stat: {"vllm": a[stat], "sim": b[stat], "err_pct": _err(b[stat], a[stat])}
+            for stat in ("mean", "p50", "p90", "p99")
+        }
+    # Per-second generation throughput.
+    ts = run.timeseries
+    bench_t = ts["t"]
+    bench_gen = ts["gen_throughput"]
+    times = np.asarray(sim_timeseries["time_s"], dtype=float)
+    gen = np.asarray(sim_timeseries["generation_tokens"], dtype=float)
+    inst = np.asarray(sim_timeseries["instance_id"], dtype=float)
+    sim_bins: dict[float, float] = {}
+    for i in np.unique(inst):
+        mask = inst == i
+        t_i, g_i = times[mask], gen[mask]
+        per_tick = np.diff(np.concatenate([[0.0], g_i])) / tick_s
+        for t, v in zip(t_i, per_tick, strict=True):
+            key = round(float(t) / tick_s) * tick_s
+            sim_bins[key] = sim_bins.get(key, 0.0) + float(v)
+    sim_gen = np.array([sim_bins.get(round(float(t) / tick_s) * tick_s, 0.0) for t in bench_t])
+    running = np.asarray(sim_timeseries["num_running"], dtype=float)
+    waiting = np.asarray(sim_timeseries["num_waiting"], dtype=float)
+    run_bins: dict[float, list[float]] = {}
+    for t, a, w in zip(times, running, waiting, strict=True):
+        acc = run_bins.setdefault(round(float(t) / tick_s) * tick_s, [0.0, 0.0])
+        acc[0] += float(a)
+        acc[1] += float(w)
+    sim_running = [run_bins.get(round(float(t) / tick_s) * tick_s, [0.0, 0.0])[0] for t in bench_t]
+    sim_waiting = [run_bins.get(round(float(t) / tick_s) * tick_s, [0.0, 0.0])[1] for t in bench_t]
+    mask = bench_gen > 0
+    ape = np.abs(sim_gen[mask] - bench_gen[mask]) / bench_gen[mask]
+    steady = bench_gen >= 0.1 * bench_gen.max()
+    ape_steady = np.abs(sim_gen[steady] - bench_gen[steady]) / bench_gen[steady]
+    total = float(bench_gen[mask].sum())
+    throughput = {
+        "mape_pct": float(100.0 * ape.mean()) if len(ape) else math.nan,
+        "wape_pct": float(100.0 * np.abs(sim_gen - bench_gen).sum() / total) if total else math.nan,
+        "mape_steady_pct": float(100.0 * ape_steady.mean()) if len(ape_steady) else math.nan,
+        "num_bins": int(mask.sum()),
+        "num_bins_steady": int(steady.sum()),
+    }
+    r = run.requests
+    real_span = float(r["last_token_ts"].max() - r["queued_ts"].min())
+    first_token = np.asarray(sim_requests["first_token_s"], dtype=float)
+    last = np.asarray(sim_requests["last_token_s"], dtype=float)
+    arrival = np.asarray(sim_requests["arrival_s"], dtype=float)
+    sim_span = float(np.nanmax(last) - np.nanmin(arrival))
+    real_out = float(r["output_toks"].sum())
+    sim_out = float(np.nansum(np.asarray(sim_requests["num_output_tokens"], dtype=float)))
+    totals = {
+        "output_tokens_vllm": real_out,
+        "output_tokens_sim": sim_out,
+        "prompt_tokens": float(r["input_toks"].sum()),
+        "makespan_s_vllm": real_span,
+        "makespan_s_sim": sim_span,
+        "makespan_err_pct": _err(sim_span, real_span),
+        "output_throughput_vllm": real_out / real_span,
+        "output_throughput_sim": sim_out / sim_span,
+        "output_throughput_err_pct": _err(sim_out / sim_span, real_out / real_span),
+        "num_finished_sim": float(np.sum(np.isfinite(first_token))),
+    }
+    return ValidationReport(
+        run=str(run.path),
+        latency=latency,
+        throughput=throughput,
+        totals=totals,
+        notes=notes,
+        series={
+            "t": bench_t.tolist(),
+            "gen_vllm": bench_gen.tolist(),
+            "gen_sim": sim_gen.tolist(),
+            "running_vllm": ts["running"].tolist(),
+            "running_sim": sim_running,
+            "waiting_vllm": ts["waiting"].tolist(),
+            "waiting_sim": sim_waiting,
+        },
+        samples={
+            f"{metric}_{side}": values[metric].tolist()
+            for metric in ("ttft", "tpot", "e2e")
+            for side, values in (("vllm", real), ("sim", sim))
+        },
+    )
+
+
+def find_profiles_root(run_dir: Path) -> Path | None:
+    """LLMServingSim's ``perf/`` folder next to ``bench/`` (the repository layout), if any."""
+    for parent in run_dir.parents:
+        if (parent / "perf").is_dir() and (parent / "bench").is_dir():
+            return parent / "perf"
+    return None
+
+
+def validate_run(
+    path: str | Path,
+    *,
+    profiles: str | Path | None = None,
+    dataset: str | Path | None = None,
+    allow_unsupported: bool = False,
+    overrides: dict[str, Any] | None = None,
+) -> ValidationReport:
+    """Simulate a bench run and compare (see the module doc).
+
+    Args:
+        path: The run folder.
+        profiles: LLMServingSim ``perf/`` root; default: found next to ``bench/``,
+            else ``perf: auto``.
+        dataset: The trace; default: ``meta.json``'s.
+        allow_unsupported: Approximate expert parallelism instead of refusing.
+        overrides: Engine keys to override.
+    """
+    from llmserve_env.build import build_simulation
+
+    run = load_bench_run(path, dataset)
+    root = Path(profiles) if profiles is not None else find_profiles_root(run.path)
+    setup = bench_setup(run, root, allow_unsupported=allow_unsupported, overrides=overrides)
+    notes = list(setup.notes)
+    if root is None:
+        notes.append("no LLMServingSim profiles found: perf: auto")
+    sim = build_simulation(setup.scenario, workload=setup.workload)
+    sim.run()
+    report = compare(run, sim.metrics.request_table(), sim.metrics.timeseries_table(), notes)
+    report.totals["num_preemptions_sim"] = float(
+        sum(i.stats.num_preemptions for i in sim.instances)
+    )
+    return report

@@ -1,0 +1,337 @@
+"""Turn an LLMServingSim cluster config and trace into an llmserve scenario.
+
+Both schemas are read: the ISPASS'26 paper artifact's (``npu_num`` devices in
+``npu_group`` pipeline groups per instance) and the current one (``num_npus``,
+``tp_size``, ``pp_size``, ``ep_size`` and optional per-instance engine knobs).
+
+LLMServingSim's defaults are kept: 16-token blocks, 2048 batched tokens per iteration,
+no batch-size cap (``max_num_seqs`` = :data:`UNCAPPED_MAX_NUM_SEQS`), round-robin
+routing, 16-bit weights, prefix caching off unless asked for, the first ``N`` requests.
+``npu_mem.mem_size`` (GB, times ``mem_util`` in the current schema) becomes
+``gpu_memory_utilization`` relative to the catalog device's memory.
+
+Features the simulator does not model yet are refused with
+:class:`UnsupportedFeatureError`, naming the feature and the config key: P/D
+disaggregation (``pd_type``), CXL memory (``cxl_mem``), PIM (``cpu_mem.pim_config``),
+power models (``power``), per-layer placement (``placement``), pipeline and expert
+parallelism (``npu_group`` > 1, ``pp_size``, ``ep_size``, ``dp_group``), a second-tier
+prefix store (``--prefix-storage``, ``--enable-prefix-sharing``), an FP8 KV cache, and
+clusters serving several models.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmserve_env.config.errors import DataFileError, LLMServeError
+from llmserve_env.perf.hardware import DeviceSpec, resolve_device
+from llmserve_env.perf.model_arch import ModelArch, load_model_arch
+
+UNCAPPED_MAX_NUM_SEQS = 1024
+"""``max_num_seqs`` standing in for LLMServingSim's "no cap on batch size" (the KV cache
+binds long before it on the paper's setups; a larger value would only inflate vLLM's
+sampler-memory reserve)."""
+
+LLMSERVINGSIM_DEFAULTS: dict[str, Any] = {
+    "block_size": 16,
+    "max_num_batched_tokens": 2048,
+    "max_num_seqs": UNCAPPED_MAX_NUM_SEQS,
+    "enable_prefix_caching": False,
+    "enable_chunked_prefill": True,
+}
+
+_DTYPES = {"bfloat16": "bf16", "bf16": "bf16", "float16": "fp16", "fp16": "fp16", "half": "fp16"}
+
+
+class UnsupportedFeatureError(LLMServeError, ValueError):
+    """An LLMServingSim feature the simulator does not support (yet).
+
+    Attributes:
+        features: ``(feature, config key)`` pairs.
+    """
+
+    def __init__(self, source: str, features: list[tuple[str, str]]) -> None:
+        self.features = features
+        lines = [f"{source}: cannot import, the simulator does not support:"]
+        lines += [f"  {feature} (config key {key})" for feature, key in features]
+        super().__init__("\n".join(lines))
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    """Command-line choices of ``llmserve import llmservingsim`` (LLMServingSim's flags).
+
+    Attributes:
+        num_reqs: Use the first N requests (``None``: all).
+        enable_prefix_caching: LLMServingSim ``--enable-prefix-caching``.
+        prefix_storage: ``--prefix-storage`` (second-tier prefix store; unsupported).
+        enable_prefix_sharing: ``--enable-prefix-sharing`` (unsupported).
+        max_num_batched_tokens: ``--max-num-batched-tokens``.
+        max_num_seqs: ``--max-num-seqs`` (``None``: uncapped).
+        block_size: ``--block-size``.
+        max_model_len: vLLM's ``max_model_len`` (``None``: the model's).
+        gpu_memory_utilization: Replace the value derived from ``npu_mem``.
+        allow_unsupported: Drop expert-parallel grouping (``ep_size``, ``dp_group``)
+            instead of refusing: each data-parallel rank becomes an independent
+            instance holding every expert (an approximation, reported).
+    """
+
+    num_reqs: int | None = None
+    enable_prefix_caching: bool = False
+    prefix_storage: str | None = None
+    enable_prefix_sharing: bool = False
+    max_num_batched_tokens: int | None = None
+    max_num_seqs: int | None = None
+    block_size: int | None = None
+    max_model_len: int | None = None
+    gpu_memory_utilization: float | None = None
+    allow_unsupported: bool = False
+
+
+@dataclass
+class ConvertedCluster:
+    """The result of a conversion.
+
+    Attributes:
+        scenario: Scenario data (validate with the schema before use).
+        instances: Per instance group: (key, model arch, device, tp, dtype, hardware
+            name as written in the config).
+        notes: Conversions and approximations made, for the scenario header.
+        link_bw_gbps: ``link_bw`` of the config (GB/s).
+        link_latency_us: ``link_latency`` of the config (microseconds).
+    """
+
+    scenario: dict[str, Any]
+    instances: list[tuple[str, ModelArch, DeviceSpec, int, str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    link_bw_gbps: float = 0.0
+    link_latency_us: float = 0.0
+
+
+def read_cluster_config(path: str | Path) -> dict[str, Any]:
+    """Parse a cluster config JSON file.
+
+    Raises:
+        DataFileError: invalid JSON or not an LLMServingSim cluster config.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise DataFileError(path, "cluster config not found") from exc
+    except json.JSONDecodeError as exc:
+        raise DataFileError(
+            path, f"invalid JSON: {exc.msg} (column {exc.colno})", line=exc.lineno
+        ) from exc
+    if not isinstance(data, dict) or not isinstance(data.get("nodes"), list):
+        raise DataFileError(path, "not an LLMServingSim cluster config (no 'nodes' list)")
+    return data
+
+
+def _unsupported(config: dict[str, Any], options: ImportOptions) -> list[tuple[str, str]]:
+    found: list[tuple[str, str]] = []
+    if "cxl_mem" in config:
+        found.append(("CXL memory pool", "cxl_mem"))
+    if options.prefix_storage is not None:
+        found.append((f"second-tier prefix store in {options.prefix_storage}", "--prefix-storage"))
+    if options.enable_prefix_sharing:
+        found.append(("prefix sharing across instances", "--enable-prefix-sharing"))
+    for n, node in enumerate(config["nodes"]):
+        where = f"nodes[{n}]"
+        if "power" in node:
+            found.append(("power model", f"{where}.power"))
+        if isinstance(node.get("cpu_mem"), dict) and "pim_config" in node["cpu_mem"]:
+            found.append(("processing-in-memory (PIM) attention", f"{where}.cpu_mem.pim_config"))
+        for i, inst in enumerate(node.get("instances") or []):
+            key = f"{where}.instances[{i}]"
+            if inst.get("pd_type") is not None:
+                found.append(
+                    (
+                        f"prefill/decode disaggregation (pd_type={inst['pd_type']!r})",
+                        f"{key}.pd_type",
+                    )
+                )
+            if "placement" in inst:
+                found.append(("per-layer weight and KV placement", f"{key}.placement"))
+            if int(inst.get("npu_group", 1) or 1) > 1:
+                found.append(("pipeline parallelism", f"{key}.npu_group"))
+            if int(inst.get("pp_size", 1) or 1) > 1:
+                found.append(("pipeline parallelism", f"{key}.pp_size"))
+            if not options.allow_unsupported:
+                if int(inst.get("ep_size", 1) or 1) > 1:
+                    found.append(("expert parallelism", f"{key}.ep_size"))
+                if inst.get("dp_group") is not None:
+                    found.append(("data-parallel groups (MoE DP+EP)", f"{key}.dp_group"))
+            kv_dtype = inst.get("kv_cache_dtype")
+            if kv_dtype not in (None, "auto"):
+                found.append((f"KV cache dtype {kv_dtype!r}", f"{key}.kv_cache_dtype"))
+    models = {
+        inst.get("model_name") for node in config["nodes"] for inst in node.get("instances") or []
+    }
+    if len(models) > 1:
+        found.append(
+            (
+                f"several models in one cluster ({', '.join(sorted(map(str, models)))})",
+                "nodes[].instances[].model_name",
+            )
+        )
+    return found
+
+
+def _tp(inst: dict[str, Any], key: str, path: Path) -> int:
+    if "tp_size" in inst:
+        tp = inst["tp_size"]
+    elif "npu_num" in inst:
+        tp = int(inst["npu_num"]) // max(int(inst.get("npu_group", 1) or 1), 1)
+    elif "num_npus" in inst:
+        tp = inst["num_npus"]
+    else:
+        raise DataFileError(path, f"{key}: no tp_size, npu_num or num_npus")
+    if not isinstance(tp, int) or tp < 1:
+        raise DataFileError(path, f"{key}: tensor-parallel degree must be a whole number >= 1")
+    return tp
+
+
+def _instance_group(
+    inst: dict[str, Any],
+    key: str,
+    path: Path,
+    options: ImportOptions,
+    out: ConvertedCluster,
+) -> dict[str, Any]:
+    for needed in ("model_name", "hardware"):
+        if needed not in inst:
+            raise DataFileError(path, f"{key}: missing {needed!r}")
+    try:
+        arch = load_model_arch(str(inst["model_name"]))
+    except KeyError as exc:
+        raise DataFileError(path, f"{key}.model_name: {exc.args[0]}") from exc
+    try:
+        device = resolve_device(str(inst["hardware"]))
+    except KeyError as exc:
+        raise DataFileError(path, f"{key}.hardware: {exc.args[0]}") from exc
+    tp = _tp(inst, key, path)
+    dtype_raw = str(inst.get("dtype") or "bfloat16")
+    if dtype_raw not in _DTYPES:
+        raise DataFileError(path, f"{key}.dtype: unsupported dtype {dtype_raw!r}")
+    dtype = _DTYPES[dtype_raw]
+    engine: dict[str, Any] = {}
+    mem = inst.get("npu_mem") or {}
+    if options.gpu_memory_utilization is not None:
+        engine["gpu_memory_utilization"] = options.gpu_memory_utilization
+    elif "mem_size" in mem:
+        util = float(mem["mem_size"]) * float(mem.get("mem_util", 1.0)) / device.mem_gib
+        if util > 1.0:
+            raise DataFileError(
+                path,
+                f"{key}.npu_mem.mem_size: {mem['mem_size']} GB is more than the "
+                f"{device.mem_gib:g} GiB of a {device.name}",
+            )
+        engine["gpu_memory_utilization"] = round(util, 6)
+        out.notes.append(
+            f"{key}: npu_mem {mem['mem_size']} GB x mem_util {mem.get('mem_util', 1.0)} -> "
+            f"gpu_memory_utilization {engine['gpu_memory_utilization']} of {device.mem_gib:g} GiB"
+        )
+    for knob in (
+        "max_num_seqs",
+        "max_num_batched_tokens",
+        "block_size",
+        "enable_chunked_prefill",
+        "enable_prefix_caching",
+        "long_prefill_token_threshold",
+    ):
+        if knob in inst:
+            engine[knob] = inst[knob]
+    out.instances.append((key, arch, device, tp, dtype, str(inst["hardware"])))
+    return {
+        "model": arch.name,
+        "device": device.name,
+        "tp": tp,
+        "dtype": dtype,
+        "engine": engine,
+    }
+
+
+def convert_cluster(
+    config_path: str | Path,
+    dataset: str | Path,
+    options: ImportOptions,
+    *,
+    relative_to: Path | None = None,
+) -> ConvertedCluster:
+    """Convert an LLMServingSim cluster config and trace into scenario data.
+
+    Args:
+        config_path: The cluster config JSON.
+        dataset: The trace (LLMServingSim JSON lines).
+        options: LLMServingSim's command-line choices.
+        relative_to: The scenario's folder: a trace below it is written relative to it,
+            any other as an absolute path.
+
+    Raises:
+        UnsupportedFeatureError: listing every unsupported feature with its key.
+        DataFileError: a malformed config or an unknown model or device.
+    """
+    path = Path(config_path)
+    config = read_cluster_config(path)
+    problems = _unsupported(config, options)
+    if problems:
+        raise UnsupportedFeatureError(str(path), problems)
+    out = ConvertedCluster(scenario={})
+    out.link_bw_gbps = float(config.get("link_bw", 0.0) or 0.0)
+    out.link_latency_us = float(config.get("link_latency", 0.0) or 0.0) / 1e3
+    nodes = []
+    for n, node in enumerate(config["nodes"]):
+        groups = []
+        for i, inst in enumerate(node.get("instances") or []):
+            key = f"nodes[{n}].instances[{i}]"
+            groups.append(_instance_group(inst, key, path, options, out))
+            if options.allow_unsupported and (
+                int(inst.get("ep_size", 1) or 1) > 1 or inst.get("dp_group") is not None
+            ):
+                out.notes.append(
+                    f"{key}: APPROXIMATION: ep_size/dp_group dropped; this data-parallel rank "
+                    "is simulated as an independent instance holding every expert"
+                )
+        if not groups:
+            raise DataFileError(path, f"nodes[{n}]: no instances")
+        cpu = node.get("cpu_mem") or {}
+        entry: dict[str, Any] = {
+            "name": f"node{n}",
+            "num_devices": max(8, sum(g["tp"] for g in groups)),
+            "instances": groups,
+        }
+        if "mem_size" in cpu:
+            entry["dram_gib"] = float(cpu["mem_size"])
+        if "mem_bw" in cpu:
+            entry["dram_bw_gbps"] = float(cpu["mem_bw"])
+        nodes.append(entry)
+    engine = dict(LLMSERVINGSIM_DEFAULTS)
+    engine["enable_prefix_caching"] = options.enable_prefix_caching
+    for knob in ("max_num_batched_tokens", "max_num_seqs", "block_size", "max_model_len"):
+        value = getattr(options, knob)
+        if value is not None:
+            engine[knob] = value
+    dataset_path = Path(dataset)
+    shown = dataset_path.resolve()
+    if relative_to is not None and shown.is_relative_to(relative_to.resolve()):
+        shown = shown.relative_to(relative_to.resolve())
+    workload: dict[str, Any] = {"kind": "trace", "path": str(shown), "format": "llmservingsim"}
+    if options.num_reqs is not None:
+        workload["num_requests"] = options.num_reqs
+    cluster: dict[str, Any] = {"nodes": nodes}
+    if out.link_bw_gbps > 0 and config.get("num_nodes", 1) > 1:
+        cluster["inter_node_bw_gbps"] = out.link_bw_gbps
+    out.scenario = {
+        "name": path.stem,
+        "description": f"Imported from LLMServingSim config {path.name} with trace {dataset_path.name}",
+        "seed": 0,
+        "cluster": cluster,
+        "engine": engine,
+        "router": {"policy": "round_robin"},
+        "workload": workload,
+    }
+    return out

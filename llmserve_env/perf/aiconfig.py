@@ -1,0 +1,556 @@
+"""The default NVIDIA latency model: NVIDIA's measured kernel database (aiconfigurator-core).
+
+``aiconfigurator-core`` (``pip install llmserve-env[nvidia]``) ships silicon-measured
+GEMM, attention (context and generation), MoE and NCCL / custom all-reduce tables for
+A100, H100, H200, B200, GB200, L40S and RTX PRO 6000, collected under vLLM (and other
+frameworks). Its compiled engine interpolates them and floors off-grid shapes at
+speed-of-light. This module asks that engine, once per (model, device, tp, dtype), for
+the time of every operator of our model on grids of batch compositions and writes the
+answers as an llmserve profile (``profiles/README.md``, ``source: aiconfigurator``),
+which :class:`~llmserve_env.perf.profile_model.ProfileLatencyModel` then serves like any
+measured profile. The compiled tables are cached by the profile compiler under ``$LLMSERVE_CACHE``
+(default ``~/.cache/llmserve``), keyed by the model's dimensions, the device, tp, dtypes
+and the aiconfigurator version, so only the first build of a (model, device, tp, dtype)
+touches aiconfigurator (about a second, most of it loading its database).
+
+The operator list follows vLLM's Llama-style decoder, as aiconfigurator's own model
+graphs do: per layer add+RMSNorm, fused QKV GEMM, attention (with rotary and KV write),
+O GEMM, add+RMSNorm, then a fused gate-up GEMM, SiLU-and-mul and down GEMM, or for MoE
+models a router GEMM and the fused-experts kernel (aiconfigurator's MoE tables are
+measured per token count under a routing distribution, so the experts are a dense
+operator here); under tensor parallelism an all-reduce after the O and down projections
+(and the vocabulary-parallel embedding), measured as vLLM's custom all-reduce; then the
+final norm, the LM head on one row per sequence and the gather of the logits shards.
+
+Attention comes as two measured families, prefill (one chunk after a cached context)
+and decode (a batch of equal lengths). Mixed batches are charged the sum of both parts:
+vLLM V1 runs them in one varlen kernel, which measures at or above that sum.
+
+Everything degrades to ``None`` when the package is absent or the device / dtype is not
+covered, so callers fall back to the roofline model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import functools
+import hashlib
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import asdict
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llmserve_env.perf.base import FloatArray, LatencyModel
+from llmserve_env.perf.comm import CollectiveTable, alpha_beta_for
+from llmserve_env.perf.compiled import cached_compile, compile_profile
+from llmserve_env.perf.hardware import DeviceSpec, resolve_device
+from llmserve_env.perf.model_arch import DTYPE_BYTES, ModelArch, load_model_arch
+from llmserve_env.perf.profile_format import (
+    AttentionPoints,
+    Curve,
+    LayerSequence,
+    Profile,
+    ProfileMeta,
+)
+from llmserve_env.perf.profile_model import ProfileLatencyModel
+
+logger = logging.getLogger(__name__)
+
+SYSTEMS: dict[str, str] = {
+    "A100-SXM-80GB": "a100_sxm",
+    "H100-SXM": "h100_sxm",
+    "H200": "h200_sxm",
+    "B200": "b200_sxm",
+    "GB200": "gb200",
+    "L40S": "l40s",
+    "RTX-PRO-6000": "rtx_pro_6000_server",
+}
+"""Our catalog names -> aiconfigurator system names (devices with measured vLLM data)."""
+
+BACKEND = "vllm"
+"""The framework whose kernels were measured (the ``current`` version of its data)."""
+
+STEP_OVERHEAD_S = 0.0
+"""Fixed CPU time added per engine iteration (scheduler, input preparation, sampler,
+output processing). Fitted end to end against aiconfigurator's measured vLLM benchmarks
+(VALIDATION.md, "Default NVIDIA model"): vLLM V1 overlaps that CPU work with the GPU,
+and the kernel tables, timed one kernel at a time, already carry per-kernel floors that
+CUDA graphs partly hide, so any added overhead raised the TPOT error (0 ms: 18.7 %,
+1 ms: 19.6 %, 2 ms: 23.0 % mean absolute error over 279 cases)."""
+
+QUERY_VERSION = 1
+"""Bumped when the operator list or the grids change (invalidates cached answers)."""
+
+# Grids: token counts, sequence counts, chunk x cached context, decodes x KV length.
+TOKENS = (
+    1,
+    2,
+    4,
+    8,
+    12,
+    16,
+    24,
+    32,
+    48,
+    64,
+    96,
+    128,
+    192,
+    256,
+    384,
+    512,
+    768,
+    1024,
+    1536,
+    2048,
+    3072,
+    4096,
+    6144,
+    8192,
+    12288,
+    16384,
+    24576,
+    32768,
+)
+SEQS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+PREFILL_CHUNK = (1, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+PREFILL_CTX = (0, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
+DECODE_BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+DECODE_KV = (1, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
+
+_QUANT = {"bf16": "bfloat16", "fp16": "bfloat16", "fp8": "fp8"}
+_MOE_DISTRIBUTIONS = ("power_law_1.01", "power_law_1.2", "balanced")
+"""Routing distributions of the MoE tables, most realistic first (the first one measured
+for the model's expert shape is used)."""
+
+
+class AiconfigUnavailable(RuntimeError):
+    """aiconfigurator-core is missing, or does not cover the device / dtype asked for."""
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+def aiconfigurator_version() -> str | None:
+    """Installed aiconfigurator-core version, or ``None`` when it is not installed."""
+    try:
+        return metadata.version("aiconfigurator-core")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def aiconfigurator_system(device: DeviceSpec | str) -> str | None:
+    """The aiconfigurator system name of a catalog device, or ``None`` if not covered."""
+    if isinstance(device, str):
+        try:
+            device = resolve_device(device)
+        except KeyError:
+            return None
+    return SYSTEMS.get(device.name)
+
+
+@contextlib.contextmanager
+def _quiet_sdk() -> Iterator[None]:
+    """aiconfigurator logs a warning per reused data table; keep our users' logs clean."""
+    sdk_logger = logging.getLogger("aiconfigurator_core")
+    level = sdk_logger.level
+    sdk_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        sdk_logger.setLevel(level)
+
+
+@functools.cache
+def _engine(system: str) -> tuple[Any, Any, str]:
+    """``(database, engine handle, data version)`` of one system, loaded once."""
+    try:
+        from aiconfigurator_core.sdk import perf_database
+        from aiconfigurator_core.sdk.engine import EngineHandle
+    except ImportError as exc:
+        raise AiconfigUnavailable("aiconfigurator-core is not installed") from exc
+    with _quiet_sdk():
+        database = perf_database.get_database(system, BACKEND, "current")
+        if database is None:
+            raise AiconfigUnavailable(f"aiconfigurator-core has no {BACKEND} data for {system}")
+        handle = EngineHandle.for_database(database)
+    return database, handle, str(database.version)
+
+
+def _has_tensor_cores(database: Any, dtype: str) -> bool:
+    gpu = database.system_spec.get("gpu", {})
+    return float(gpu.get("fp8_tc_flops" if dtype == "fp8" else "bfloat16_tc_flops") or 0) > 0
+
+
+# --------------------------------------------------------------------------- querying
+
+
+def _op_lists(
+    arch: ModelArch, tp: int, dtype: str, kv_dtype: str, database: Any, distribution: str
+) -> dict[str, Any]:
+    """aiconfigurator operators (one call each) of one model shard, by table."""
+    from aiconfigurator_core.sdk import common
+    from aiconfigurator_core.sdk import operations as ops
+
+    # Attention ops need their kernel-lane order resolved against the database, as
+    # aiconfigurator's own engine-spec builder does.
+    from aiconfigurator_core.sdk.engine import _resolve_attention_lane_orders
+
+    q = getattr(common.GEMMQuantMode, _QUANT[dtype])
+    bf16 = common.GEMMQuantMode.bfloat16
+    h, hd = arch.hidden_size, arch.head_dim
+    heads, kv_heads = max(1, arch.num_heads // tp), max(1, arch.num_kv_heads // tp)
+    dense = [
+        ops.Embedding("embedding", 1, arch.vocab_size // tp, h, 0.3),
+        ops.ElementWise("add_norm_1", 1, 2 * h, 2 * h, 0.8),
+        ops.GEMM("qkv_gemm", 1, (heads + 2 * kv_heads) * hd, h, q),
+        ops.GEMM("o_gemm", 1, h, heads * hd, q, low_precision_input=True),
+        ops.ElementWise("add_norm_2", 1, 2 * h, 2 * h, 0.8),
+        ops.ElementWise("final_norm", 1, h, h, 0.8),
+    ]
+    if arch.is_moe:
+        moe_q = getattr(common.MoEQuantMode, _QUANT[dtype])
+        dense += [
+            ops.GEMM("router_gemm", 1, arch.num_experts, h, bf16),
+            ops.MoE(
+                "moe_experts",
+                1,
+                h,
+                arch.moe_intermediate_size,
+                arch.experts_per_token,
+                arch.num_experts,
+                tp,
+                1,
+                moe_q,
+                distribution,
+                1,
+            ),
+        ]
+    else:
+        inter = arch.intermediate_size // tp
+        dense += [
+            ops.GEMM("gate_up_gemm", 1, 2 * inter, h, q),
+            ops.ElementWise("act_gate", 1, 2 * inter, inter, 0.8),
+            ops.GEMM("down_gemm", 1, h, inter, q, low_precision_input=True),
+        ]
+    kv_q = getattr(common.KVCacheQuantMode, _QUANT[kv_dtype])
+    context = ops.ContextAttention(
+        "attention", 1, heads, kv_heads, kv_q, common.FMHAQuantMode.bfloat16, head_size=hd
+    )
+    generation = ops.GenerationAttention("attention", 1, heads, kv_heads, kv_q, head_size=hd)
+    _resolve_attention_lane_orders([context, generation], database, None)
+    return {
+        "dense": dense,
+        "per_seq": [ops.GEMM("lm_head", 1, arch.vocab_size // tp, h, bf16)],
+        "all_reduce": [ops.CustomAllReduce("all_reduce", 1, h, tp)] if tp > 1 else [],
+        "context": [context],
+        "generation": [generation],
+    }
+
+
+def _query(
+    arch: ModelArch, system: str, tp: int, dtype: str, kv_dtype: str
+) -> dict[str, FloatArray]:
+    """Ask aiconfigurator's engine for every operator over the grids (microseconds).
+
+    Raises:
+        AiconfigUnavailable: the package is missing, the dtype has no tensor cores, or
+            aiconfigurator has no data for one of the model's operator shapes.
+    """
+    try:
+        return _query_engine(arch, system, tp, dtype, kv_dtype)
+    except AiconfigUnavailable:
+        raise
+    except Exception as exc:  # the SDK's own errors: no data for a shape, and the like
+        raise AiconfigUnavailable(
+            f"aiconfigurator-core cannot evaluate {arch.name} on {system}: "
+            f"{type(exc).__name__}: {str(exc)[:300]}"
+        ) from exc
+
+
+def _query_engine(
+    arch: ModelArch, system: str, tp: int, dtype: str, kv_dtype: str
+) -> dict[str, FloatArray]:
+    from aiconfigurator_core.sdk.engine import build_ops_json
+
+    database, handle, version = _engine(system)
+    if not _has_tensor_cores(database, dtype):
+        raise AiconfigUnavailable(f"{system} has no {dtype} tensor cores in aiconfigurator-core")
+
+    def run(ops_json: str, *, context: bool, batch: int, s: int, prefix: int = 0) -> list[float]:
+        rows = handle.evaluate_ops_json(
+            ops_json, is_context=context, batch_size=batch, s=s, prefix=prefix
+        )
+        return [float(row[1]) * 1e3 for row in rows]  # the engine answers in ms
+
+    with _quiet_sdk():
+        for distribution in _MOE_DISTRIBUTIONS if arch.is_moe else _MOE_DISTRIBUTIONS[:1]:
+            lists = _op_lists(arch, tp, dtype, kv_dtype, database, distribution)
+            js = {name: str(build_ops_json(items)) for name, items in lists.items() if items}
+            try:
+                first = handle.evaluate_ops_json(js["dense"], is_context=True, batch_size=1, s=1)
+                break
+            except Exception:
+                if distribution == _MOE_DISTRIBUTIONS[-1]:
+                    raise
+        out: dict[str, FloatArray] = {
+            "dense_us": np.array([run(js["dense"], context=True, batch=1, s=m) for m in TOKENS]).T,
+            "per_seq_us": np.array(
+                [run(js["per_seq"], context=True, batch=1, s=n) for n in SEQS]
+            ).T,
+            "context_us": np.array(
+                [
+                    [
+                        run(js["context"], context=True, batch=1, s=c, prefix=p)[0]
+                        for p in PREFILL_CTX
+                    ]
+                    for c in PREFILL_CHUNK
+                ]
+            ),
+            "generation_us": np.array(
+                [
+                    [run(js["generation"], context=False, batch=b, s=kv)[0] for kv in DECODE_KV]
+                    for b in DECODE_BATCH
+                ]
+            ),
+        }
+        if "all_reduce" in js:
+            out["all_reduce_us"] = np.array(
+                [run(js["all_reduce"], context=True, batch=1, s=m)[0] for m in TOKENS]
+            )
+    out["dense_names"] = np.array([str(row[0]) for row in first])
+    out["data_version"] = np.array(version)
+    out["moe_distribution"] = np.array(distribution if arch.is_moe else "")
+    return out
+
+
+def _cache_key(arch: ModelArch, system: str, tp: int, dtype: str, kv_dtype: str) -> str:
+    key = {
+        "arch": {k: v for k, v in asdict(arch).items() if k != "name"},
+        "system": system,
+        "tp": tp,
+        "dtype": dtype,
+        "kv_dtype": kv_dtype,
+        "aiconfigurator": aiconfigurator_version(),
+        "query_version": QUERY_VERSION,
+        "overhead_s": STEP_OVERHEAD_S,
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+
+
+# --------------------------------------------------------------------------- the profile
+
+
+def _attention_points(context_us: FloatArray, generation_us: FloatArray) -> AttentionPoints:
+    """The 4-D attention grid: prefill-only and decode-only rows as measured, mixed rows
+    as their sum. Decode KV length ``L`` is ``L - 1`` cached tokens plus the new one."""
+    chunk = np.array(PREFILL_CHUNK, dtype=np.float64)
+    ctx = np.array(PREFILL_CTX, dtype=np.float64)
+    batch = np.array(DECODE_BATCH, dtype=np.float64)
+    kd = np.array(DECODE_KV, dtype=np.float64) - 1.0
+    parts: list[tuple[FloatArray, ...]] = []
+    pc, kp = (a.ravel() for a in np.meshgrid(chunk, ctx, indexing="ij"))
+    zeros = np.zeros_like(pc)
+    parts.append((pc, kp, zeros, zeros, context_us.ravel()))
+    nd, kk = (a.ravel() for a in np.meshgrid(batch, kd, indexing="ij"))
+    zeros = np.zeros_like(nd)
+    parts.append((zeros, zeros, nd, kk, generation_us.ravel()))
+    mixed = np.add.outer(context_us, generation_us)  # [chunk, ctx, batch, kv]
+    grids = np.meshgrid(chunk, ctx, batch, kd, indexing="ij")
+    parts.append((*(g.ravel() for g in grids), mixed.ravel()))
+    columns = [np.concatenate(cols) for cols in zip(*parts, strict=True)]
+    return AttentionPoints(*columns)
+
+
+def aiconfigurator_profile(
+    arch: ModelArch | str,
+    device: DeviceSpec | str,
+    tp: int = 1,
+    dtype: str = "bf16",
+    *,
+    kv_dtype: str | None = None,
+    overhead_s: float | None = None,
+) -> Profile:
+    """An llmserve profile of (model, device, tp, dtype) from aiconfigurator's tables.
+
+    Write it with :func:`~llmserve_env.perf.profile_format.write_profile` to inspect it.
+
+    Raises:
+        AiconfigUnavailable: the package is missing, or the device / dtype not covered.
+        ValueError: a bad ``tp``.
+    """
+    arch = load_model_arch(arch) if isinstance(arch, str) else arch
+    device = resolve_device(device) if isinstance(device, str) else device
+    kv_dtype = kv_dtype or dtype
+    if tp < 1:
+        raise ValueError(f"tp must be >= 1, got {tp}")
+    if aiconfigurator_version() is None:
+        raise AiconfigUnavailable(
+            "aiconfigurator-core is not installed (pip install llmserve-env[nvidia])"
+        )
+    for name, value in (("dtype", dtype), ("kv_dtype", kv_dtype)):
+        if value not in _QUANT:
+            raise AiconfigUnavailable(f"{name}={value!r} not covered; covered: {sorted(_QUANT)}")
+    system = aiconfigurator_system(device)
+    if system is None:
+        raise AiconfigUnavailable(f"{device.name} is not covered; covered: {', '.join(SYSTEMS)}")
+    raw = _query(arch, system, tp, dtype, kv_dtype)
+    tokens = np.array(TOKENS, dtype=np.float64)
+    seqs = np.array(SEQS, dtype=np.float64)
+    dense = {
+        str(n): Curve(tokens, t) for n, t in zip(raw["dense_names"], raw["dense_us"], strict=True)
+    }
+    per_seq = {"lm_head": Curve(seqs, raw["per_seq_us"][0])}
+    collectives: dict[tuple[str, int], Curve] = {}
+    ar: tuple[str, ...] = ()
+    bytes_per_token = arch.hidden_size * 2  # vLLM reduces activations in 16 bit
+    if tp > 1:
+        ar = ("all_reduce",)
+        collectives[("all_reduce", tp)] = Curve(tokens * bytes_per_token, raw["all_reduce_us"])
+        # Logits shards (fp32, vocab/tp per row) are gathered on one rank.
+        comm = collective_table(device) or alpha_beta_for(device)
+        gather = comm.times_s("all_gather", seqs * arch.vocab_size * 4.0, tp) * 1e6
+        per_seq["logits_gather"] = Curve(seqs, gather)
+    mlp = (
+        ("router_gemm", "moe_experts") if arch.is_moe else ("gate_up_gemm", "act_gate", "down_gemm")
+    )
+    sequence = LayerSequence(
+        prologue=("embedding", *ar),
+        layer=("add_norm_1", "qkv_gemm", "attention", "o_gemm", *ar, "add_norm_2", *mlp, *ar),
+        head=("final_norm", *per_seq),
+    )
+    meta = ProfileMeta(
+        device=device.name,
+        model=arch.name,
+        dtype=dtype,
+        kv_dtype=kv_dtype,
+        tp=tp,
+        num_layers=arch.num_layers,
+        sequence=sequence,
+        source="aiconfigurator",
+        collective_bytes_per_token=bytes_per_token if tp > 1 else 0,
+        overhead_us=(STEP_OVERHEAD_S if overhead_s is None else overhead_s) * 1e6,
+        provenance={
+            "tool": f"aiconfigurator-core {aiconfigurator_version()}",
+            "system": system,
+            "engine": f"{BACKEND} {raw['data_version']}",
+            "moe_distribution": str(raw["moe_distribution"]) or None,
+            "query_key": _cache_key(arch, system, tp, dtype, kv_dtype),
+            "converted_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        },
+    )
+    return Profile(
+        meta=meta,
+        dense=dense,
+        per_sequence=per_seq,
+        attention=_attention_points(raw["context_us"], raw["generation_us"]),
+        collectives=collectives,
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _model(
+    arch: ModelArch, device: DeviceSpec, tp: int, dtype: str, kv_dtype: str, use_cache: bool
+) -> ProfileLatencyModel:
+    def build() -> Profile:
+        return aiconfigurator_profile(arch, device, tp, dtype, kv_dtype=kv_dtype)
+
+    if use_cache:
+        system = SYSTEMS[device.name]
+        key = f"aiconfigurator:{_cache_key(arch, system, tp, dtype, kv_dtype)}"
+        compiled = cached_compile(key, build)
+    else:
+        compiled = compile_profile(build())
+    return ProfileLatencyModel(compiled, arch, name=f"aiconfigurator:{device.name}")
+
+
+def aiconfigurator_model(
+    arch: ModelArch | str,
+    device: DeviceSpec | str,
+    tp: int = 1,
+    dtype: str = "bf16",
+    *,
+    kv_dtype: str | None = None,
+    use_cache: bool = True,
+) -> LatencyModel | None:
+    """The aiconfigurator-backed latency model, or ``None`` when it cannot be built.
+
+    ``None`` (never an exception) when aiconfigurator-core is not installed, the device
+    is not one it measured (see :data:`SYSTEMS`), or the dtype is not covered there
+    (FP8 on A100, FP32 anywhere), so callers fall back to the roofline model.
+
+    Args:
+        arch: Model architecture, or a catalog name / config path.
+        device: Catalog device, or its name.
+        tp: Tensor-parallel degree.
+        dtype: Weight / activation dtype (``bf16``, ``fp16``, ``fp8``).
+        kv_dtype: KV-cache dtype (default: ``dtype``).
+        use_cache: Read and write the on-disk caches.
+    """
+    try:
+        arch = load_model_arch(arch) if isinstance(arch, str) else arch
+        device = resolve_device(device) if isinstance(device, str) else device
+        kv_dtype = kv_dtype or dtype
+        if aiconfigurator_version() is None or aiconfigurator_system(device) is None:
+            raise AiconfigUnavailable(f"aiconfigurator-core does not cover {device.name}")
+        if dtype not in _QUANT or kv_dtype not in _QUANT:
+            raise AiconfigUnavailable(f"dtype {dtype} / {kv_dtype} not covered")
+        return _model(arch, device, tp, dtype, kv_dtype, use_cache)
+    except (AiconfigUnavailable, KeyError) as exc:
+        logger.info("aiconfigurator model unavailable, falling back: %s", exc)
+        return None
+
+
+# --------------------------------------------------------------------------- collectives
+
+_NCCL_OPS = {
+    "all_reduce": "all_reduce",
+    "all_gather": "all_gather",
+    "reduce_scatter": "reduce_scatter",
+    "alltoall": "all_to_all",
+}
+
+
+@functools.cache
+def collective_table(device: DeviceSpec | str) -> CollectiveTable | None:
+    """NVIDIA's measured NCCL curves of a device (16-bit payloads), alpha-beta for what
+    they lack; ``None`` without aiconfigurator-core or NCCL data for the device."""
+    device = resolve_device(device) if isinstance(device, str) else device
+    system = aiconfigurator_system(device)
+    if system is None or aiconfigurator_version() is None:
+        return None
+    try:
+        database, _, _ = _engine(system)
+        import pandas as pd  # a dependency of aiconfigurator-core (with pyarrow)
+    except (AiconfigUnavailable, ImportError):
+        return None
+    nccl_version = (database.system_spec.get("misc") or {}).get("nccl_version")
+    root = Path(database.systems_root) / database.system_spec["data_dir"] / "comm" / "nccl"
+    path = root / str(nccl_version) / "nccl_perf.parquet"
+    if not path.is_file():
+        found = sorted(root.glob("*/nccl_perf.parquet"))
+        if not found:
+            return None
+        path = found[-1]
+    columns = ["op_name", "nccl_dtype", "num_gpus", "message_size", "latency"]
+    frame = pd.read_parquet(path, columns=columns)
+    frame = frame[frame["nccl_dtype"] == "half"]
+    curves: dict[tuple[str, int], tuple[FloatArray, FloatArray]] = {}
+    for (op, n), group in frame.groupby(["op_name", "num_gpus"]):
+        name = _NCCL_OPS.get(str(op))
+        if name is None:
+            continue
+        by_size = group.groupby("message_size")["latency"].median().sort_index()
+        # message_size counts elements (half: 2 bytes); latency is in ms.
+        sizes = by_size.index.to_numpy(dtype=np.float64) * DTYPE_BYTES["bf16"]
+        curves[(name, int(n))] = (sizes, by_size.to_numpy(dtype=np.float64) * 1e-3)
+    if not curves:
+        return None
+    source = f"aiconfigurator:{system}/nccl/{path.parent.name}"
+    return CollectiveTable(curves, fallback=alpha_beta_for(device), source=source)

@@ -1,0 +1,67 @@
+"""Roofline estimates of single operators, to complete profiles that lack them.
+
+Vidur's published profiles time the token-parallel operators only; an import fills the
+attention grid and the LM head from these estimates and says so in the profile's
+provenance. The formulas and derates are those of :mod:`llmserve_env.perf.roofline`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from llmserve_env.perf.hardware import DeviceSpec
+from llmserve_env.perf.model_arch import DTYPE_BYTES, ModelArch
+from llmserve_env.perf.profile_format import AttentionPoints, Curve
+from llmserve_env.perf.roofline import RooflineCalibration
+
+LAUNCH_US = 5.0
+"""Floor of one kernel launch (microseconds)."""
+
+
+def attention_points(
+    arch: ModelArch,
+    device: DeviceSpec,
+    tp: int,
+    dtype: str,
+    calibration: RooflineCalibration | None = None,
+) -> AttentionPoints:
+    """One attention layer on the 4-D grid (chunks and contexts doubling from 16,
+    decodes doubling to 256), by roofline: ``max(FLOPs / (peak x eff_attn), KV bytes /
+    (bandwidth x eff_mem))`` plus a launch floor."""
+    cal = calibration or RooflineCalibration()
+    flops_rate = device.peak_flops(dtype) * cal.eff_attn
+    bw = device.mem_bw_gbps * 1e9 * cal.eff_mem
+    q_width = arch.num_heads * arch.head_dim / tp
+    kv_per_token = 2 * arch.num_kv_heads * arch.head_dim * DTYPE_BYTES[dtype] / tp
+    chunks = [0] + [16 * 2**i for i in range(8)]
+    contexts = [0] + [16 * 2**i for i in range(11)]
+    decodes = [0] + [2**i for i in range(9)]
+    rows = []
+    for pc in chunks:
+        for kp in contexts if pc else [0]:
+            for nd in decodes:
+                for kd in contexts[1:] if nd else [0]:
+                    if pc == 0 and nd == 0:
+                        continue
+                    flops = 4.0 * q_width * (pc * (kp + (pc + 1) / 2.0) + nd * (kd + 1))
+                    nbytes = kv_per_token * ((kp + pc) if pc else 0) + kv_per_token * nd * (kd + 1)
+                    t = max(flops / flops_rate, nbytes / bw) * 1e6 + LAUNCH_US
+                    rows.append((pc, kp, nd, kd, t))
+    a = np.array(rows, dtype=np.float64)
+    return AttentionPoints(a[:, 0], a[:, 1], a[:, 2], a[:, 3], a[:, 4])
+
+
+def lm_head_curve(
+    arch: ModelArch,
+    device: DeviceSpec,
+    tp: int,
+    dtype: str,
+    calibration: RooflineCalibration | None = None,
+) -> Curve:
+    """The LM head (last token of each sequence) vs sequences, by roofline."""
+    cal = calibration or RooflineCalibration()
+    params = arch.vocab_size * arch.hidden_size / tp
+    seqs = np.array([2.0**i for i in range(11)])
+    flops = 2.0 * seqs * params / (device.peak_flops(dtype) * cal.eff_gemm)
+    nbytes = params * DTYPE_BYTES[dtype] / (device.mem_bw_gbps * 1e9 * cal.eff_mem)
+    return Curve(seqs, np.maximum(flops, nbytes) * 1e6 + LAUNCH_US)

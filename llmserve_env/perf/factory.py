@@ -1,0 +1,188 @@
+"""Choose and build an instance's latency model from its ``perf`` setting.
+
+``perf`` is one of:
+
+- a path to a profile folder: the llmserve format (``profiles/README.md``), or an
+  LLMServingSim profile folder (``.../<dtype>/tp<N>`` of the vLLM-0.19 profiler, or
+  ``perf_models/<HW>/<org>/<model>/tp<N>`` of the 2.0 paper), converted in memory;
+- ``analytical``: the roofline model;
+- ``auto``: a profile we measured, shipped under
+  ``profiles/measured/<device>/<org>/<model>/<dtype>/tp<N>/``, if there is one; else
+  NVIDIA aiconfigurator tables (``llmserve_env.perf.aiconfig``, when installed and
+  covering the case); else the roofline model.
+
+A profile without collective measurements for its ``tp`` gets ring-algorithm
+alpha-beta collectives from the device's scale-up link (bandwidth x
+``RooflineCalibration.comm_eff``, ``comm_latency_s`` per step), as the roofline model
+charges them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+
+from llmserve_env.config.errors import DataFileError
+from llmserve_env.paths import profiles_dir
+from llmserve_env.perf.base import LatencyModel
+from llmserve_env.perf.compiled import CompiledProfile, analytical_collectives, cached_compile
+from llmserve_env.perf.hardware import DeviceSpec, resolve_device
+from llmserve_env.perf.importers import llmservingsim, llmservingsim_paper
+from llmserve_env.perf.importers.common import files_digest
+from llmserve_env.perf.model_arch import ModelArch
+from llmserve_env.perf.profile_format import (
+    COLLECTIVE_OPS,
+    Profile,
+    ProfileMeta,
+    is_profile_folder,
+    profile_digest,
+    read_meta,
+    read_profile,
+)
+from llmserve_env.perf.profile_model import ProfileLatencyModel
+from llmserve_env.perf.roofline import RooflineCalibration, RooflineModel
+
+
+def measured_dir() -> Path:
+    """Root of the shipped measured profiles."""
+    return profiles_dir() / "measured"
+
+
+def find_measured_profile(device: DeviceSpec, model: str, dtype: str, tp: int) -> Path | None:
+    """The shipped profile folder for this case, or ``None``."""
+    folder = measured_dir() / device.name / model / dtype / f"tp{tp}"
+    return folder if is_profile_folder(folder) else None
+
+
+def _short(name: str) -> str:
+    return name.replace("\\", "/").rstrip("/").split("/")[-1].lower()
+
+
+def _check_meta(
+    meta: ProfileMeta, where: Path, arch: ModelArch, device: DeviceSpec, tp: int, dtype: str
+) -> None:
+    """The profile must describe the instance it is used for."""
+    problems = []
+    if meta.tp != tp:
+        problems.append(f"it was measured at tp={meta.tp} but the instance has tp={tp}")
+    if _short(meta.model) != _short(arch.name):
+        problems.append(f"it is for model {meta.model!r} but the instance runs {arch.name!r}")
+    if meta.dtype != dtype:
+        problems.append(f"it is for dtype {meta.dtype!r} but the instance uses {dtype!r}")
+    try:
+        profiled = resolve_device(meta.device).name
+    except KeyError:
+        profiled = meta.device
+    if profiled != device.name:
+        problems.append(
+            f"it was measured on {meta.device!r} but the instance runs on {device.name!r}"
+        )
+    if problems:
+        raise DataFileError(where, "profile does not match the instance: " + "; ".join(problems))
+
+
+def _with_collectives(profile: Profile, device: DeviceSpec) -> Profile:
+    tp = profile.meta.tp
+    needed = [
+        op
+        for op in dict.fromkeys(profile.meta.sequence.layer + profile.meta.sequence.head)
+        if op in COLLECTIVE_OPS and (op, tp) not in profile.collectives
+    ]
+    if tp == 1 or not needed:
+        return profile
+    cal = RooflineCalibration()
+    fill = analytical_collectives(
+        tp, device.scaleup_bw_gbps * cal.comm_eff, cal.comm_latency_s * 1e6, tuple(needed)
+    )
+    return profile.with_collectives(fill)
+
+
+def _fill_key(device: DeviceSpec) -> str:
+    cal = RooflineCalibration()
+    return f"collectives:{device.scaleup_bw_gbps}:{cal.comm_eff}:{cal.comm_latency_s}"
+
+
+def load_profile_tables(
+    path: str | Path, arch: ModelArch, device: DeviceSpec, tp: int, dtype: str
+) -> CompiledProfile:
+    """Compiled tables of the profile folder ``path`` (any supported format), checked
+    against the instance.
+
+    Raises:
+        DataFileError: a malformed folder, or one that describes another instance.
+    """
+    folder = Path(path)
+    build: Callable[[], Profile]
+    if is_profile_folder(folder):
+        meta = read_meta(folder / "meta.yaml")
+        key = profile_digest(folder)
+
+        def build() -> Profile:
+            return _with_collectives(read_profile(folder), device)
+
+    elif llmservingsim.is_tp_folder(folder):
+        result = llmservingsim.read_tp_folder(folder, arch)
+        meta = result.profile.meta
+        key = files_digest(result.source_files, llmservingsim.TAG)
+        converted = result.profile
+
+        def build() -> Profile:
+            return _with_collectives(converted, device)
+
+    elif llmservingsim_paper.is_tp_folder(folder):
+        paper = llmservingsim_paper.read_tp_folder(folder, arch)
+        meta = paper.profile.meta
+        key = files_digest(paper.source_files, llmservingsim_paper.TAG)
+        converted_paper = paper.profile
+
+        def build() -> Profile:
+            return _with_collectives(converted_paper, device)
+
+    else:
+        raise DataFileError(
+            folder,
+            "not a profile folder: expected meta.yaml with 'format: llmserve-profile', or an "
+            "LLMServingSim profile folder (.../<dtype>/tp<N> or perf_models/.../tp<N>)",
+        )
+    _check_meta(meta, folder, arch, device, tp, dtype)
+    return cached_compile(f"{key}:{_fill_key(device)}", build)
+
+
+def _aiconfigurator(
+    arch: ModelArch, device: DeviceSpec, tp: int, dtype: str
+) -> LatencyModel | None:
+    try:
+        module = importlib.import_module("llmserve_env.perf.aiconfig")
+    except ImportError:
+        return None
+    factory = getattr(module, "aiconfigurator_model", None)
+    if factory is None:
+        return None
+    model: LatencyModel | None = factory(arch, device, tp, dtype)
+    return model
+
+
+def make_latency_model(
+    arch: ModelArch, device: DeviceSpec, tp: int, dtype: str, perf_setting: str
+) -> LatencyModel:
+    """The latency model for an instance, by its ``perf`` setting (see the module doc).
+
+    Raises:
+        DataFileError: a profile folder that is malformed or describes another instance.
+    """
+    match perf_setting:
+        case "analytical":
+            return RooflineModel(arch, device, tp=tp, dtype=dtype)
+        case "auto":
+            folder = find_measured_profile(device, arch.name, dtype, tp)
+            if folder is not None:
+                tables = load_profile_tables(folder, arch, device, tp, dtype)
+                return ProfileLatencyModel(tables, arch, name=str(folder))
+            model = _aiconfigurator(arch, device, tp, dtype)
+            if model is not None:
+                return model
+            return RooflineModel(arch, device, tp=tp, dtype=dtype)
+        case _:
+            tables = load_profile_tables(perf_setting, arch, device, tp, dtype)
+            return ProfileLatencyModel(tables, arch, name=str(perf_setting))

@@ -1,0 +1,83 @@
+"""vLLM layer sequences per model family, in canonical operator names.
+
+The operator names and order follow vLLM's modules (``vllm/model_executor/models``):
+e.g. ``LlamaDecoderLayer`` runs ``input_layernorm`` (RMSNorm), ``self_attn`` (QKV
+projection, rotary embedding, attention, O projection) then ``post_attention_layernorm``
+and the gated MLP (``gate_up_proj``, ``SiluAndMul``, ``down_proj``). With tensor
+parallelism the row-parallel linears (``o_proj``, ``down_proj``) and the MoE block end
+in an all-reduce. The names match LLMServingSim's vLLM-0.19 profiler tables.
+"""
+
+from __future__ import annotations
+
+from llmserve_env.perf.profile_format import LayerSequence
+
+_PROLOGUE = ("embedding",)
+_HEAD = ("final_layernorm", "lm_head", "sampler")
+_ATTN = ("layernorm", "qkv_proj", "rotary_emb", "attention", "o_proj", "all_reduce", "layernorm")
+_ATTN_QK_NORM = (
+    "layernorm",
+    "qkv_proj",
+    "qk_norm",
+    "rotary_emb",
+    "attention",
+    "o_proj",
+    "all_reduce",
+    "layernorm",
+)
+_MLP = ("gate_up_proj", "act_fn", "down_proj", "all_reduce")
+_MOE = ("moe", "all_reduce")
+
+FAMILIES: dict[str, LayerSequence] = {
+    "llama": LayerSequence(_PROLOGUE, _ATTN + _MLP, _HEAD),
+    "qwen3": LayerSequence(_PROLOGUE, _ATTN_QK_NORM + _MLP, _HEAD),
+    "qwen3_moe": LayerSequence(_PROLOGUE, _ATTN_QK_NORM + _MOE, _HEAD),
+    "mixtral": LayerSequence(_PROLOGUE, _ATTN + _MOE, _HEAD),
+    "phimoe": LayerSequence(_PROLOGUE, _ATTN + _MOE, _HEAD),
+}
+"""Layer sequence by family name (LLMServingSim's ``architecture`` / HF ``model_type``)."""
+
+_ARCHITECTURES = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "llama",
+    "Qwen2ForCausalLM": "llama",
+    "Qwen3ForCausalLM": "qwen3",
+    "Qwen3MoeForCausalLM": "qwen3_moe",
+    "MixtralForCausalLM": "mixtral",
+    "PhiMoEForCausalLM": "phimoe",
+}
+
+
+def family_of(architecture: str) -> str:
+    """Family name of a HuggingFace architecture class (or a family name itself).
+
+    Raises:
+        KeyError: naming the known families.
+    """
+    if architecture in FAMILIES:
+        return architecture
+    family = _ARCHITECTURES.get(architecture)
+    if family is None:
+        raise KeyError(
+            f"no vLLM layer sequence known for {architecture!r}; known: "
+            f"{', '.join(sorted(FAMILIES))} ({', '.join(sorted(_ARCHITECTURES))})"
+        )
+    return family
+
+
+def restrict(sequence: LayerSequence, available: set[str]) -> tuple[LayerSequence, list[str]]:
+    """Drop operators no table has (collectives and attention/moe always stay).
+
+    Returns:
+        The sequence and the names dropped (for the importer's warnings).
+    """
+    keep = {"attention", "moe", "all_reduce", *available}
+    dropped = sorted({op for op in sequence.prologue + sequence.layer + sequence.head} - keep)
+    return (
+        LayerSequence(
+            tuple(op for op in sequence.prologue if op in keep),
+            tuple(op for op in sequence.layer if op in keep),
+            tuple(op for op in sequence.head if op in keep),
+        ),
+        dropped,
+    )

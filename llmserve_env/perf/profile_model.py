@@ -1,0 +1,168 @@
+"""The profile-driven latency model: measured operator tables summed over the layer
+sequence (``profiles/README.md`` defines the tables and the composition).
+
+For a batch with ``T`` tokens and ``S`` sequences, one iteration takes::
+
+    overhead + per_token(T) + per_seq(S)
+      + n_attn * attention(prefill chunk, its context, decodes, mean decode context)
+      + n_moe * moe(T, expected distinct experts hit by T tokens)
+
+with the skew correction ``alpha * (attention at the longest decode - at the mean)``
+when the profile has one. Decode-only stretches are evaluated with numpy over all their
+iterations at once.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from llmserve_env.perf.base import BatchShape, FloatArray
+from llmserve_env.perf.compiled import CompiledProfile
+from llmserve_env.perf.model_arch import ModelArch
+from llmserve_env.perf.tables import PiecewiseLinear
+
+US = 1e-6
+
+
+def fold_prefills(new: tuple[int, ...], ctx: tuple[int, ...]) -> tuple[float, float]:
+    """One equivalent prefill chunk ``(q, c)`` for several, keeping tokens and work.
+
+    The attention work of a chunk of ``q`` new tokens after ``c`` cached ones is
+    ``q * (c + (q + 1) / 2)`` query-key pairs. The folded chunk keeps ``q = sum q_i``
+    and the summed work; where that needs a negative context it keeps the work with
+    ``c = 0`` and ``q = sqrt(2 W)`` instead.
+    """
+    if len(new) == 1:
+        return float(new[0]), float(ctx[0])
+    q = float(sum(new))
+    work = 0.0
+    for n, c in zip(new, ctx, strict=True):
+        work += n * (c + (n + 1) / 2.0)
+    c_eq = work / q - (q + 1) / 2.0
+    if c_eq >= 0.0:
+        return q, c_eq
+    return max(math.sqrt(2.0 * work + 0.25) - 0.5, 1.0), 0.0
+
+
+def expected_active_experts(num_tokens: float, num_experts: int, top_k: int) -> float:
+    """Distinct experts ``num_tokens`` tokens hit under uniform top-``k`` routing."""
+    if num_experts <= 0 or num_tokens <= 0:
+        return 0.0
+    return num_experts * (1.0 - (1.0 - top_k / num_experts) ** num_tokens)
+
+
+class ProfileLatencyModel:
+    """Iteration latency from a compiled profile.
+
+    Args:
+        tables: The compiled profile.
+        arch: The model (its expert count and top-k for MoE profiles).
+        name: A label for reports (the profile folder).
+    """
+
+    def __init__(self, tables: CompiledProfile, arch: ModelArch, name: str = "") -> None:
+        self.tables = tables
+        self.arch = arch
+        self.name = name
+        self._pc_min = tables.min_prefill_chunk
+        self._decode_cache: dict[
+            int, tuple[float, PiecewiseLinear, tuple[FloatArray, FloatArray] | None]
+        ] = {}
+
+    # ------------------------------------------------------------------ pieces
+
+    def _attention_us(self, pc: float, kp: float, nd: int, kd_mean: float, kd_max: float) -> float:
+        grid = self.tables.attention
+        if pc > 0.0 and pc < self._pc_min:
+            pc = self._pc_min
+        t_mean = grid(pc, kp, nd, kd_mean)
+        skew = self.tables.skew
+        if skew is None or nd < 2 or kd_max <= kd_mean:
+            return t_mean
+        alpha = skew(pc, kp, nd, kd_max)
+        if alpha == 0.0:
+            return t_mean
+        t_max = grid(pc, kp, nd, kd_max)
+        return t_mean + alpha * (t_max - t_mean) if t_max > t_mean else t_mean
+
+    def _moe_us(self, num_tokens: float) -> float:
+        moe = self.tables.moe
+        if moe is None or num_tokens <= 0:
+            return 0.0
+        arch = self.arch
+        experts = expected_active_experts(num_tokens, arch.num_experts, arch.experts_per_token)
+        return self.tables.moe_count * moe(num_tokens, experts)
+
+    def _fixed_us(self, num_tokens: int, num_seqs: int) -> float:
+        t = self.tables
+        return (
+            t.overhead_us + t.per_token(num_tokens) + t.per_seq(num_seqs) + self._moe_us(num_tokens)
+        )
+
+    # ------------------------------------------------------------------ protocol
+
+    def iteration_time_s(self, batch: BatchShape) -> float:
+        """Seconds one iteration with this batch takes."""
+        num_decodes = batch.num_decodes
+        new = batch.prefill_new
+        num_tokens = sum(new) + num_decodes
+        if num_tokens == 0:
+            return 0.0
+        total = self._fixed_us(num_tokens, len(new) + num_decodes)
+        if new:
+            pc, kp = fold_prefills(new, batch.prefill_ctx)
+        else:
+            pc = kp = 0.0
+        if num_decodes:
+            kd_mean = batch.decode_kv_sum / num_decodes - 1.0
+            kd_max = batch.decode_kv_max - 1.0
+        else:
+            kd_mean = kd_max = 0.0
+        total += self.tables.attention_count * self._attention_us(
+            pc, kp, num_decodes, kd_mean, kd_max
+        )
+        return total * US
+
+    def _decode_curves(
+        self, num_decodes: int
+    ) -> tuple[float, PiecewiseLinear, tuple[FloatArray, FloatArray] | None]:
+        """For a decode-only batch of ``num_decodes`` requests (cached per size): the
+        fixed part, attention vs decode context, and the skew factor as a step
+        function of the longest context (bucket edges, values)."""
+        cached = self._decode_cache.get(num_decodes)
+        if cached is not None:
+            return cached
+        grid = self.tables.attention
+        kd_axis = grid.axes[3]
+        values = np.array([grid(0.0, 0.0, num_decodes, k) for k in kd_axis])
+        # The last knot of every compiled axis holds the half-range extrapolation, so
+        # the slope of the last segment continues it.
+        slope = float((values[-1] - values[-2]) / (kd_axis[-1] - kd_axis[-2]))
+        attn = PiecewiseLinear(kd_axis, values, max(slope, 0.0), zero_at_zero=False)
+        fixed = self._fixed_us(num_decodes, num_decodes)
+        alpha: tuple[FloatArray, FloatArray] | None = None
+        skew = self.tables.skew
+        if skew is not None and num_decodes >= 2:
+            edges = skew.edges[3]
+            alpha = (edges, skew.many(0.0, 0.0, float(num_decodes), edges))
+        result = (fixed, attn, alpha)
+        if len(self._decode_cache) < 4096:
+            self._decode_cache[num_decodes] = result
+        return result
+
+    def decode_times_s(
+        self, num_decodes: int, kv_sum: FloatArray, kv_max: FloatArray
+    ) -> FloatArray:
+        """Latencies of consecutive decode-only iterations (vectorised)."""
+        fixed, attn, alpha = self._decode_curves(num_decodes)
+        kd_mean = np.asarray(kv_sum, dtype=np.float64) / num_decodes - 1.0
+        t_attn = attn.many(kd_mean)
+        if alpha is not None:
+            edges, factors = alpha
+            kd_max = np.asarray(kv_max, dtype=np.float64) - 1.0
+            index = np.minimum(np.searchsorted(edges, kd_max, side="left"), len(edges) - 1)
+            gap = np.maximum(attn.many(kd_max) - t_attn, 0.0)
+            t_attn = t_attn + np.where(kd_max > kd_mean, factors[index] * gap, 0.0)
+        return (fixed + self.tables.attention_count * t_attn) * US

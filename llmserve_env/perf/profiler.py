@@ -1,0 +1,416 @@
+"""``llmserve profile``: time every operator of a model on this machine, in PyTorch.
+
+The profiler builds one decoder layer of the model from its configuration (our
+:class:`~llmserve_env.perf.model_arch.ModelArch`, i.e. a catalog name or any HuggingFace
+``config.json``) with random weights, as plain torch modules: linear layers for the
+fused QKV, O, gate-up and down projections and the LM head, RMSNorm, SiLU-and-mul,
+rotary embedding, attention through ``torch.nn.functional.scaled_dot_product_attention``
+(prefill: one chunk after a cached context, causal; decode: a batch of one-token queries
+over equal KV lengths), routed experts for MoE models, and the sampler. Every operator is
+timed over a grid (tokens, chunk x context, decodes x KV length, sequences, tokens x
+active experts) on the chosen device: on CUDA with CUDA events after warm-up, on the CPU
+with ``time.perf_counter``. The result is a profile in llmserve's format
+(``profiles/README.md``) whose ``meta.yaml`` records the torch version, device name,
+date, grid and, on NVIDIA GPUs with ``nvidia-ml-py`` installed, the board power NVML
+reported while profiling.
+
+The layer's times describe every layer (they are identical), so the cost of a run does
+not grow with the layer count; ``--quick`` grids and small ``--max-*`` bounds make a CPU
+run on a tiny model finish in seconds. Mixed prefill+decode batches are written as the
+sum of their parts, which is how these modules run them (two attention calls).
+
+torch is imported lazily, inside the functions: importing this module costs nothing and
+the simulator never depends on torch.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from functools import partial
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+
+from llmserve_env.perf.model_arch import ModelArch
+from llmserve_env.perf.profile_format import (
+    AttentionPoints,
+    Curve,
+    LayerSequence,
+    MoePoints,
+    Profile,
+    ProfileMeta,
+)
+from llmserve_env.perf.profiler_torch import (
+    TORCH_DTYPES,
+    Timer,
+    TorchLayer,
+    power_sampling,
+    sample,
+)
+
+_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+
+
+@dataclass(frozen=True)
+class ProfileGrid:
+    """Where operators are timed.
+
+    Attributes:
+        tokens: Token counts of the dense operators (and MoE blocks).
+        seqs: Sequence counts of the per-sequence operators.
+        prefill_chunks: New tokens of a prefill chunk.
+        prefill_contexts: Tokens cached before the chunk.
+        decode_batches: Decoding requests.
+        decode_contexts: Cached tokens of every decode.
+    """
+
+    tokens: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+    seqs: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+    prefill_chunks: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+    prefill_contexts: tuple[int, ...] = (0, 512, 1024, 2048, 4096, 8192, 16384)
+    decode_batches: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+    decode_contexts: tuple[int, ...] = (16, 128, 512, 1024, 2048, 4096, 8192, 16384)
+
+    def __post_init__(self) -> None:
+        for name in ("tokens", "seqs", "prefill_chunks", "decode_batches", "decode_contexts"):
+            values = getattr(self, name)
+            if not values or min(values) < 1:
+                raise ValueError(f"grid {name} needs values >= 1, got {values}")
+        if not self.prefill_contexts or min(self.prefill_contexts) < 0:
+            raise ValueError(
+                f"grid prefill_contexts needs values >= 0, got {self.prefill_contexts}"
+            )
+        for name in (
+            "tokens",
+            "seqs",
+            "prefill_chunks",
+            "prefill_contexts",
+            "decode_batches",
+            "decode_contexts",
+        ):
+            object.__setattr__(self, name, tuple(sorted(set(getattr(self, name)))))
+
+    @classmethod
+    def quick(cls) -> ProfileGrid:
+        """A small grid: seconds on a CPU for a tiny model."""
+        return cls(
+            tokens=(1, 4, 16, 64, 256),
+            seqs=(1, 4, 16),
+            prefill_chunks=(16, 64, 256),
+            prefill_contexts=(0, 256),
+            decode_batches=(1, 4, 16),
+            decode_contexts=(16, 256),
+        )
+
+    def bounded(self, max_tokens: int | None = None, max_context: int | None = None) -> ProfileGrid:
+        """The grid without points above ``max_tokens`` new tokens / ``max_context`` cached."""
+
+        def cap(values: tuple[int, ...], bound: int | None) -> tuple[int, ...]:
+            if bound is None:
+                return values
+            kept = tuple(v for v in values if v <= bound)
+            return kept or (min(values),)
+
+        return replace(
+            self,
+            tokens=cap(self.tokens, max_tokens),
+            seqs=cap(self.seqs, max_tokens),
+            prefill_chunks=cap(self.prefill_chunks, max_tokens),
+            decode_batches=cap(self.decode_batches, max_tokens),
+            prefill_contexts=cap(self.prefill_contexts, max_context),
+            decode_contexts=cap(self.decode_contexts, max_context),
+        )
+
+
+@dataclass(frozen=True)
+class ProfilerOptions:
+    """How to profile.
+
+    Attributes:
+        device: ``cuda``, ``cpu`` or ``auto`` (CUDA when available), or ``cuda:N``.
+        dtype: Weights and activations: ``bf16``, ``fp16`` or ``fp32``.
+        tp: Tensor-parallel degree of the shard to time (heads and widths split ``tp``
+            ways; collectives are not measured here).
+        grid: The measurement grid.
+        warmup: Untimed calls before each measurement.
+        repeat: Timed calls per measurement (CUDA: averaged between two events; CPU:
+            the median of single calls).
+        num_layers: Layer count written to the profile (default: the model's).
+        device_name: Device name written to the profile (default: the catalog name of
+            the GPU when known, else what the driver reports).
+        seed: Seed of the random weights and inputs.
+        sample_power: Sample board power through NVML on NVIDIA GPUs.
+    """
+
+    device: str = "auto"
+    dtype: str = "bf16"
+    tp: int = 1
+    grid: ProfileGrid = ProfileGrid()
+    warmup: int = 3
+    repeat: int = 10
+    num_layers: int | None = None
+    device_name: str | None = None
+    seed: int = 0
+    sample_power: bool = True
+
+    def __post_init__(self) -> None:
+        if self.dtype not in TORCH_DTYPES:
+            raise ValueError(
+                f"dtype {self.dtype!r} cannot be profiled; use one of {sorted(TORCH_DTYPES)}"
+            )
+        if self.tp < 1 or self.warmup < 0 or self.repeat < 1:
+            raise ValueError("tp and repeat must be >= 1 and warmup >= 0")
+        if self.num_layers is not None and self.num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
+
+
+# --------------------------------------------------------------------------- profiling
+
+
+def _active_expert_grid(arch: ModelArch, tokens: int) -> list[int]:
+    most = min(arch.num_experts, tokens * arch.experts_per_token)
+    values = {min(most, 2**i) for i in range(int(math.log2(max(most, 1))) + 1)} | {most}
+    return sorted(v for v in values if v >= 1)
+
+
+def _dense_ops(layer: TorchLayer, timer: Timer, tokens: tuple[int, ...]) -> dict[str, Curve]:
+    torch, arch = layer.torch, layer.arch
+    hd = arch.head_dim
+    times: dict[str, list[float]] = {}
+
+    def add(name: str, seconds: float) -> None:
+        times.setdefault(name, []).append(seconds * 1e6)
+
+    for n in tokens:
+        x = layer.hidden(n)
+        ids = torch.randint(0, layer.embedding.num_embeddings, (n,), device=layer.device)
+        positions = torch.arange(n, device=layer.device)
+        qkv = layer.qkv(x)
+        q = qkv[:, : layer.heads * hd].reshape(n, layer.heads, hd)
+        k = qkv[:, layer.heads * hd : (layer.heads + layer.kv_heads) * hd].reshape(
+            n, layer.kv_heads, hd
+        )
+        add("embedding", timer(partial(layer.embedding, ids)))
+        add("layernorm", timer(partial(layer.rms_norm, x)))
+        add("qkv_proj", timer(partial(layer.qkv, x)))
+        add("rotary_emb", timer(partial(layer.rotary, q, k, positions)))
+        attn_out = torch.randn(n, layer.heads * hd, device=layer.device, dtype=layer.dtype)
+        add("o_proj", timer(partial(layer.o, attn_out)))
+        add("final_layernorm", timer(partial(layer.rms_norm, x)))
+        if not arch.is_moe:
+            gu = layer.gate_up(x)
+            act = layer.silu_and_mul(gu)
+            add("gate_up_proj", timer(partial(layer.gate_up, x)))
+            add("act_fn", timer(partial(layer.silu_and_mul, gu)))
+            add("down_proj", timer(partial(layer.down, act)))
+    x_axis = np.array(tokens, dtype=np.float64)
+    return {name: Curve(x_axis, np.array(t)) for name, t in times.items()}
+
+
+def _per_seq_ops(layer: TorchLayer, timer: Timer, seqs: tuple[int, ...]) -> dict[str, Curve]:
+    torch = layer.torch
+    head, sampler = [], []
+    for n in seqs:
+        x = layer.hidden(n)
+        logits = layer.lm_head(x)
+
+        head.append(timer(partial(layer.lm_head, x)) * 1e6)
+        sampler.append(timer(partial(sample, torch, logits)) * 1e6)
+    x_axis = np.array(seqs, dtype=np.float64)
+    return {"lm_head": Curve(x_axis, np.array(head)), "sampler": Curve(x_axis, np.array(sampler))}
+
+
+def _attention(layer: TorchLayer, timer: Timer, grid: ProfileGrid) -> AttentionPoints:
+    prefill = np.zeros((len(grid.prefill_chunks), len(grid.prefill_contexts)))
+    for i, chunk in enumerate(grid.prefill_chunks):
+        for j, ctx in enumerate(grid.prefill_contexts):
+            q, k, v, mask = layer.prefill_inputs(chunk, ctx)
+            prefill[i, j] = timer(partial(layer.sdpa, q, k, v, mask=mask, causal=ctx == 0))
+    decode = np.zeros((len(grid.decode_batches), len(grid.decode_contexts)))
+    for i, batch in enumerate(grid.decode_batches):
+        for j, ctx in enumerate(grid.decode_contexts):
+            q, k, v = layer.decode_inputs(batch, ctx)
+            decode[i, j] = timer(partial(layer.sdpa, q, k, v))
+    prefill *= 1e6
+    decode *= 1e6
+    axes = [
+        np.array(values, dtype=np.float64)
+        for values in (
+            grid.prefill_chunks,
+            grid.prefill_contexts,
+            grid.decode_batches,
+            grid.decode_contexts,
+        )
+    ]
+    pc, kp = (a.ravel() for a in np.meshgrid(axes[0], axes[1], indexing="ij"))
+    nd, kk = (a.ravel() for a in np.meshgrid(axes[2], axes[3], indexing="ij"))
+    mixed = np.add.outer(prefill, decode)  # two attention calls: the parts add up
+    g = [a.ravel() for a in np.meshgrid(*axes, indexing="ij")]
+    zeros_p, zeros_d = np.zeros_like(pc), np.zeros_like(nd)
+    return AttentionPoints(
+        np.concatenate([pc, zeros_d, g[0]]),
+        np.concatenate([kp, zeros_d, g[1]]),
+        np.concatenate([zeros_p, nd, g[2]]),
+        np.concatenate([zeros_p, kk, g[3]]),
+        np.concatenate([prefill.ravel(), decode.ravel(), mixed.ravel()]),
+    )
+
+
+def _moe(layer: TorchLayer, timer: Timer, tokens: tuple[int, ...]) -> MoePoints:
+    rows: list[tuple[int, int, float]] = []
+    for n in tokens:
+        x = layer.hidden(n)
+        for active in _active_expert_grid(layer.arch, n):
+            rows.append((n, active, timer(partial(layer.moe, x, active)) * 1e6))
+    table = np.array(rows, dtype=np.float64)
+    return MoePoints(table[:, 0], table[:, 1], table[:, 2])
+
+
+def _resolve_device(torch: Any, name: str) -> Any:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            "CUDA was asked for but torch sees no GPU (torch.cuda.is_available() is False)"
+        )
+    if device.type not in ("cuda", "cpu"):
+        raise ValueError(f"device {name!r}: only cuda and cpu are supported")
+    return device
+
+
+def _device_label(torch: Any, device: Any) -> tuple[str, str]:
+    """``(name for meta.device, what the driver reports)``."""
+    from llmserve_env.perf.hardware import resolve_device
+
+    if device.type == "cuda":
+        reported = str(torch.cuda.get_device_name(device))
+        for candidate in (reported, reported.replace("NVIDIA ", "")):
+            try:
+                return resolve_device(candidate).name, reported
+            except KeyError:
+                continue
+        return reported, reported
+    import platform
+
+    return "cpu", platform.processor() or platform.machine()
+
+
+def profile_model(
+    arch: ModelArch,
+    options: ProfilerOptions | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Profile:
+    """Time every operator of ``arch`` on this machine and return the profile.
+
+    Args:
+        arch: The model.
+        options: Device, dtype, grid and repetitions.
+        log: Called with a line per profiling stage.
+
+    Raises:
+        ImportError: torch is not installed (``pip install llmserve-env[rl]``).
+        ValueError: a bad option or an unavailable device.
+    """
+    try:
+        import torch
+    except ImportError as exc:  # pragma: no cover - exercised without torch only
+        raise ImportError("llmserve profile needs PyTorch: pip install torch") from exc
+    opts = options or ProfilerOptions()
+    say = log or (lambda line: None)
+    device = _resolve_device(torch, opts.device)
+    torch.manual_seed(opts.seed)
+    timer = Timer(torch, device, opts.warmup, opts.repeat)
+    started = time.perf_counter()
+    with torch.inference_mode(), power_sampling(torch, device, opts.sample_power) as power:
+        layer = TorchLayer(torch, arch, opts.dtype, opts.tp, device)
+        say(f"dense operators over {len(opts.grid.tokens)} token counts")
+        dense = _dense_ops(layer, timer, opts.grid.tokens)
+        say(f"per-sequence operators over {len(opts.grid.seqs)} sequence counts")
+        per_seq = _per_seq_ops(layer, timer, opts.grid.seqs)
+        say("attention: prefill chunks x contexts, decode batches x contexts")
+        attention = _attention(layer, timer, opts.grid)
+        moe = None
+        if arch.is_moe:
+            say("MoE blocks over tokens x active experts")
+            moe = _moe(layer, timer, opts.grid.tokens)
+    elapsed = time.perf_counter() - started
+    name, reported = _device_label(torch, device)
+    return Profile(
+        meta=_meta(arch, opts, name, reported, torch, device, power, elapsed),
+        dense=dense,
+        per_sequence=per_seq,
+        attention=attention,
+        moe=moe,
+    )
+
+
+def _meta(
+    arch: ModelArch,
+    opts: ProfilerOptions,
+    name: str,
+    reported: str,
+    torch: Any,
+    device: Any,
+    power: dict[str, Any],
+    elapsed_s: float,
+) -> ProfileMeta:
+    ar = ("all_reduce",) if opts.tp > 1 else ()
+    mlp = ("moe",) if arch.is_moe else ("gate_up_proj", "act_fn", "down_proj")
+    sequence = LayerSequence(
+        prologue=("embedding",),
+        layer=(
+            "layernorm",
+            "qkv_proj",
+            "rotary_emb",
+            "attention",
+            "o_proj",
+            *ar,
+            "layernorm",
+            *mlp,
+            *ar,
+        ),
+        head=("final_layernorm", "lm_head", "sampler"),
+    )
+    provenance: dict[str, Any] = {
+        "tool": f"llmserve-env {_version()} profiler",
+        "torch": str(torch.__version__),
+        "device": reported,
+        "device_type": device.type,
+        "timing": "cuda events" if device.type == "cuda" else "time.perf_counter (median)",
+        "warmup": opts.warmup,
+        "repeat": opts.repeat,
+        "measured_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "duration_s": round(elapsed_s, 3),
+        "grid": {k: list(getattr(opts.grid, k)) for k in opts.grid.__dataclass_fields__},
+        "mixed_attention": "sum of the prefill and decode calls",
+    }
+    if device.type == "cuda":
+        provenance["cuda"] = str(torch.version.cuda)
+    if device.type == "cpu":
+        provenance["cpu_threads"] = int(torch.get_num_threads())
+    if power:
+        provenance["power"] = power
+    return ProfileMeta(
+        device=opts.device_name or name,
+        model=arch.name,
+        dtype=opts.dtype,
+        tp=opts.tp,
+        num_layers=opts.num_layers or arch.num_layers,
+        sequence=sequence,
+        source="llmserve-profiler",
+        collective_bytes_per_token=arch.hidden_size * _BYTES[opts.dtype] if opts.tp > 1 else 0,
+        provenance=provenance,
+    )
+
+
+def _version() -> str:
+    try:
+        return metadata.version("llmserve-env")
+    except metadata.PackageNotFoundError:  # pragma: no cover - source tree without install
+        return "unknown"

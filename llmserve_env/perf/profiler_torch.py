@@ -1,0 +1,244 @@
+"""The PyTorch side of ``llmserve profile``: timing, NVML power sampling and one decoder
+layer as plain torch modules.
+
+Nothing here imports torch at module level: callers pass the ``torch`` module in, so
+importing :mod:`llmserve_env.perf.profiler` stays free and the simulator never depends
+on torch.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from llmserve_env.perf.model_arch import ModelArch
+
+TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+"""Profiler dtypes -> torch dtype names."""
+
+
+# --------------------------------------------------------------------------- timing
+
+
+class Timer:
+    """Times a callable on one device: CUDA events after warm-up, or perf_counter."""
+
+    def __init__(self, torch: Any, device: Any, warmup: int, repeat: int) -> None:
+        self.torch, self.device = torch, device
+        self.warmup, self.repeat = warmup, repeat
+        self.cuda = device.type == "cuda"
+
+    def __call__(self, fn: Callable[[], object]) -> float:
+        """Seconds one call of ``fn`` takes."""
+        torch = self.torch
+        for _ in range(self.warmup):
+            fn()
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(self.repeat):
+                fn()
+            end.record()
+            end.synchronize()
+            return float(start.elapsed_time(end)) * 1e-3 / self.repeat
+        samples = []
+        for _ in range(self.repeat):
+            t0 = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - t0)
+        return float(statistics.median(samples))
+
+
+class PowerSampler:
+    """Board power through NVML in a background thread (NVIDIA GPUs, optional)."""
+
+    def __init__(self, index: int, interval_s: float = 0.02) -> None:
+        import pynvml  # provided by nvidia-ml-py; optional
+
+        pynvml.nvmlInit()
+        self._nvml = pynvml
+        self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        self._interval_s = interval_s
+        self._samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def read_w(self) -> float:
+        """Instantaneous board power (W)."""
+        return float(self._nvml.nvmlDeviceGetPowerUsage(self._handle)) / 1e3
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._samples.append(self.read_w())
+            self._stop.wait(self._interval_s)
+
+    def start(self) -> None:
+        """Start sampling."""
+        self._thread.start()
+
+    def stop(self) -> dict[str, float]:
+        """Stop and summarise (W)."""
+        self._stop.set()
+        self._thread.join()
+        self._nvml.nvmlShutdown()
+        s = self._samples or [math.nan]
+        return {
+            "mean_w": float(np.mean(s)),
+            "max_w": float(np.max(s)),
+            "num_samples": len(self._samples),
+        }
+
+
+@contextmanager
+def power_sampling(torch: Any, device: Any, enabled: bool) -> Iterator[dict[str, Any]]:
+    """Yield a dict that holds the power summary once the block ends (empty if off)."""
+    out: dict[str, Any] = {}
+    sampler: PowerSampler | None = None
+    if enabled and device.type == "cuda":
+        try:
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            sampler = PowerSampler(index)
+            out["idle_w"] = sampler.read_w()
+            sampler.start()
+        except Exception as exc:  # NVML missing or unsupported: profile without power
+            out["unavailable"] = f"{type(exc).__name__}: {exc}"
+            sampler = None
+    try:
+        yield out
+    finally:
+        if sampler is not None:
+            out.update(sampler.stop())
+
+
+# --------------------------------------------------------------------------- the layer
+
+
+class TorchLayer:
+    """One decoder layer shard (plus embedding and head) as plain torch modules with
+    random weights.
+
+    Args:
+        torch: The torch module.
+        arch: The model.
+        dtype: ``bf16``, ``fp16`` or ``fp32``.
+        tp: Tensor-parallel degree of the shard (heads and widths split ``tp`` ways).
+        device: The torch device.
+    """
+
+    def __init__(self, torch: Any, arch: ModelArch, dtype: str, tp: int, device: Any) -> None:
+        nn = torch.nn
+        self.torch, self.arch, self.device = torch, arch, device
+        self.dtype = getattr(torch, TORCH_DTYPES[dtype])
+        h, hd = arch.hidden_size, arch.head_dim
+        self.heads = max(1, arch.num_heads // tp)
+        self.kv_heads = max(1, arch.num_kv_heads // tp)
+        kw = {"device": device, "dtype": self.dtype}
+        self.embedding = nn.Embedding(max(1, arch.vocab_size // tp), h, **kw)
+        self.norm_weight = torch.ones(h, **kw)
+        self.qkv = nn.Linear(h, (self.heads + 2 * self.kv_heads) * hd, bias=False, **kw)
+        self.o = nn.Linear(self.heads * hd, h, bias=False, **kw)
+        self.lm_head = nn.Linear(h, max(1, arch.vocab_size // tp), bias=False, **kw)
+        if arch.is_moe:
+            mi = max(1, arch.moe_intermediate_size // tp)
+            self.router = nn.Linear(h, arch.num_experts, bias=False, **kw)
+            scale = 1.0 / math.sqrt(h)
+            self.w13 = torch.randn(arch.num_experts, 2 * mi, h, **kw) * scale
+            self.w2 = torch.randn(arch.num_experts, h, mi, **kw) * scale
+        else:
+            inter = max(1, arch.intermediate_size // tp)
+            self.gate_up = nn.Linear(h, 2 * inter, bias=False, **kw)
+            self.down = nn.Linear(inter, h, bias=False, **kw)
+        inv_freq = 1.0 / (10000.0 ** (torch.arange(0, hd, 2, device=device).float() / hd))
+        self.inv_freq = inv_freq
+        self._gqa_native = True
+
+    # ---------------------------------------------------------------- operators
+
+    def hidden(self, n: int) -> Any:
+        """Random hidden states of ``n`` tokens."""
+        return self.torch.randn(n, self.arch.hidden_size, device=self.device, dtype=self.dtype)
+
+    def rms_norm(self, x: Any) -> Any:
+        """RMSNorm in fp32, as vLLM's reference implementation."""
+        var = x.float().pow(2).mean(-1, keepdim=True)
+        return (x.float() * self.torch.rsqrt(var + 1e-6)).to(x.dtype) * self.norm_weight
+
+    def silu_and_mul(self, x: Any) -> Any:
+        """SiLU of the gate half times the up half."""
+        gate, up = x.chunk(2, dim=-1)
+        return self.torch.nn.functional.silu(gate) * up
+
+    def rotary(self, q: Any, k: Any, positions: Any) -> tuple[Any, Any]:
+        """Neox-style rotary embedding of q ``[n, heads, hd]`` and k ``[n, kv, hd]``."""
+        torch = self.torch
+        freqs = torch.outer(positions.float(), self.inv_freq)
+        cos, sin = freqs.cos().to(q.dtype)[:, None, :], freqs.sin().to(q.dtype)[:, None, :]
+
+        def rot(x: Any) -> Any:
+            x1, x2 = x.chunk(2, dim=-1)
+            return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+        return rot(q), rot(k)
+
+    def sdpa(self, q: Any, k: Any, v: Any, mask: Any = None, causal: bool = False) -> Any:
+        """Attention with grouped KV heads (native GQA where torch has it)."""
+        f = self.torch.nn.functional.scaled_dot_product_attention
+        if self._gqa_native:
+            try:
+                return f(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=True)
+            except TypeError:  # torch < 2.5
+                self._gqa_native = False
+        group = self.heads // self.kv_heads
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+        return f(q, k, v, attn_mask=mask, is_causal=causal)
+
+    def prefill_inputs(self, chunk: int, ctx: int) -> tuple[Any, ...]:
+        """``(q, k, v, mask)`` of a ``chunk``-token prefill after ``ctx`` cached tokens."""
+        torch, hd = self.torch, self.arch.head_dim
+        kw = {"device": self.device, "dtype": self.dtype}
+        q = torch.randn(1, self.heads, chunk, hd, **kw)
+        k = torch.randn(1, self.kv_heads, ctx + chunk, hd, **kw)
+        v = torch.randn(1, self.kv_heads, ctx + chunk, hd, **kw)
+        mask = None
+        if ctx > 0:  # causal with an offset: query i sees keys up to ctx + i
+            rows = torch.arange(chunk, device=self.device)[:, None] + ctx
+            mask = torch.arange(ctx + chunk, device=self.device)[None, :] <= rows
+        return q, k, v, mask
+
+    def decode_inputs(self, batch: int, ctx: int) -> tuple[Any, ...]:
+        """``(q, k, v)`` of ``batch`` one-token decodes over ``ctx`` cached tokens each."""
+        torch, hd = self.torch, self.arch.head_dim
+        kw = {"device": self.device, "dtype": self.dtype}
+        q = torch.randn(batch, self.heads, 1, hd, **kw)
+        k = torch.randn(batch, self.kv_heads, ctx + 1, hd, **kw)
+        v = torch.randn(batch, self.kv_heads, ctx + 1, hd, **kw)
+        return q, k, v
+
+    def moe(self, x: Any, active: int) -> Any:
+        """Router plus ``active`` experts sharing the routed tokens evenly."""
+        torch, arch = self.torch, self.arch
+        self.router(x)
+        assignments = x.shape[0] * arch.experts_per_token
+        per_expert = max(1, math.ceil(assignments / active))
+        rows = x.repeat(math.ceil(per_expert * active / x.shape[0]), 1)[: per_expert * active]
+        out = torch.zeros_like(x)
+        for e in range(active):
+            xe = rows[e * per_expert : (e + 1) * per_expert]
+            y = self.silu_and_mul(xe @ self.w13[e].T) @ self.w2[e].T
+            out[: min(len(y), len(out))] += y[: len(out)]
+        return out
+
+
+def sample(torch: Any, logits: Any) -> Any:
+    """The sampler's GPU work: softmax over the vocabulary in fp32, then a pick."""
+    probs = torch.softmax(logits.float(), dim=-1)
+    return torch.argmax(probs, dim=-1)

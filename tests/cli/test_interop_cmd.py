@@ -1,0 +1,80 @@
+"""``llmserve profiles``, ``llmserve import llmservingsim`` and ``llmserve validate``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from llmserve_env.cli.main import main
+
+PAPER = Path("llmservingsim/paper-v0")
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLMSERVE_CACHE", str(tmp_path / "cache"))
+
+
+def test_profiles_import_and_check(shared: Path, tmp_path: Path) -> None:
+    src = shared / "llmservingsim/current/perf/RTX4090/meta-llama/Llama-3.1-8B/bf16/tp1"
+    out = tmp_path / "prof"
+    result = CliRunner().invoke(
+        main, ["profiles", "import", "llmservingsim", str(src), "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert (out / "meta.yaml").is_file() and (out / "attention.csv").is_file()
+    result = CliRunner().invoke(main, ["profiles", "check", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "qkv_proj" in result.output and "prefill of 2048 tokens" in result.output
+
+
+def test_profiles_import_vidur_needs_model_and_device(shared: Path, tmp_path: Path) -> None:
+    src = shared / "profiles/vidur/compute/a100/meta-llama/Meta-Llama-3-8B"
+    result = CliRunner().invoke(
+        main, ["profiles", "import", "vidur", str(src), "-o", str(tmp_path)]
+    )
+    assert result.exit_code == 2 and "--model and --device" in result.output
+
+
+def test_import_then_run(shared: Path, tmp_path: Path) -> None:
+    out = tmp_path / "md.yaml"
+    args = [
+        "import", "llmservingsim",
+        str(shared / PAPER / "evaluation/figure_5/A6000/config/MD_config.json"),
+        "--dataset", str(shared / PAPER / "dataset/sharegpt_req300_rate10_llama.jsonl"),
+        "--profiles", str(shared / PAPER / "perf_models"),
+        "--num-reqs", "30",
+        "-o", str(out),
+    ]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, ["run", str(out), "--json", "--no-output"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output.strip().splitlines()[-1])["num_finished"] == 30
+
+
+def test_import_refuses_disaggregation(shared: Path, tmp_path: Path) -> None:
+    args = [
+        "import", "llmservingsim",
+        str(shared / PAPER / "evaluation/figure_5/A6000/config/PDD_config.json"),
+        "--dataset", str(shared / PAPER / "dataset/sharegpt_req300_rate10_llama.jsonl"),
+        "-o", str(tmp_path / "pdd.yaml"),
+    ]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    assert "prefill/decode disaggregation" in result.output and "pd_type" in result.output
+    assert not (tmp_path / "pdd.yaml").exists()
+
+
+def test_validate_json_and_plots(shared: Path, tmp_path: Path) -> None:
+    run = shared / "llmservingsim/current/bench/RTXPRO6000/Llama-3.1-8B"
+    result = CliRunner().invoke(main, ["validate", str(run), "--json", "-o", str(tmp_path / "v")])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output.strip().splitlines()[-1])
+    assert data["totals"]["output_tokens_sim"] == 195753
+    assert (tmp_path / "v/report.json").is_file()
+    pytest.importorskip("matplotlib")
+    assert (tmp_path / "v/throughput.png").is_file() and (tmp_path / "v/latency_cdf.png").is_file()

@@ -1,0 +1,163 @@
+"""``import llmservingsim``: which of the paper's validation setups import, which are
+refused and with what message; LLMServingSim's defaults; an imported setup runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llmserve_env.build import build_simulation, load_scenario
+from llmserve_env.config.errors import DataFileError
+from llmserve_env.interop.llmservingsim_config import (
+    ImportOptions,
+    UnsupportedFeatureError,
+    convert_cluster,
+)
+from llmserve_env.interop.llmservingsim_import import import_llmservingsim_setup
+
+PAPER = Path("llmservingsim/paper-v0")
+CURRENT = Path("llmservingsim/current")
+TRACE = PAPER / "dataset/sharegpt_req300_rate10_llama.jsonl"
+
+# config (below paper-v0/evaluation) -> None (imports) or fragments of the refusal
+PAPER_SETUPS: dict[str, list[str] | None] = {
+    "figure_5/A6000/config/MD_config.json": None,
+    "figure_5/A6000/config/SD_config.json": None,
+    "figure_5/A6000/config/SD+PC_config.json": None,
+    "figure_5/A6000/config/SM_config.json": None,
+    "figure_5/A6000/config/PDD_config.json": [
+        "prefill/decode disaggregation (pd_type='prefill') (config key nodes[0].instances[0].pd_type)",
+        "(pd_type='decode') (config key nodes[0].instances[1].pd_type)",
+    ],
+    "figure_5/H100/config/MD_config.json": None,
+    "figure_5/H100/config/SD_config.json": None,
+    "figure_5/H100/config/SD+PC_config.json": None,
+    "figure_5/H100/config/SM_config.json": None,
+    "figure_5/H100/config/PDD_config.json": ["config key nodes[0].instances[0].pd_type"],
+    "figure_6/config/power_config_tp1.json": ["power model (config key nodes[0].power)"],
+    "figure_6/config/power_config_tp2.json": ["power model (config key nodes[0].power)"],
+    "figure_7/config/SD+PC_config.json": None,
+    "figure_7/config/MD+PC+PS_config.json": [
+        "second-tier prefix store in CPU (config key --prefix-storage)",
+        "prefix sharing across instances (config key --enable-prefix-sharing)",
+    ],
+    "figure_8/config/MD_config.json": None,
+    "figure_8/config/SD_config.json": None,
+    "figure_8/config/SM_config.json": None,
+    "figure_8/config/PDD_config.json": ["config key nodes[0].instances[1].pd_type"],
+    "figure_9/config/SD_config.json": None,
+    "figure_10/config/gpu_only_config.json": ["power model (config key nodes[0].power)"],
+    "figure_10/config/pim_config.json": [
+        "power model (config key nodes[0].power)",
+        "processing-in-memory (PIM) attention (config key nodes[0].cpu_mem.pim_config)",
+    ],
+}
+
+
+def _options(name: str) -> ImportOptions:
+    ps = "MD+PC+PS" in name
+    return ImportOptions(
+        num_reqs=300,
+        enable_prefix_caching="PC" in name,
+        enable_prefix_sharing=ps,
+        prefix_storage="CPU" if ps else None,
+    )
+
+
+@pytest.mark.parametrize("config", sorted(PAPER_SETUPS))
+def test_paper_setups(shared: Path, config: str) -> None:
+    path = shared / PAPER / "evaluation" / config
+    expected = PAPER_SETUPS[config]
+    if expected is None:
+        converted = convert_cluster(path, shared / TRACE, _options(config))
+        engine = converted.scenario["engine"]
+        assert engine["block_size"] == 16 and engine["max_num_batched_tokens"] == 2048
+        assert engine["enable_prefix_caching"] == ("PC" in config)
+        assert converted.scenario["router"]["policy"] == "round_robin"
+        assert converted.scenario["workload"]["num_requests"] == 300
+        return
+    with pytest.raises(UnsupportedFeatureError) as info:
+        convert_cluster(path, shared / TRACE, _options(config))
+    for fragment in expected:
+        assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("config", "fragment"),
+    [
+        (
+            "single_node_tp_pp_instance.json",
+            "pipeline parallelism (config key nodes[0].instances[0].pp_size)",
+        ),
+        (
+            "single_node_moe_dp_ep_instance.json",
+            "expert parallelism (config key nodes[0].instances[0].ep_size)",
+        ),
+        ("single_node_heterogeneous.json", "prefill/decode disaggregation"),
+    ],
+)
+def test_current_schema_refusals(shared: Path, config: str, fragment: str) -> None:
+    with pytest.raises(UnsupportedFeatureError, match=None) as info:
+        convert_cluster(
+            shared / CURRENT / "cluster_config" / config, shared / TRACE, ImportOptions()
+        )
+    assert fragment in str(info.value)
+
+
+def test_current_schema_tp(shared: Path) -> None:
+    converted = convert_cluster(
+        shared / CURRENT / "cluster_config/rtx4090_tp2_instance.json",
+        shared / TRACE,
+        ImportOptions(),
+    )
+    (group,) = converted.scenario["cluster"]["nodes"][0]["instances"]
+    assert group["tp"] == 2 and group["device"] == "RTX4090"
+    assert converted.link_bw_gbps > 0
+
+
+def test_malformed_config(tmp_path: Path, shared: Path) -> None:
+    bad = tmp_path / "c.json"
+    bad.write_text('{"nodes": [\n  {"instances": [}\n]}')
+    with pytest.raises(DataFileError, match=r"c\.json:2: invalid JSON"):
+        convert_cluster(bad, shared / TRACE, ImportOptions())
+    bad.write_text(
+        '{"nodes": [{"instances": [{"model_name": "x/y", "hardware": "A6000", "npu_num": 1}]}]}'
+    )
+    with pytest.raises(
+        DataFileError, match=r"nodes\[0\]\.instances\[0\]\.model_name: unknown model"
+    ):
+        convert_cluster(bad, shared / TRACE, ImportOptions())
+
+
+def test_imported_setup_runs(shared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLMSERVE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "md.yaml"
+    setup = import_llmservingsim_setup(
+        shared / PAPER / "evaluation/figure_5/A6000/config/MD_config.json",
+        shared / TRACE,
+        out,
+        ImportOptions(num_reqs=40),
+        shared / PAPER / "perf_models",
+    )
+    assert setup.profile_dirs == [tmp_path / "profiles/RTX-A6000/meta-llama/Llama-3.1-8B/bf16/tp1"]
+    data = yaml.safe_load(out.read_text())
+    groups = data["cluster"]["nodes"][0]["instances"]
+    assert [g["perf"] for g in groups] == [
+        "profiles/RTX-A6000/meta-llama/Llama-3.1-8B/bf16/tp1"
+    ] * 2
+    assert groups[0]["engine"]["gpu_memory_utilization"] == pytest.approx(40 / 48, abs=1e-5)
+    summary = build_simulation(load_scenario(out)).run()
+    assert summary["num_finished"] == 40
+
+
+def test_missing_profile_is_named(shared: Path, tmp_path: Path) -> None:
+    with pytest.raises(DataFileError, match="no LLMServingSim profile for A6000"):
+        import_llmservingsim_setup(
+            shared / PAPER / "evaluation/figure_5/A6000/config/MD_config.json",
+            shared / TRACE,
+            tmp_path / "s.yaml",
+            ImportOptions(),
+            shared / CURRENT / "perf",
+        )

@@ -1,0 +1,125 @@
+"""LLMServingSim (vLLM-0.19 profiler) import: the shared samples and malformed copies."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llmserve_env.config.errors import DataFileError
+from llmserve_env.perf.compiled import compile_profile
+from llmserve_env.perf.importers.llmservingsim import (
+    find_tp_folders,
+    import_llmservingsim,
+    read_tp_folder,
+)
+from llmserve_env.perf.profile_format import read_profile, write_profile
+
+PERF = Path("llmservingsim/current/perf")
+LLAMA = PERF / "RTXPRO6000/meta-llama/Llama-3.1-8B/bf16"
+
+
+def test_dense_llama(shared: Path) -> None:
+    result = read_tp_folder(shared / LLAMA / "tp1")
+    p = result.profile
+    assert p.meta.device == "RTX-PRO-6000"
+    assert p.meta.num_layers == 32 and p.meta.tp == 1
+    assert p.meta.collective_bytes_per_token == 4096 * 2
+    assert p.meta.sequence.layer == (
+        "layernorm", "qkv_proj", "rotary_emb", "attention", "o_proj", "all_reduce",
+        "layernorm", "gate_up_proj", "act_fn", "down_proj", "all_reduce",
+    )  # fmt: skip
+    counts = p.meta.sequence.counts(32)
+    assert counts["layernorm"] == 64 and counts["lm_head"] == 1 and counts["attention"] == 32
+    assert p.dense["qkv_proj"].time_us[0] == pytest.approx(35.8297)  # tokens=1 row
+    assert p.attention is not None and len(p.attention) == 19364
+    assert p.attention_skew is not None
+    assert p.meta.skew_alpha_default == pytest.approx(0.0543)
+    assert result.relative_dir == Path("RTX-PRO-6000/meta-llama/Llama-3.1-8B/bf16/tp1")
+    assert not result.warnings
+
+
+def test_moe_and_write_read(shared: Path, tmp_path: Path) -> None:
+    (result,) = import_llmservingsim(
+        shared / PERF / "RTXPRO6000/Qwen/Qwen3-30B-A3B-Instruct-2507/bf16/tp1"
+    )
+    p = result.profile
+    assert p.moe is not None and "moe" in p.meta.sequence.layer
+    assert "qk_norm" in p.meta.sequence.layer
+    back = read_profile(write_profile(p, tmp_path / "out"))
+    assert back.moe is not None
+    np.testing.assert_allclose(back.moe.time_us, p.moe.time_us)
+    compiled = compile_profile(back)
+    assert compiled.moe is not None and compiled.moe_count == 48
+
+
+def test_finds_every_folder(shared: Path) -> None:
+    found = find_tp_folders(shared / PERF)
+    assert len(found) == 7  # RTX 4090: tp1; RTX PRO 6000: tp1 and tp2 of three models
+    assert all(f.name.startswith("tp") for f in found)
+
+
+@pytest.fixture()
+def copy(shared: Path, tmp_path: Path) -> Path:
+    """A writable copy of the RTX 4090 profile (small enough to copy per test)."""
+    src = shared / PERF / "RTX4090/meta-llama/Llama-3.1-8B/bf16"
+    dst = tmp_path / "RTX4090/meta-llama/Llama-3.1-8B/bf16"
+    shutil.copytree(src, dst)
+    return dst / "tp1"
+
+
+def _replace_line(path: Path, index: int, text: str) -> None:
+    lines = path.read_text().splitlines()
+    lines[index] = text
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_bad_number_has_file_line_and_column(copy: Path) -> None:
+    _replace_line(copy / "dense.csv", 6, "act_fn,6,slow")
+    with pytest.raises(
+        DataFileError, match=r"dense\.csv:7: column 'time_us': expected a number, got 'slow'"
+    ):
+        read_tp_folder(copy)
+
+
+def test_short_row(copy: Path) -> None:
+    _replace_line(copy / "attention.csv", 2, "0,0,1")
+    with pytest.raises(
+        DataFileError, match=r"attention\.csv:3: row has 3 field\(s\) but the header has 5"
+    ):
+        read_tp_folder(copy)
+
+
+def test_missing_column(copy: Path) -> None:
+    _replace_line(copy / "per_sequence.csv", 0, "layer,seqs,time_us")
+    with pytest.raises(DataFileError, match=r"per_sequence\.csv:1: missing column\(s\) sequences"):
+        read_tp_folder(copy)
+
+
+def test_duplicate_grid_point(copy: Path) -> None:
+    lines = (copy / "attention.csv").read_text().splitlines()
+    (copy / "attention.csv").write_text("\n".join([*lines, lines[1]]) + "\n")
+    with pytest.raises(DataFileError, match=r"attention\.csv:\d+: duplicate grid point"):
+        read_tp_folder(copy)
+
+
+def test_missing_attention(copy: Path) -> None:
+    (copy / "attention.csv").unlink()
+    with pytest.raises(DataFileError, match="no attention table"):
+        read_tp_folder(copy)
+
+
+def test_meta_yaml_error(copy: Path) -> None:
+    (copy.parent / "meta.yaml").write_text("hardware: [unclosed\n")
+    with pytest.raises(DataFileError, match=r"meta\.yaml:\d+: YAML error"):
+        read_tp_folder(copy)
+
+
+def test_unknown_model(copy: Path) -> None:
+    meta = copy.parent / "meta.yaml"
+    text = meta.read_text().replace("model: meta-llama/Llama-3.1-8B", "model: acme/Nope-1B")
+    meta.write_text(text)
+    with pytest.raises(DataFileError, match="not in the model catalog"):
+        read_tp_folder(copy)

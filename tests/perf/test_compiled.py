@@ -1,0 +1,73 @@
+"""Compilation and the on-disk cache of compiled tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llmserve_env.perf.compiled import (
+    CompiledProfile,
+    analytical_collectives,
+    cached_compile,
+    compile_profile,
+)
+from llmserve_env.perf.profile_format import Profile
+from tests.perf.crafted import crafted_profile
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("LLMSERVE_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_arrays_round_trip() -> None:
+    compiled = compile_profile(crafted_profile(skew_alpha=0.3, moe=True))
+    back = CompiledProfile.from_arrays(compiled.to_arrays())
+    for x in (1.0, 77.0, 5000.0):
+        assert back.per_token(x) == compiled.per_token(x)
+        assert back.per_seq(x) == compiled.per_seq(x)
+    assert back.attention(16.0, 3.0, 2.0, 100.0) == compiled.attention(16.0, 3.0, 2.0, 100.0)
+    assert back.skew is not None and back.skew(0.0, 0.0, 3.0, 50.0) == pytest.approx(0.3)
+    assert back.moe is not None and back.attention_count == 2 and back.moe_count == 2
+
+
+def test_cache_hit_skips_the_build(_cache: Path) -> None:
+    calls: list[int] = []
+
+    def build() -> Profile:
+        calls.append(1)
+        return crafted_profile()
+
+    first = cached_compile("key-a", build)
+    second = cached_compile("key-a", lambda: pytest.fail("should load from the cache"))
+    assert calls == [1]
+    assert second.per_token(100.0) == first.per_token(100.0)
+    assert len(list((_cache / "profiles").glob("*.npz"))) == 1
+    cached_compile("key-b", build)
+    assert calls == [1, 1]
+
+
+def test_corrupt_cache_file_is_rebuilt(_cache: Path) -> None:
+    cached_compile("key", crafted_profile)
+    (file,) = (_cache / "profiles").glob("*.npz")
+    file.write_bytes(b"not an npz")
+    assert cached_compile("key", crafted_profile).per_token(10.0) > 0
+
+
+def test_missing_collective_is_an_error() -> None:
+    profile = crafted_profile(tp=2)
+    profile = Profile(**{**profile.__dict__, "collectives": {}})
+    with pytest.raises(ValueError, match="collective 'all_reduce' has no measurements for 2 GPUs"):
+        compile_profile(profile)
+
+
+def test_analytical_collectives_ring_formula() -> None:
+    table = analytical_collectives(4, link_bw_gbps=100.0, latency_us=5.0)
+    ar = table[("all_reduce", 4)]
+    size = ar.x[5]
+    assert np.interp(size, ar.x, ar.time_us) == pytest.approx(2 * 3 / 4 * size / 100e3 + 6 * 5.0)
+    sr = table[("send_recv", 4)]
+    assert sr.time_us[0] == pytest.approx(1024 / 100e3 + 5.0)

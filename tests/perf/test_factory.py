@@ -1,0 +1,128 @@
+"""Latency-model resolution: analytical, auto (measured, aiconfigurator, roofline), paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llmserve_env.build import build_simulation
+from llmserve_env.config.errors import DataFileError, ScenarioError
+from llmserve_env.config.loader import validate_scenario
+from llmserve_env.perf import factory
+from llmserve_env.perf.base import BatchShape
+from llmserve_env.perf.hardware import resolve_device
+from llmserve_env.perf.model_arch import load_model_arch
+from llmserve_env.perf.profile_format import Profile, write_profile
+from llmserve_env.perf.profile_model import ProfileLatencyModel
+from llmserve_env.perf.roofline import RooflineModel
+from tests.perf.crafted import crafted_profile
+
+ARCH = load_model_arch("meta-llama/Llama-3.1-8B")
+H100 = resolve_device("H100-SXM")
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLMSERVE_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture()
+def measured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "measured"
+    monkeypatch.setattr(factory, "measured_dir", lambda: root)
+    return root
+
+
+def test_analytical_is_the_roofline() -> None:
+    assert isinstance(
+        factory.make_latency_model(ARCH, H100, 1, "bf16", "analytical"), RooflineModel
+    )
+
+
+def test_auto_falls_back_to_the_roofline(measured: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(factory, "_aiconfigurator", lambda *args: None)
+    assert isinstance(factory.make_latency_model(ARCH, H100, 1, "bf16", "auto"), RooflineModel)
+
+
+def test_auto_prefers_aiconfigurator_over_the_roofline(
+    measured: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sentinel = RooflineModel(ARCH, H100)
+    monkeypatch.setattr(factory, "_aiconfigurator", lambda *args: sentinel)
+    assert factory.make_latency_model(ARCH, H100, 1, "bf16", "auto") is sentinel
+
+
+def test_auto_prefers_a_measured_profile(measured: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(factory, "_aiconfigurator", lambda *args: pytest.fail("not reached"))
+    write_profile(crafted_profile(), measured / "H100-SXM/meta-llama/Llama-3.1-8B/bf16/tp1")
+    model = factory.make_latency_model(ARCH, H100, 1, "bf16", "auto")
+    assert isinstance(model, ProfileLatencyModel)
+    assert factory.find_measured_profile(H100, ARCH.name, "bf16", 2) is None
+
+
+def test_profile_path(tmp_path: Path) -> None:
+    folder = write_profile(crafted_profile(), tmp_path / "p")
+    model = factory.make_latency_model(ARCH, H100, 1, "bf16", str(folder))
+    assert isinstance(model, ProfileLatencyModel)
+    assert model.iteration_time_s(BatchShape((16,), (0,))) > 0
+
+
+def test_profile_must_match_the_instance(tmp_path: Path) -> None:
+    folder = write_profile(crafted_profile(), tmp_path / "p")
+    with pytest.raises(DataFileError, match="measured at tp=1 but the instance has tp=2"):
+        factory.make_latency_model(ARCH, H100, 2, "bf16", str(folder))
+    with pytest.raises(DataFileError, match="measured on 'H100-SXM' but the instance runs on"):
+        factory.make_latency_model(ARCH, resolve_device("A100"), 1, "bf16", str(folder))
+    with pytest.raises(DataFileError, match="for model"):
+        other = load_model_arch("Qwen/Qwen3-32B")
+        factory.make_latency_model(other, H100, 1, "bf16", str(folder))
+
+
+def test_missing_collectives_are_filled_from_the_device_link(tmp_path: Path) -> None:
+    profile = crafted_profile(tp=2)
+    profile = Profile(**{**profile.__dict__, "collectives": {}})
+    folder = write_profile(profile, tmp_path / "p")
+    model = factory.make_latency_model(ARCH, H100, 2, "bf16", str(folder))
+    one = factory.make_latency_model(
+        ARCH, H100, 1, "bf16", str(write_profile(crafted_profile(), tmp_path / "q"))
+    )
+    batch = BatchShape((), (), 1, 101, 101)
+    gap = model.iteration_time_s(batch) - one.iteration_time_s(batch)
+    assert 0 < gap < 1e-3
+
+
+def test_not_a_profile_folder(tmp_path: Path) -> None:
+    with pytest.raises(DataFileError, match="not a profile folder"):
+        factory.make_latency_model(ARCH, H100, 1, "bf16", str(tmp_path))
+
+
+def _scenario(perf: str, base: Path) -> dict:
+    return {
+        "cluster": {
+            "nodes": [{"instances": [{"model": ARCH.name, "device": "H100-SXM", "perf": perf}]}]
+        },
+        "workload": {
+            "kind": "synthetic",
+            "arrival": {"process": "poisson", "rate_rps": 5},
+            "prompt_tokens": {"dist": "fixed", "value": 100},
+            "output_tokens": {"dist": "fixed", "value": 20},
+            "num_requests": 20,
+        },
+    }
+
+
+def test_scenario_with_a_profile_runs(tmp_path: Path) -> None:
+    write_profile(crafted_profile(), tmp_path / "prof")
+    scenario = validate_scenario(_scenario("prof", tmp_path), base_dir=tmp_path)
+    summary = build_simulation(scenario).run()
+    assert summary["num_finished"] == 20
+    assert np.isfinite(summary["mean_tpot_ms"])
+
+
+def test_scenario_with_a_bad_profile_names_the_key(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    scenario = validate_scenario(_scenario("empty", tmp_path), base_dir=tmp_path)
+    with pytest.raises(ScenarioError, match=r"cluster\.nodes\[0\]\.instances\[0\]\.perf"):
+        build_simulation(scenario)

@@ -1,0 +1,126 @@
+"""The profile format: write/read round trip and clear errors for malformed folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llmserve_env.config.errors import DataFileError
+from llmserve_env.perf.profile_format import (
+    is_profile_folder,
+    profile_digest,
+    read_profile,
+    write_profile,
+)
+from tests.perf.crafted import crafted_profile
+
+
+@pytest.fixture()
+def folder(tmp_path: Path) -> Path:
+    return write_profile(crafted_profile(tp=2, skew_alpha=0.5, moe=True), tmp_path / "p")
+
+
+def test_round_trip(folder: Path) -> None:
+    original = crafted_profile(tp=2, skew_alpha=0.5, moe=True)
+    back = read_profile(folder)
+    assert back.meta.sequence == original.meta.sequence
+    assert back.meta.tp == 2 and back.meta.num_layers == 2
+    assert back.meta.provenance["notes"] == "hand-computable test profile"
+    for op, c in original.dense.items():
+        np.testing.assert_allclose(back.dense[op].time_us, c.time_us)
+    assert back.attention is not None and original.attention is not None
+    assert len(back.attention) == len(original.attention)
+    np.testing.assert_allclose(np.sort(back.attention.time_us), np.sort(original.attention.time_us))
+    assert back.attention_skew is not None and back.moe is not None
+    assert ("all_reduce", 2) in back.collectives
+    assert is_profile_folder(folder)
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "attention.csv",
+        "attention_skew.csv",
+        "collectives.csv",
+        "dense.csv",
+        "meta.yaml",
+        "moe.csv",
+        "per_sequence.csv",
+    ]
+
+
+def test_digest_changes_with_content(folder: Path) -> None:
+    before = profile_digest(folder)
+    (folder / "dense.csv").write_text(
+        (folder / "dense.csv").read_text().replace("10.1", "10.2"), encoding="utf-8"
+    )
+    assert profile_digest(folder) != before
+
+
+def _edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text(encoding="utf-8")
+    assert old in text
+    path.write_text(text.replace(old, new, 1), encoding="utf-8")
+
+
+def test_bad_number_names_file_line_and_column(folder: Path) -> None:
+    lines = (folder / "dense.csv").read_text().splitlines()
+    lines[3] = lines[3].rsplit(",", 1)[0] + ",fast"
+    (folder / "dense.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(
+        DataFileError, match=r"dense\.csv:4: column 'time_us': expected a number, got 'fast'"
+    ):
+        read_profile(folder)
+
+
+def test_missing_column(folder: Path) -> None:
+    _edit(folder / "per_sequence.csv", "num_seqs", "seqs")
+    with pytest.raises(DataFileError, match=r"per_sequence\.csv:1: missing column\(s\) num_seqs"):
+        read_profile(folder)
+
+
+def test_duplicate_row(folder: Path) -> None:
+    text = (folder / "dense.csv").read_text()
+    second = text.splitlines()[1]
+    (folder / "dense.csv").write_text(text + second + "\n")
+    with pytest.raises(
+        DataFileError, match=r"duplicate row \(op=embedding, num_tokens=1\.0\); first at line 2"
+    ):
+        read_profile(folder)
+
+
+def test_negative_time(folder: Path) -> None:
+    lines = (folder / "moe.csv").read_text().splitlines()
+    lines[2] = lines[2].rsplit(",", 1)[0] + ",-1"
+    (folder / "moe.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataFileError, match=r"moe\.csv:3: column 'time_us': expected a value >= 0"):
+        read_profile(folder)
+
+
+def test_empty_attention_batch_row(folder: Path) -> None:
+    with (folder / "attention.csv").open("a") as f:
+        f.write("0,0,0,0,1.0\n")
+    with pytest.raises(DataFileError, match="empty batch"):
+        read_profile(folder)
+
+
+def test_unknown_meta_key_names_its_line(folder: Path) -> None:
+    _edit(folder / "meta.yaml", "num_layers: 2", "num_layers: 2\nnum_heads: 32")
+    with pytest.raises(DataFileError, match=r"meta\.yaml:\d+: num_heads: unknown key"):
+        read_profile(folder)
+
+
+def test_wrong_format_version(folder: Path) -> None:
+    _edit(folder / "meta.yaml", "format_version: 1", "format_version: 9")
+    with pytest.raises(DataFileError, match="reads version 1, got 9"):
+        read_profile(folder)
+
+
+def test_operator_in_no_table(folder: Path) -> None:
+    _edit(folder / "meta.yaml", "- proj", "- gate_proj")
+    with pytest.raises(DataFileError, match="operator 'gate_proj' is in no table"):
+        read_profile(folder)
+
+
+def test_not_a_profile_folder(tmp_path: Path) -> None:
+    with pytest.raises(DataFileError, match=r"meta\.yaml not found"):
+        read_profile(tmp_path)
+    assert not is_profile_folder(tmp_path)

@@ -1,0 +1,148 @@
+"""The PyTorch operator profiler on CPU with the tiny catalog model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+torch = pytest.importorskip("torch", reason="the profiler needs PyTorch")
+
+from llmserve_env.perf.base import BatchShape  # noqa: E402
+from llmserve_env.perf.compiled import compile_profile  # noqa: E402
+from llmserve_env.perf.model_arch import load_model_arch  # noqa: E402
+from llmserve_env.perf.profile_format import read_profile, write_profile  # noqa: E402
+from llmserve_env.perf.profile_model import ProfileLatencyModel  # noqa: E402
+from llmserve_env.perf.profiler import ProfileGrid, ProfilerOptions, profile_model  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ROOT / "profiles" / "models" / "llmserve" / "tiny-llama.json"
+GRID = ProfileGrid(
+    tokens=(1, 8, 64, 256),
+    seqs=(1, 8),
+    prefill_chunks=(16, 128),
+    prefill_contexts=(0, 128),
+    decode_batches=(1, 8),
+    decode_contexts=(16, 128),
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def _options(**overrides: object) -> ProfilerOptions:
+    values: dict[str, object] = dict(device="cpu", dtype="fp32", grid=GRID, warmup=1, repeat=3)
+    values.update(overrides)
+    return ProfilerOptions(**values)  # type: ignore[arg-type]
+
+
+def test_tiny_model_profile_loads_and_predicts(tmp_path: Path) -> None:
+    arch = load_model_arch(str(TINY))
+    profile = profile_model(arch, _options())
+    folder = write_profile(profile, tmp_path / "tiny")
+    loaded = read_profile(folder)
+    meta = loaded.meta
+    assert meta.source == "llmserve-profiler" and meta.device == "cpu"
+    assert meta.num_layers == arch.num_layers and meta.tp == 1
+    assert meta.provenance["torch"] == torch.__version__
+    assert "measured_at" in meta.provenance and "power" not in meta.provenance
+    assert set(loaded.dense) >= {"qkv_proj", "o_proj", "gate_up_proj", "down_proj", "layernorm"}
+    assert set(loaded.per_sequence) == {"lm_head", "sampler"}
+    model = ProfileLatencyModel(compile_profile(loaded), arch)
+    # Monotone in tokens: take the running maximum of noisy single-core timings into
+    # account by comparing points far apart.
+    times = [model.iteration_time_s(BatchShape((n,), (0,))) for n in (16, 256, 2048)]
+    assert all(t > 0 for t in times)
+    assert times[0] < times[1] < times[2]
+    decode = model.decode_times_s(8, np.array([8 * 16.0, 8 * 128.0]), np.array([16.0, 128.0]))
+    assert np.all(decode > 0)
+
+
+def test_moe_model_has_a_moe_table(tmp_path: Path) -> None:
+    config = json.loads(TINY.read_text())
+    config |= {"num_local_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 128}
+    path = tmp_path / "tiny-moe.json"
+    path.write_text(json.dumps(config))
+    arch = load_model_arch(str(path))
+    grid = ProfileGrid(
+        tokens=(1, 8),
+        seqs=(1,),
+        prefill_chunks=(16,),
+        prefill_contexts=(0,),
+        decode_batches=(1,),
+        decode_contexts=(16,),
+    )
+    profile = profile_model(arch, _options(grid=grid, repeat=1, warmup=0))
+    assert profile.moe is not None
+    assert "moe" in profile.meta.sequence.layer and "gate_up_proj" not in profile.dense
+    loaded = read_profile(write_profile(profile, tmp_path / "moe"))
+    model = ProfileLatencyModel(compile_profile(loaded), arch)
+    assert model.iteration_time_s(BatchShape((8,), (0,))) > 0
+
+
+def test_tensor_parallel_shard_lists_collectives() -> None:
+    arch = load_model_arch(str(TINY))
+    profile = profile_model(
+        arch, _options(tp=2, grid=ProfileGrid.quick().bounded(16, 16), repeat=1)
+    )
+    assert profile.meta.sequence.layer.count("all_reduce") == 2
+    assert profile.meta.collective_bytes_per_token == arch.hidden_size * 4
+
+
+def test_grid_and_options_validation() -> None:
+    assert ProfileGrid(tokens=(4, 1, 4)).tokens == (1, 4)
+    bounded = ProfileGrid().bounded(max_tokens=64, max_context=512)
+    assert max(bounded.tokens) <= 64 and max(bounded.prefill_contexts) <= 512
+    assert ProfileGrid().bounded(max_tokens=0).tokens == (1,)
+    with pytest.raises(ValueError, match="tokens"):
+        ProfileGrid(tokens=(0, 1))
+    with pytest.raises(ValueError, match="dtype"):
+        ProfilerOptions(dtype="fp8")
+    with pytest.raises(ValueError, match="repeat"):
+        ProfilerOptions(repeat=0)
+
+
+def test_cuda_request_without_gpu_is_a_clear_error() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ValueError, match="CUDA"):
+        profile_model(load_model_arch(str(TINY)), _options(device="cuda"))
+
+
+def test_cli(tmp_path: Path) -> None:
+    from llmserve_env.cli.main import main
+
+    out = tmp_path / "cli-profile"
+    result = CliRunner().invoke(
+        main,
+        [
+            "profile",
+            str(TINY),
+            "-o",
+            str(out),
+            "--device",
+            "cpu",
+            "--dtype",
+            "fp32",
+            "--quick",
+            "--max-tokens",
+            "64",
+            "--repeat",
+            "2",
+            "--warmup",
+            "0",
+            "--threads",
+            "1",
+            "--device-name",
+            "my-cpu",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert read_profile(out).meta.device == "my-cpu"
+    bad = CliRunner().invoke(main, ["profile", "no-such-model", "-o", str(tmp_path / "x")])
+    assert bad.exit_code != 0 and "unknown model" in bad.output

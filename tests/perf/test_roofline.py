@@ -1,0 +1,202 @@
+"""Roofline model: physical floors, monotonicity, calibration lookup, collectives."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from llmserve_env.perf.base import BatchShape, LatencyModel
+from llmserve_env.perf.comm import AlphaBetaComm, CollectiveTable
+from llmserve_env.perf.hardware import DeviceSpec, device_catalog, resolve_device
+from llmserve_env.perf.model_arch import DTYPE_BYTES, ModelArch, load_model_arch
+from llmserve_env.perf.roofline import (
+    FAMILY_CALIBRATIONS,
+    RooflineCalibration,
+    RooflineModel,
+    calibration_for,
+    device_family,
+)
+
+MODELS = ("meta-llama/Llama-3.1-8B", "meta-llama/Llama-3.1-70B", "Qwen/Qwen3-30B-A3B-Instruct-2507")
+DEVICES = ("H100-SXM", "A100-SXM-80GB", "MI300X", "TPU-v6e", "RTX4090", "Gaudi3")
+
+
+def _custom_device(**overrides: object) -> DeviceSpec:
+    figures: dict[str, object] = dict(
+        name="my-accelerator",
+        vendor="custom",
+        bf16_tflops=400.0,
+        fp8_tflops=None,
+        mem_gib=64.0,
+        mem_bw_gbps=2000.0,
+        scaleup_bw_gbps=200.0,
+        host_bw_gbps=32.0,
+        tdp_w=500.0,
+        idle_w=50.0,
+    )
+    figures.update(overrides)
+    return DeviceSpec(**figures)  # type: ignore[arg-type]
+
+
+def _weight_bytes_per_device(arch: ModelArch, tp: int, dtype: str, num_decodes: int) -> float:
+    """Bytes a decode step must read at least: every dense weight once (experts: the
+    expected distinct ones), the LM head, all over ``tp`` devices."""
+    wb = DTYPE_BYTES[dtype]
+    layers = arch.num_layers
+    dense = layers * arch.attn_params_per_layer
+    if arch.is_moe:
+        hit = arch.num_experts * (
+            1 - (1 - arch.experts_per_token / arch.num_experts) ** num_decodes
+        )
+        dense += layers * hit * 3 * arch.hidden_size * arch.moe_intermediate_size
+    else:
+        dense += layers * arch.mlp_params_per_layer
+    return (dense + arch.vocab_size * arch.hidden_size) * wb / tp
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("device_name", DEVICES)
+@pytest.mark.parametrize("tp", [1, 4])
+def test_decode_never_beats_reading_weights_and_kv(model: str, device_name: str, tp: int) -> None:
+    arch, device = load_model_arch(model), resolve_device(device_name)
+    roof = RooflineModel(arch, device, tp=tp)
+    bw = device.mem_bw_gbps * 1e9
+    for num_decodes, kv_each in ((1, 1), (1, 4096), (64, 2048), (256, 8192)):
+        kv_sum = num_decodes * kv_each
+        floor = (
+            _weight_bytes_per_device(arch, tp, "bf16", num_decodes)
+            + kv_sum * arch.kv_bytes_per_token("bf16") / tp
+        ) / bw
+        t = roof.iteration_time_s(BatchShape((), (), num_decodes, kv_sum, kv_each))
+        vec = roof.decode_times_s(
+            num_decodes, np.array([float(kv_sum)]), np.array([float(kv_each)])
+        )
+        assert t >= floor
+        assert vec[0] == pytest.approx(t)
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("device_name", DEVICES)
+def test_prefill_never_beats_its_flops_at_peak(model: str, device_name: str) -> None:
+    arch, device = load_model_arch(model), resolve_device(device_name)
+    roof = RooflineModel(arch, device, tp=2)
+    for new, ctx in ((128, 0), (2048, 0), (1024, 8192), (8192, 0)):
+        active = arch.attn_params_per_layer + arch.active_mlp_params_per_layer
+        linear = 2.0 * new * arch.num_layers * active
+        attn = 4.0 * arch.num_layers * arch.num_heads * arch.head_dim * new * (ctx + (new + 1) / 2)
+        floor = (linear + attn) / 2 / device.peak_flops("bf16")
+        assert roof.iteration_time_s(BatchShape((new,), (ctx,))) >= floor
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_monotone_in_tokens_kv_and_batch(model: str) -> None:
+    roof = RooflineModel(load_model_arch(model), resolve_device("H100"), tp=2)
+    prefill = [roof.iteration_time_s(BatchShape((n,), (0,))) for n in (1, 16, 256, 4096, 16384)]
+    assert np.all(np.diff(prefill) > 0)
+    with_ctx = [roof.iteration_time_s(BatchShape((512,), (c,))) for c in (0, 1024, 8192, 65536)]
+    assert np.all(np.diff(with_ctx) > 0)
+    kv = np.array([1e3, 1e4, 1e5, 1e6])
+    decode = roof.decode_times_s(32, kv, kv / 32)
+    assert np.all(np.diff(decode) > 0)
+    by_batch = [
+        float(roof.decode_times_s(b, np.array([b * 1024.0]), np.array([1024.0]))[0])
+        for b in (1, 8, 64, 512)
+    ]
+    assert np.all(np.diff(by_batch) > 0)
+    assert roof.iteration_time_s(BatchShape()) == 0.0
+
+
+def test_faster_device_is_faster() -> None:
+    arch = load_model_arch("meta-llama/Llama-3.1-8B")
+    batch = BatchShape((2048,), (0,), 32, 32 * 1024, 1024)
+    a100 = RooflineModel(arch, resolve_device("A100")).iteration_time_s(batch)
+    h100 = RooflineModel(arch, resolve_device("H100")).iteration_time_s(batch)
+    b200 = RooflineModel(arch, resolve_device("B200")).iteration_time_s(batch)
+    assert a100 > h100 > b200
+
+
+def test_is_a_latency_model() -> None:
+    roof = RooflineModel(load_model_arch("meta-llama/Llama-3.1-8B"), resolve_device("H100"))
+    assert isinstance(roof, LatencyModel)
+
+
+def test_calibration_lookup() -> None:
+    assert device_family(resolve_device("H100")) == "nvidia-hopper"
+    assert device_family(resolve_device("H200")) == "nvidia-hopper"
+    assert device_family(resolve_device("A100")) == "nvidia-ampere-dc"
+    assert device_family(resolve_device("B200")) == "nvidia-blackwell"
+    assert device_family(resolve_device("RTX-PRO-6000")) == "nvidia-blackwell-ws"
+    assert device_family(resolve_device("MI300X")) == "amd-cdna3"
+    assert device_family(resolve_device("TPU-v5e")) == "google-tpu"
+    assert device_family(resolve_device("Gaudi2")) == "intel-gaudi"
+    # Devices outside the catalog: by vendor, else generic.
+    assert device_family(_custom_device()) == "generic"
+    assert device_family(_custom_device(name="X100", vendor="nvidia")) == "nvidia-hopper"
+    assert (
+        calibration_for(resolve_device("H100")) is FAMILY_CALIBRATIONS["nvidia-hopper"].calibration
+    )
+    assert calibration_for(_custom_device()) == RooflineCalibration()
+
+
+def test_every_catalog_device_has_sane_constants() -> None:
+    for device in device_catalog().values():
+        cal = calibration_for(device)
+        for eff in (cal.eff_gemm, cal.eff_attn, cal.eff_mem, cal.comm_eff):
+            assert 0.0 < eff <= 1.0
+        assert cal.per_layer_overhead_s >= 0.0 and cal.overhead_s >= 0.0
+    for family in FAMILY_CALIBRATIONS.values():
+        assert family.source and family.fit_error
+
+
+def test_default_calibration_is_the_device_family() -> None:
+    arch, device = load_model_arch("meta-llama/Llama-3.1-8B"), resolve_device("A100")
+    assert RooflineModel(arch, device).calibration == calibration_for(device)
+
+
+def test_calibration_rejects_unphysical_derates() -> None:
+    with pytest.raises(ValueError, match="eff_mem"):
+        RooflineCalibration(eff_mem=1.2)
+    with pytest.raises(ValueError, match="eff_gemm"):
+        RooflineCalibration(eff_gemm=0.0)
+    with pytest.raises(ValueError, match="overhead_s"):
+        RooflineCalibration(overhead_s=-1.0)
+
+
+def test_bad_arguments() -> None:
+    arch, device = load_model_arch("meta-llama/Llama-3.1-8B"), resolve_device("H100")
+    with pytest.raises(ValueError, match="tp"):
+        RooflineModel(arch, device, tp=0)
+    with pytest.raises(ValueError, match="dtype"):
+        RooflineModel(arch, device, dtype="int3")
+
+
+def test_tensor_parallel_all_reduce_uses_the_comm_model() -> None:
+    arch, device = load_model_arch("meta-llama/Llama-3.1-70B"), resolve_device("H100")
+    batch = BatchShape((1024,), (0,))
+    cal = dataclasses.replace(calibration_for(device), overhead_s=0.0)
+    slow = AlphaBetaComm(bandwidth_gbps=1.0, latency_s=1e-3, efficiency=1.0)
+    fast = RooflineModel(arch, device, tp=4, calibration=cal).iteration_time_s(batch)
+    with_slow = RooflineModel(arch, device, tp=4, calibration=cal, comm=slow).iteration_time_s(
+        batch
+    )
+    bytes_per_ar = 1024 * arch.hidden_size * 2
+    extra = 2 * arch.num_layers * (slow.time_s("all_reduce", bytes_per_ar, 4))
+    assert with_slow - fast == pytest.approx(
+        extra
+        - 2
+        * arch.num_layers
+        * RooflineModel(arch, device, tp=4).comm.time_s("all_reduce", bytes_per_ar, 4),
+        rel=1e-6,
+    )
+    table = CollectiveTable(
+        {("all_reduce", 4): (np.array([1e3, 1e9]), np.array([1e-3, 1e-3]))}, source="flat"
+    )
+    tabled = RooflineModel(arch, device, tp=4, calibration=cal, comm=table).iteration_time_s(batch)
+    assert tabled > fast
+    # A single device has no collectives at all.
+    single = RooflineModel(arch, device, tp=1, calibration=cal, comm=slow)
+    assert single.iteration_time_s(batch) == RooflineModel(
+        arch, device, tp=1, calibration=cal
+    ).iteration_time_s(batch)
