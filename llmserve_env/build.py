@@ -339,7 +339,7 @@ class SimulationFactory:
             e2e_s=None if scenario.slo.e2e_ms is None else scenario.slo.e2e_ms / 1e3,
         )
         itl = ItlHistogram()
-        nodes = [NodePower(spec) for spec in self.node_specs]
+        nodes = [NodePower(spec) for spec in self.node_specs] if scenario.power.enabled else []
         power_cfg = scenario.power
         instances = []
         for index, (plan, latency) in enumerate(zip(self.plans, self.latency_models, strict=True)):
@@ -357,11 +357,13 @@ class SimulationFactory:
                 weight_bytes=arch.weight_bytes(plan.group.dtype) / tp,
                 host_gbps=plan.device.host_bw_gbps,
                 cap_w=power_cfg.cap_w,
-                node=nodes[plan.node_id],
+                node=nodes[plan.node_id] if nodes else NodePower(self.node_specs[plan.node_id]),
                 collective_bytes_per_token=collective,
             )
             if plan.group.initial_power_state != "on":
                 power.set_state(_POWER_STATES[plan.group.initial_power_state], 0.0)
+            if not power_cfg.enabled:
+                power = None
             instances.append(
                 Instance(
                     instance_id=index,
@@ -377,13 +379,17 @@ class SimulationFactory:
             )
         router = None if external_routing else make_router(scenario.router.policy, rngs["routing"])
         target_tpot = power_cfg.target_tpot_ms or scenario.slo.tpot_ms
-        governor = make_governor(
-            power_cfg.governor,
-            up=power_cfg.up_threshold,
-            down=power_cfg.down_threshold,
-            idle_timeout_s=power_cfg.idle_timeout_s,
-            sleep_level=power_cfg.sleep_level,
-            target_tpot_s=None if target_tpot is None else target_tpot / 1e3,
+        governor = (
+            None
+            if not power_cfg.enabled
+            else make_governor(
+                power_cfg.governor,
+                up=power_cfg.up_threshold,
+                down=power_cfg.down_threshold,
+                idle_timeout_s=power_cfg.idle_timeout_s,
+                sleep_level=power_cfg.sleep_level,
+                target_tpot_s=None if target_tpot is None else target_tpot / 1e3,
+            )
         )
         return Simulation(
             kernel,

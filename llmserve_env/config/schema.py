@@ -590,6 +590,9 @@ Governor = Literal["always_max", "always_min", "ondemand", "idle_timeout_sleep",
 class PowerConfig(StrictModel):
     """Device power management and energy accounting."""
 
+    enabled: bool = True
+    """Model power states, clocks and energy. Off: iterations run at full clock and no
+    energy is reported (slightly faster)."""
     governor: Governor = "always_max"
     """Heuristic that drives clocks and sleep when no agent does."""
     control_interval_s: PositiveFloat = 1.0

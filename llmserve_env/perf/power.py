@@ -213,6 +213,13 @@ class WorkModel:
         share = compute / total if total > 0 else 0.0
         return gemm_f + attn_f + head_f, gemm_b + attn_b + head_b, share
 
+    def decode_affine(self, num: int) -> tuple[float, float, float, float]:
+        """Decode work as affine functions of the summed KV length ``kv``:
+        ``flops = f0 + f1 * kv`` and ``bytes = b0 + b1 * kv`` (per device)."""
+        f0 = (self._gemm_flops_per_token + self._head_flops_per_seq) * num
+        b0 = float(self._weights_read(num)) + num * self._elementwise_bytes_per_token + self._head_bytes
+        return f0, self._attn_flops_per_kv, b0, self._kv_bytes_per_token
+
     def decode(self, num: int, kv_sum: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
         """``(flops, bytes, compute_share)`` arrays for decode-only iterations."""
         kv_sum = np.asarray(kv_sum, dtype=np.float64)
@@ -239,6 +246,16 @@ def scaled_time(
     if freq >= 1.0:
         return time_s
     return time_s * (1.0 + share * (1.0 / freq - 1.0))
+
+
+def active_power_scalar(
+    spec: DevicePowerSpec, work: WorkModel, flops: float, nbytes: float, time_s: float, freq: float
+) -> float:
+    """:func:`active_power_w` for plain floats (no numpy overhead on the hot path)."""
+    time_s = max(time_s, 1e-9)
+    mfu = min(flops / (time_s * work.peak_flops), 1.0)
+    mbu = min(nbytes / (time_s * work.bandwidth), 1.0)
+    return spec.idle_w + spec.compute_w * mfu * freq * freq + spec.memory_w * mbu
 
 
 def active_power_w(

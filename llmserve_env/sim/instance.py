@@ -559,17 +559,17 @@ class Instance:
         i = np.arange(1, steps + 1, dtype=np.float64)
         kv_sum = float(sum(computed)) + num * i
         durations = self.latency.decode_times_s(num, kv_sum, float(max(computed)) + i)
-        powers = None
+        energies = None
         if self.power is not None:
-            durations, powers = self.power.stretch(num, kv_sum, durations)
+            durations, energies = self.power.stretch(num, kv_sum, durations)
         self._run = list(running)
         self._run_need = need
         self._run_last0 = [r.last_token_s for r in running]
         self._run_blocks = 0
         self._run_materialized = 0
         self._run_ends = now + np.cumsum(durations)
-        if self.power is not None and powers is not None:
-            self._run_cum_j = self.power.begin_stretch(now, self._run_ends, powers)
+        if self.power is not None and energies is not None:
+            self._run_cum_j = self.power.begin_stretch(now, self._run_ends, energies)
         self._run_start = now
         self._run_done = 0
         self._run_len = steps

@@ -19,7 +19,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from llmserve_env.perf.base import BatchShape
-from llmserve_env.perf.power import DevicePowerSpec, WorkModel, active_power_w, scaled_time
+from llmserve_env.perf.power import (
+    DevicePowerSpec,
+    WorkModel,
+    active_power_scalar,
+    active_power_w,
+    scaled_time,
+)
 
 FloatArray = NDArray[np.float64]
 
@@ -197,7 +203,6 @@ class InstancePower:
         self._busy_w = 0.0
         self._ends: FloatArray = np.empty(0)
         self._cum_j: FloatArray = np.empty(0)
-        self._powers: FloatArray = np.empty(0)
 
     # ------------------------------------------------------------------ clocks
 
@@ -225,10 +230,11 @@ class InstancePower:
         """The highest allowed clock whose power stays under the cap: (f, t, P)."""
         spec = self.spec
         levels = spec.clock_levels
+        work = self.work
         for index in range(self.freq_index, -1, -1):
             f = levels[index]
-            t = float(scaled_time(time_s, share, f))
-            p = float(active_power_w(spec, self.work, flops, nbytes, t, f))
+            t = time_s if f >= 1.0 else time_s * (1.0 + share * (1.0 / f - 1.0))
+            p = active_power_scalar(spec, work, flops, nbytes, t, f)
             if p <= self.cap_w or index == 0:
                 return f, t, min(p, self.cap_w)
         raise AssertionError("unreachable")
@@ -248,8 +254,27 @@ class InstancePower:
     def stretch(
         self, num: int, kv_sum: FloatArray, times_s: FloatArray
     ) -> tuple[FloatArray, FloatArray]:
-        """Clock-adjusted durations and per-instance powers of decode iterations (the
+        """Clock-adjusted durations and per-instance energies of decode iterations (the
         capped clock is chosen on the first iteration and held for the stretch)."""
+        self.node.add_traffic("links", self._collective_bytes(num) * len(times_s))
+        spec = self.spec
+        if self.freq_index == len(spec.clock_levels) - 1 and not self._clock_penalty_s:
+            # Full clock: energy is linear in time, FLOPs and bytes, and the work is
+            # affine in the KV length, so no per-iteration power model is needed.
+            f0, f1, b0, b1 = self.work.decode_affine(num)
+            first, last = float(times_s[0]), float(times_s[-1])
+            kv_first, kv_last = float(kv_sum[0]), float(kv_sum[-1])
+            work = self.work
+            p_first = active_power_scalar(spec, work, f0 + f1 * kv_first, b0 + b1 * kv_first, first, 1.0)
+            p_last = active_power_scalar(spec, work, f0 + f1 * kv_last, b0 + b1 * kv_last, last, 1.0)
+            mfu_ok = (f0 + f1 * kv_first) <= first * work.peak_flops
+            mbu_ok = (b0 + b1 * kv_first) <= first * work.bandwidth
+            if max(p_first, p_last) <= self.cap_w and mfu_ok and mbu_ok:
+                self.last_freq_used = 1.0
+                c = spec.compute_w / work.peak_flops
+                m = spec.memory_w / work.bandwidth
+                energy = spec.idle_w * times_s + (c * f0 + m * b0) + (c * f1 + m * b1) * kv_sum
+                return times_s, energy * self.num_devices
         flops, nbytes, share = self.work.decode(num, kv_sum)
         f, _, _ = self._capped_freq(
             float(flops[0]), float(nbytes[0]), float(times_s[0]), float(share[0])
@@ -259,11 +284,8 @@ class InstancePower:
         if self._clock_penalty_s:
             t[0] += self._clock_penalty_s
             self._clock_penalty_s = 0.0
-        p = np.minimum(
-            np.asarray(active_power_w(self.spec, self.work, flops, nbytes, t, f)), self.cap_w
-        )
-        self.node.add_traffic("links", self._collective_bytes(num) * len(t))
-        return t, p * self.num_devices
+        p = np.minimum(np.asarray(active_power_w(spec, self.work, flops, nbytes, t, f)), self.cap_w)
+        return t, p * t * self.num_devices
 
     def _collective_bytes(self, tokens: int) -> float:
         """Bytes the instance's tensor-parallel all-reduces move for ``tokens``."""
@@ -311,7 +333,7 @@ class InstancePower:
         done = float(self._cum_j[k - 1]) if k > 0 else 0.0
         if k < len(ends):
             prev = float(ends[k - 1]) if k > 0 else self._busy_start
-            done += float(self._powers[k]) * (t - prev)
+            done += self._stretch_power(k) * (t - prev)
         return done
 
     def settle(self, now: float) -> None:
@@ -345,7 +367,7 @@ class InstancePower:
             if self._seg == "busy":
                 return self._busy_w
             k = int(self._ends.searchsorted(now, side="right"))
-            return float(self._powers[min(k, len(self._powers) - 1)])
+            return self._stretch_power(min(k, len(self._ends) - 1))
         if self.state == PowerState.ON:
             tail = self._rest_since + self.spec.standby_s
             per = self.spec.standby_w if now < tail else self.spec.idle_w
@@ -359,17 +381,23 @@ class InstancePower:
         self._busy_start, self._busy_end, self._busy_w = now, end, power_w
         self.node.busy_change(+1, now)
 
-    def begin_stretch(self, now: float, ends: FloatArray, powers: FloatArray) -> FloatArray:
-        """Decode iterations end at ``ends`` with ``powers``; returns the cumulative
-        energy at each iteration end (for per-request attribution)."""
+    def begin_stretch(self, now: float, ends: FloatArray, energies: FloatArray) -> FloatArray:
+        """Decode iterations end at ``ends`` using ``energies`` each; returns the
+        cumulative energy at each iteration end (for per-request attribution)."""
         self.settle(now)
         self._seg = "stretch"
-        durations = np.diff(ends, prepend=now)
-        self._cum_j = np.cumsum(powers * durations)
-        self._ends, self._powers = ends, powers
+        self._cum_j = np.cumsum(energies)
+        self._ends = ends
         self._busy_start, self._busy_end = now, float(ends[-1])
         self.node.busy_change(+1, now)
         return self._cum_j
+
+    def _stretch_power(self, k: int) -> float:
+        """Average power of the stretch's iteration ``k``."""
+        cum, ends = self._cum_j, self._ends
+        energy = float(cum[k]) - (float(cum[k - 1]) if k else 0.0)
+        start = float(ends[k - 1]) if k else self._busy_start
+        return energy / max(float(ends[k]) - start, 1e-12)
 
     def cut_stretch(self, end: float) -> None:
         """The stretch now ends at ``end`` (an iteration boundary)."""
