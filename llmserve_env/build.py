@@ -350,7 +350,7 @@ class SimulationFactory:
                 if tp > 1
                 else 0.0
             )
-            power = InstancePower(
+            power: InstancePower | None = InstancePower(
                 self.power_specs[index],
                 self.work_models[index],
                 num_devices=tp,
@@ -360,6 +360,7 @@ class SimulationFactory:
                 node=nodes[plan.node_id] if nodes else NodePower(self.node_specs[plan.node_id]),
                 collective_bytes_per_token=collective,
             )
+            assert power is not None
             if plan.group.initial_power_state != "on":
                 power.set_state(_POWER_STATES[plan.group.initial_power_state], 0.0)
             if not power_cfg.enabled:
