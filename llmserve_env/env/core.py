@@ -252,6 +252,10 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
                 BatchingHead(env_cfg.heads.batching, self.num_instances, self.max_instances)
             )
         if env_cfg.heads.power.enabled:
+            if not cfg.power.enabled:
+                raise ScenarioError(
+                    [("env.heads.power.enabled", "the power head needs power.enabled: true")]
+                )
             levels = max(len(spec.clock_levels) for spec in self.factory.power_specs)
             self.heads.append(PowerHead(self.num_instances, self.max_instances, levels))
         if not self.heads:
@@ -460,14 +464,16 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             params = inst.params
             free = pool.num_free_blocks
             power = inst.power
-            assert power is not None
-            state = power.state
-            if state == PowerState.ON:
-                to_wake = 0.0
-            elif state == PowerState.WAKING:
-                to_wake = max(power.wake_ready_s - now, 0.0)
+            if power is None:  # power.enabled is off: always on, full clock, no draw
+                state, clock, watts, to_wake = PowerState.ON, 1.0, 0.0, 0.0
             else:
-                to_wake = power.wake_time_s()
+                state, clock, watts = power.state, power.freq, power.power_w(now)
+                if state == PowerState.ON:
+                    to_wake = 0.0
+                elif state == PowerState.WAKING:
+                    to_wake = max(power.wake_ready_s - now, 0.0)
+                else:
+                    to_wake = power.wake_time_s()
             rows.append(
                 (
                     1.0,
@@ -480,8 +486,8 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
                     params.max_num_seqs,
                     params.max_num_batched_tokens,
                     int(state),
-                    power.freq,
-                    power.power_w(now),
+                    clock,
+                    watts,
                     to_wake,
                 )
             )

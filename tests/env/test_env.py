@@ -390,3 +390,52 @@ def test_trace_segment_option(shared) -> None:  # type: ignore[no-untyped-def]
     obs_a, _ = env.reset(seed=0)
     obs_b, _ = env.reset(seed=0, options={"start_s": 600.0})
     assert obs_a["request_prompt_tokens"][0] != obs_b["request_prompt_tokens"][0]
+
+
+def test_power_head_masks_and_effects() -> None:
+    env = gym.make(
+        SMALL_CLUSTER, overrides=["env.heads.power.enabled=true", "env.reward.energy=-0.001"]
+    ).unwrapped
+    nvec = env.action_space.nvec.tolist()
+    assert nvec == [5] * 4 + [4, 7] * 4
+    env.reset(seed=0)
+    action = np.array([4] * 4 + [0, 6] * 4)
+    action[4 + 2 * 3] = 1  # instance 3 to sleep level 1
+    obs, reward, *_, info = env.step(action)
+    assert obs["power_state"].tolist() == [0, 0, 0, 2]
+    assert obs["time_to_wake_s"][3] > 0 and obs["power_w"][3] < obs["power_w"][0]
+    assert reward == pytest.approx(
+        sum(env.reward_weights[k] * v for k, v in info["reward_terms"].items())
+    )
+    assert info["reward_terms"]["energy"] > 0
+    masks = env.action_masks()
+    state_mask = masks[20 + 3 * 11 : 20 + 3 * 11 + 4]
+    assert state_mask.tolist() == [True, True, True, True]
+    action[4 + 2 * 3] = 0  # wake it: a waking instance may only continue to on
+    obs, *_ = env.step(action)
+    assert obs["power_state"][3] == 1
+    masks = env.action_masks()
+    assert masks[20 + 3 * 11 : 20 + 3 * 11 + 4].tolist() == [True, False, False, False]
+    action[4 + 2 * 3] = 3  # illegal while waking: counted, state unchanged
+    _, _, _, _, info = env.step(action)
+    assert info["illegal_actions"] >= 1
+    action[4 + 2 * 3] = 0
+    for _ in range(5):
+        obs, *_ = env.step(action)
+    assert obs["power_state"][3] == 0 and obs["time_to_wake_s"][3] == 0
+    # Lower clocks cost time and save power on the same arrivals.
+    slow = np.array([4] * 4 + [0, 0] * 4)
+    fork = env.fork()
+    obs_fast, *_ = env.step(np.array([4] * 4 + [0, 6] * 4))
+    obs_slow, *_ = fork.step(slow)
+    assert obs_slow["clock_frac"][0] == pytest.approx(0.4)
+    assert obs_fast["clock_frac"][0] == pytest.approx(1.0)
+
+
+def test_power_disabled_scenarios_still_work() -> None:
+    env = gym.make(SMALL, overrides=["power.enabled=false"]).unwrapped
+    obs, _ = env.reset(seed=0)
+    obs, _, _, _, info = env.step(np.array([0]))
+    assert obs["power_w"].sum() == 0 and info["reward_terms"]["energy"] == 0
+    with pytest.raises(ScenarioError, match="power head needs"):
+        gym.make(SMALL, overrides=["power.enabled=false", "env.heads.power.enabled=true"])
