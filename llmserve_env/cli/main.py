@@ -282,5 +282,11 @@ from llmserve_env.cli.profile_cmd import profile  # noqa: E402
 
 main.add_command(profile)
 
+from llmserve_env.cli.agent_cmd import eval_cmd, train_cmd, whatif_cmd  # noqa: E402
+
+main.add_command(eval_cmd)
+main.add_command(train_cmd)
+main.add_command(whatif_cmd)
+
 if __name__ == "__main__":  # pragma: no cover
     main()

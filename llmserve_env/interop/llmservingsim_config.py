@@ -10,13 +10,16 @@ routing, 16-bit weights, prefix caching off unless asked for, the first ``N`` re
 ``npu_mem.mem_size`` (GB, times ``mem_util`` in the current schema) becomes
 ``gpu_memory_utilization`` relative to the catalog device's memory.
 
+Per-node ``power`` blocks become the nodes' ``power`` settings and ``power.devices``
+entries (see :mod:`llmserve_env.interop.llmservingsim_power`).
+
 Features the simulator does not model yet are refused with
 :class:`UnsupportedFeatureError`, naming the feature and the config key: P/D
 disaggregation (``pd_type``), CXL memory (``cxl_mem``), PIM (``cpu_mem.pim_config``),
-power models (``power``), per-layer placement (``placement``), pipeline and expert
-parallelism (``npu_group`` > 1, ``pp_size``, ``ep_size``, ``dp_group``), a second-tier
-prefix store (``--prefix-storage``, ``--enable-prefix-sharing``), an FP8 KV cache, and
-clusters serving several models.
+per-layer placement (``placement``), pipeline and expert parallelism (``npu_group`` > 1,
+``pp_size``, ``ep_size``, ``dp_group``), a second-tier prefix store
+(``--prefix-storage``, ``--enable-prefix-sharing``), an FP8 KV cache, clusters serving
+several models, and different power figures for one accelerator on different nodes.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from llmserve_env.config.errors import DataFileError, LLMServeError
+from llmserve_env.interop.llmservingsim_power import device_power, node_power
 from llmserve_env.perf.hardware import DeviceSpec, resolve_device
 from llmserve_env.perf.model_arch import ModelArch, load_model_arch
 
@@ -141,8 +145,6 @@ def _unsupported(config: dict[str, Any], options: ImportOptions) -> list[tuple[s
         found.append(("prefix sharing across instances", "--enable-prefix-sharing"))
     for n, node in enumerate(config["nodes"]):
         where = f"nodes[{n}]"
-        if "power" in node:
-            found.append(("power model", f"{where}.power"))
         if isinstance(node.get("cpu_mem"), dict) and "pim_config" in node["cpu_mem"]:
             found.append(("processing-in-memory (PIM) attention", f"{where}.cpu_mem.pim_config"))
         for i, inst in enumerate(node.get("instances") or []):
@@ -284,6 +286,7 @@ def convert_cluster(
     out.link_bw_gbps = float(config.get("link_bw", 0.0) or 0.0)
     out.link_latency_us = float(config.get("link_latency", 0.0) or 0.0) / 1e3
     nodes = []
+    devices_power: dict[str, dict[str, float]] = {}
     for n, node in enumerate(config["nodes"]):
         groups = []
         for i, inst in enumerate(node.get("instances") or []):
@@ -308,7 +311,29 @@ def convert_cluster(
             entry["dram_gib"] = float(cpu["mem_size"])
         if "mem_bw" in cpu:
             entry["dram_bw_gbps"] = float(cpu["mem_bw"])
+        if "power" in node:
+            entry["power"] = node_power(node, f"nodes[{n}]", path, out.notes)
+            hardware = [str(inst["hardware"]) for inst in node.get("instances") or []]
+            for device, figures in device_power(
+                node["power"], hardware, f"nodes[{n}].power", path, out.notes
+            ).items():
+                if devices_power.setdefault(device, figures) != figures:
+                    raise UnsupportedFeatureError(
+                        str(path),
+                        [
+                            (
+                                f"different power figures for {device} on different nodes",
+                                f"nodes[{n}].power.npu",
+                            )
+                        ],
+                    )
         nodes.append(entry)
+    with_power = sum("power" in node for node in config["nodes"])
+    if 0 < with_power < len(config["nodes"]):
+        out.notes.append(
+            "nodes without a power block keep llmserve's default node power (LLMServingSim "
+            "turns power modelling off for every node when one lacks a block)"
+        )
     engine = dict(LLMSERVINGSIM_DEFAULTS)
     engine["enable_prefix_caching"] = options.enable_prefix_caching
     for knob in ("max_num_batched_tokens", "max_num_seqs", "block_size", "max_model_len"):
@@ -334,4 +359,6 @@ def convert_cluster(
         "router": {"policy": "round_robin"},
         "workload": workload,
     }
+    if devices_power:
+        out.scenario["power"] = {"devices": devices_power}
     return out

@@ -217,7 +217,11 @@ class WorkModel:
         """Decode work as affine functions of the summed KV length ``kv``:
         ``flops = f0 + f1 * kv`` and ``bytes = b0 + b1 * kv`` (per device)."""
         f0 = (self._gemm_flops_per_token + self._head_flops_per_seq) * num
-        b0 = float(self._weights_read(num)) + num * self._elementwise_bytes_per_token + self._head_bytes
+        b0 = (
+            float(self._weights_read(num))
+            + num * self._elementwise_bytes_per_token
+            + self._head_bytes
+        )
         return f0, self._attn_flops_per_kv, b0, self._kv_bytes_per_token
 
     def decode(self, num: int, kv_sum: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:

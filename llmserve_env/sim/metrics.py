@@ -99,7 +99,7 @@ class MetricsRecorder:
         self.slo = slo
         self.rows: list[tuple[Any, ...]] = []
         self.series: list[tuple[Any, ...]] = []
-        self._last_counts: dict[int, tuple[float, int, int, int, int]] = {}
+        self._last_counts: dict[int, tuple[float, int, int, int, int, float]] = {}
         self.num_finished = 0
         self.num_rejected = 0
         self.num_unfinished = 0
@@ -167,9 +167,17 @@ class MetricsRecorder:
         power_state: int = 0,
         clock: float = 1.0,
     ) -> None:
-        """Append one time-series row for one instance."""
-        prev = self._last_counts.get(instance_id, (0.0, 0, 0, 0, 0))
+        """Append one time-series row for one instance.
+
+        ``power_w`` is the draw at ``time_s`` and ``energy_j`` the energy used so far;
+        the row's ``power_w`` is the average over the interval since the previous
+        sample (``energy_j`` difference over time, as a power meter reports it), or
+        the draw at ``time_s`` for the first sample.
+        """
+        prev = self._last_counts.get(instance_id, (0.0, 0, 0, 0, 0, 0.0))
         dt = time_s - prev[0]
+        if dt > 0:
+            power_w = (energy_j - prev[5]) / dt
         d_prompt = stats.prompt_tokens - prev[1]
         d_gen = stats.generation_tokens - prev[2]
         d_query = stats.prefix_query_tokens - prev[3]
@@ -180,6 +188,7 @@ class MetricsRecorder:
             stats.generation_tokens,
             stats.prefix_query_tokens,
             stats.prefix_hit_tokens,
+            energy_j,
         )
         self.series.append(
             (

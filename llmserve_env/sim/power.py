@@ -265,8 +265,12 @@ class InstancePower:
             first, last = float(times_s[0]), float(times_s[-1])
             kv_first, kv_last = float(kv_sum[0]), float(kv_sum[-1])
             work = self.work
-            p_first = active_power_scalar(spec, work, f0 + f1 * kv_first, b0 + b1 * kv_first, first, 1.0)
-            p_last = active_power_scalar(spec, work, f0 + f1 * kv_last, b0 + b1 * kv_last, last, 1.0)
+            p_first = active_power_scalar(
+                spec, work, f0 + f1 * kv_first, b0 + b1 * kv_first, first, 1.0
+            )
+            p_last = active_power_scalar(
+                spec, work, f0 + f1 * kv_last, b0 + b1 * kv_last, last, 1.0
+            )
             mfu_ok = (f0 + f1 * kv_first) <= first * work.peak_flops
             mbu_ok = (b0 + b1 * kv_first) <= first * work.bandwidth
             if max(p_first, p_last) <= self.cap_w and mfu_ok and mbu_ok:

@@ -217,6 +217,7 @@ class Simulation:
         now = self.kernel.now
         for inst in self.instances:
             inst.advance_to(now)
+            power = inst.power
             self.metrics.sample(
                 now,
                 inst.instance_id,
@@ -224,6 +225,10 @@ class Simulation:
                 inst.num_running,
                 inst.num_waiting,
                 inst.kv_usage_frac,
+                power_w=0.0 if power is None else power.power_w(now),
+                energy_j=0.0 if power is None else power.energy_j(now),
+                power_state=0 if power is None else int(power.state),
+                clock=1.0 if power is None else power.freq,
             )
         interval = self.sample_interval_s
         if interval is not None and not self.drained:

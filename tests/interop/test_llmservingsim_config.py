@@ -36,8 +36,8 @@ PAPER_SETUPS: dict[str, list[str] | None] = {
     "figure_5/H100/config/SD+PC_config.json": None,
     "figure_5/H100/config/SM_config.json": None,
     "figure_5/H100/config/PDD_config.json": ["config key nodes[0].instances[0].pd_type"],
-    "figure_6/config/power_config_tp1.json": ["power model (config key nodes[0].power)"],
-    "figure_6/config/power_config_tp2.json": ["power model (config key nodes[0].power)"],
+    "figure_6/config/power_config_tp1.json": None,
+    "figure_6/config/power_config_tp2.json": None,
     "figure_7/config/SD+PC_config.json": None,
     "figure_7/config/MD+PC+PS_config.json": [
         "second-tier prefix store in CPU (config key --prefix-storage)",
@@ -48,9 +48,8 @@ PAPER_SETUPS: dict[str, list[str] | None] = {
     "figure_8/config/SM_config.json": None,
     "figure_8/config/PDD_config.json": ["config key nodes[0].instances[1].pd_type"],
     "figure_9/config/SD_config.json": None,
-    "figure_10/config/gpu_only_config.json": ["power model (config key nodes[0].power)"],
+    "figure_10/config/gpu_only_config.json": None,
     "figure_10/config/pim_config.json": [
-        "power model (config key nodes[0].power)",
         "processing-in-memory (PIM) attention (config key nodes[0].cpu_mem.pim_config)",
     ],
 }
@@ -161,3 +160,50 @@ def test_missing_profile_is_named(shared: Path, tmp_path: Path) -> None:
             ImportOptions(),
             shared / CURRENT / "perf",
         )
+
+
+def test_power_block_carried_over(shared: Path, tmp_path: Path) -> None:
+    """Figure 6's power block becomes node power and ``power.devices``; the run reports
+    energy with the A6000's imported idle floor."""
+    converted = convert_cluster(
+        shared / PAPER / "evaluation/figure_6/config/power_config_tp1.json",
+        shared / TRACE,
+        ImportOptions(num_reqs=20),
+    )
+    node = converted.scenario["cluster"]["nodes"][0]["power"]
+    assert node["base_w"] == 219 and node["num_dimms"] == 128 // 32
+    # LLMServingSim's always-on CPU draw: idle + (active - idle) x util.
+    assert node["cpu_idle_w"] == pytest.approx(10 + 175 * 0.5)
+    assert node["cpu_util"] == pytest.approx((0.7 - 0.5) / 0.5)
+    assert node["nic_idle_w"] == 11.2 and node["num_storage"] == 1
+    device = converted.scenario["power"]["devices"]["RTX-A6000"]
+    assert device == {"idle_w": 33.0, "standby_w": 89.0, "tdp_w": 300.0, "standby_s": 18.0}
+    assert any("cpu_util" in note for note in converted.notes)
+    out = tmp_path / "fig6.yaml"
+    out.write_text(yaml.safe_dump(converted.scenario))
+    summary = build_simulation(load_scenario(out)).run()
+    assert summary["num_finished"] == 20
+    breakdown = summary["energy_breakdown_j"]
+    assert summary["energy_j"] == pytest.approx(sum(breakdown.values()), rel=1e-9)
+    # The device never draws less than its imported idle power.
+    assert breakdown["devices"] >= 33.0 * summary["makespan_s"] * (1 - 1e-9)
+
+
+def test_power_block_errors_name_the_key(shared: Path, tmp_path: Path) -> None:
+    import json
+
+    config = json.loads(
+        (shared / PAPER / "evaluation/figure_6/config/power_config_tp1.json").read_text()
+    )
+    del config["nodes"][0]["power"]["npu"]["A6000"]["standby_duration"]
+    bad = tmp_path / "c.json"
+    bad.write_text(json.dumps(config))
+    with pytest.raises(
+        DataFileError, match=r"nodes\[0\]\.power\.npu\.A6000: missing 'standby_duration'"
+    ):
+        convert_cluster(bad, shared / TRACE, ImportOptions())
+    config["nodes"][0]["power"]["npu"]["A6000"]["standby_duration"] = 18
+    config["nodes"][0]["power"]["cpu"]["util"] = "half"
+    bad.write_text(json.dumps(config))
+    with pytest.raises(DataFileError, match=r"nodes\[0\]\.power\.cpu\.util: expected a number"):
+        convert_cluster(bad, shared / TRACE, ImportOptions())

@@ -143,6 +143,21 @@ def test_capped_run_never_exceeds_cap_in_the_time_series() -> None:
     assert capped["mean_ttft_ms"] > uncapped["mean_ttft_ms"]
 
 
+def test_time_series_power_is_the_interval_average_of_device_energy() -> None:
+    sim = build_simulation(load_scenario("default", ["workload.num_requests=200"]))
+    summary = sim.run()
+    series = sim.metrics.timeseries_table()
+    time_s = np.asarray(series["time_s"], dtype=float)
+    energy = np.asarray(series["energy_j"], dtype=float)
+    power = np.asarray(series["power_w"], dtype=float)
+    assert len(time_s) > 10 and np.all(np.diff(energy) >= 0)
+    # Each row's watts are the energy used since the previous row over the interval,
+    # as a power meter reports, and sit between idle and TDP.
+    np.testing.assert_allclose(power[1:] * np.diff(time_s), np.diff(energy), rtol=1e-9)
+    assert H100.idle_w <= power.min() and power.max() <= H100.tdp_w
+    assert energy[-1] <= summary["energy_breakdown_j"]["devices"] + 1e-6
+
+
 def test_sleep_reroutes_and_wake_takes_reload_time() -> None:
     sim = build_simulation(load_scenario("cluster-4x-h100", ["workload.num_requests=400"]))
     sim.run_until(5.0)
