@@ -175,6 +175,7 @@ class WorkModel:
             else arch.intermediate_size
         )
         self._elementwise_bytes_per_token = layers * (8 * arch.hidden_size + 3 * inter / tp) * wb
+        self._affine_cache: dict[int, tuple[float, float, float, float]] = {}
 
     def _weights_read(self, tokens: float | FloatArray) -> float | FloatArray:
         if not self._expert_bytes:
@@ -216,6 +217,14 @@ class WorkModel:
     def decode_affine(self, num: int) -> tuple[float, float, float, float]:
         """Decode work as affine functions of the summed KV length ``kv``:
         ``flops = f0 + f1 * kv`` and ``bytes = b0 + b1 * kv`` (per device)."""
+        cached = self._affine_cache.get(num)
+        if cached is None:
+            cached = self._decode_affine(num)
+            if len(self._affine_cache) < 4096:
+                self._affine_cache[num] = cached
+        return cached
+
+    def _decode_affine(self, num: int) -> tuple[float, float, float, float]:
         f0 = (self._gemm_flops_per_token + self._head_flops_per_seq) * num
         b0 = (
             float(self._weights_read(num))

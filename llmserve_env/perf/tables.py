@@ -84,10 +84,14 @@ class PiecewiseLinear:
         """The function at many points (vectorised)."""
         v = np.asarray(values, dtype=np.float64)
         out = np.interp(v, self.x, self.y)
-        above = v > self.x[-1]
-        if np.any(above):
-            out = np.where(above, self.y[-1] + self.slope_hi * (v - self.x[-1]), out)
-        if self.zero_at_zero:
+        if not v.size:
+            return out
+        xs: list[float] = self._xs  # type: ignore[attr-defined]
+        x_hi = xs[-1]
+        if v.max() > x_hi:
+            ys: list[float] = self._ys  # type: ignore[attr-defined]
+            out = np.where(v > x_hi, ys[-1] + self.slope_hi * (v - x_hi), out)
+        if self.zero_at_zero and v.min() <= 0.0:
             out = np.where(v <= 0.0, 0.0, out)
         return out
 

@@ -543,9 +543,9 @@ class Instance:
         held = [r.num_blocks for r in running]
         free = self.pool.num_free_blocks
         need = _BlockNeed(computed, held, bs)
-        if need(1) > free:
-            return False  # the general path preempts
-        if need(steps) > free:
+        if need(steps) > free:  # need(k) grows with k: check the whole stretch first
+            if need(1) > free:
+                return False  # the general path preempts
             lo, hi = 1, steps  # need(lo) fits, need(hi) does not
             while hi - lo > 1:
                 mid = (lo + hi) // 2
@@ -610,9 +610,9 @@ class Instance:
         if materialized == 0:
             # Each request's first token in the stretch measures from its previous one.
             t_first = float(ends[0])
-            for request, last in zip(run, self._run_last0, strict=True):
-                gap = t_first - last
-                itl.add(gap)
+            first_gaps = [t_first - last for last in self._run_last0]
+            itl.add_list(first_gaps)
+            for request, gap in zip(run, first_gaps, strict=True):
                 if gap > request.itl_max_s:
                     request.itl_max_s = gap
         lo = materialized if materialized > 1 else 1

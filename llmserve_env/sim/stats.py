@@ -64,6 +64,12 @@ class ItlHistogram:
         if len(self._buffer) >= 8192:
             self._flush()
 
+    def add_list(self, itl_s: list[float]) -> None:
+        """Record one token for each latency in ``itl_s``."""
+        self._buffer.extend(itl_s)
+        if len(self._buffer) >= 8192:
+            self._flush()
+
     def add_many(self, itl_s: NDArray[np.float64], weight: int) -> None:
         """Record ``weight`` tokens for each latency in ``itl_s``."""
         self._arrays.append(itl_s)
