@@ -42,6 +42,15 @@ RouterPolicy = Literal[
 DType = Literal["bf16", "fp16", "fp8"]
 
 
+def _power_state_word(value: object) -> object:
+    """YAML 1.1 reads bare ``on``/``off`` as booleans; take them back as the words."""
+    if value is True:
+        return "on"
+    if value is False:
+        return "off"
+    return value
+
+
 class StrictModel(BaseModel):
     """Base for every scenario section: frozen, unknown keys rejected."""
 
@@ -145,12 +154,7 @@ class InstanceGroup(StrictModel):
     @field_validator("initial_power_state", mode="before")
     @classmethod
     def _yaml_booleans(cls, value: object) -> object:
-        # YAML 1.1 reads bare on/off as booleans.
-        if value is True:
-            return "on"
-        if value is False:
-            return "off"
-        return value
+        return _power_state_word(value)
 
     perf: str = "auto"
     """Latency model: ``auto`` (best available source), ``analytical``, or a path to a
@@ -610,6 +614,12 @@ class PowerConfig(StrictModel):
     """``idle_timeout_sleep``: idle gap before sleeping (default: the break-even time)."""
     sleep_level: Literal["sleep", "deep_sleep", "off"] = "sleep"
     """``idle_timeout_sleep``: which state to enter."""
+
+    @field_validator("sleep_level", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: object) -> object:
+        return _power_state_word(value)
+
     target_tpot_ms: PositiveFloat | None = None
     """``slo_aware``: TPOT to stay under (default: ``slo.tpot_ms``)."""
     wake_on_demand: bool = True

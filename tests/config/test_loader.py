@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from llmserve_env.build import load_scenario
 from llmserve_env.config import ScenarioError, load_scenario_file, scenario_json_schema
 from llmserve_env.config.loader import apply_overrides, parse_override
 
@@ -142,3 +143,19 @@ def test_json_schema_is_valid_json_with_descriptions() -> None:
     engine = schema["$defs"]["EngineConfig"]
     assert engine["additionalProperties"] is False
     assert "Token budget" in engine["properties"]["max_num_batched_tokens"]["description"]
+
+
+def test_bare_yaml_on_off_are_power_state_words() -> None:
+    """YAML 1.1 reads ``off`` as ``False``; power-state keys take it back as the word."""
+    scenario = load_scenario(
+        "default",
+        [
+            "power.governor=idle_timeout_sleep",
+            "power.sleep_level=off",
+            "cluster.nodes.0.instances.0.initial_power_state=on",
+        ],
+    )
+    assert scenario.power.sleep_level == "off"
+    assert scenario.cluster.nodes[0].instances[0].initial_power_state == "on"
+    with pytest.raises(ScenarioError, match=r"power\.sleep_level"):
+        load_scenario("default", ["power.sleep_level=true"])
