@@ -31,7 +31,7 @@ from llmserve_env.perf.base import BatchShape, LatencyModel
 from llmserve_env.sim.events import EngineWake, IterationDone
 from llmserve_env.sim.kernel import Kernel
 from llmserve_env.sim.kv_cache import KVBlockPool
-from llmserve_env.sim.power import InstancePower, NodePower, PowerState
+from llmserve_env.sim.power import InstancePower, NodePower, PowerState, StretchEnergy
 from llmserve_env.sim.queues import WaitingQueue, make_waiting_queue
 from llmserve_env.sim.request import RejectReason, Request, RequestStatus, clone_request
 from llmserve_env.sim.stats import InstanceStats, ItlHistogram
@@ -146,7 +146,7 @@ class Instance:
         self._run_last0: list[float] = []
         self._run_blocks = 0
         self._run_materialized = 0
-        self._run_cum_j: np.ndarray = np.empty(0)
+        self._run_energy: StretchEnergy | None = None
         self._iter_watts = 0.0
         # Time integral of the waiting-queue length (request-seconds), kept lazily.
         self._waiting_area = 0.0
@@ -559,17 +559,17 @@ class Instance:
         i = np.arange(1, steps + 1, dtype=np.float64)
         kv_sum = float(sum(computed)) + num * i
         durations = self.latency.decode_times_s(num, kv_sum, float(max(computed)) + i)
-        energies = None
+        energy: np.ndarray | tuple[float, float, float] | None = None
         if self.power is not None:
-            durations, energies = self.power.stretch(num, kv_sum, durations)
+            durations, energy = self.power.stretch(num, kv_sum, durations)
         self._run = list(running)
         self._run_need = need
         self._run_last0 = [r.last_token_s for r in running]
         self._run_blocks = 0
         self._run_materialized = 0
         self._run_ends = now + np.cumsum(durations)
-        if self.power is not None and energies is not None:
-            self._run_cum_j = self.power.begin_stretch(now, self._run_ends, energies)
+        if self.power is not None and energy is not None:
+            self._run_energy = self.power.begin_stretch(now, self._run_ends, energy)
         self._run_start = now
         self._run_done = 0
         self._run_len = steps
@@ -626,10 +626,10 @@ class Instance:
         added = done - materialized
         need = self._run_need
         energy_each = 0.0
-        if self.power is not None and len(self._run_cum_j):
-            cum = self._run_cum_j
-            before = float(cum[materialized - 1]) if materialized else 0.0
-            energy_each = (float(cum[done - 1]) - before) / len(run)
+        cum = self._run_energy
+        if cum is not None:
+            before = cum.at(materialized - 1) if materialized else 0.0
+            energy_each = (cum.at(done - 1) - before) / len(run)
         for request, c0, b0 in zip(run, need.computed, need.held, strict=True):
             if peak > request.itl_max_s:
                 request.itl_max_s = peak

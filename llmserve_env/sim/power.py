@@ -148,6 +148,42 @@ class NodePower:
         return other
 
 
+class StretchEnergy:
+    """Cumulative energy of a decode stretch at the end of each iteration.
+
+    Either from per-iteration energies (clocks below the maximum, caps), or in closed
+    form at full clock, where an iteration's energy is ``idle x t + lin + 2 x quad x i``
+    for the ``i``-th iteration (the work is affine in the summed KV length, which grows
+    by the batch size per iteration), so the sum over the first ``n`` iterations is
+    ``idle x (end_n - start) + lin x n + quad x n (n + 1)``: no per-iteration arrays.
+
+    Immutable (forks share it).
+    """
+
+    __slots__ = ("_cum", "_ends", "_idle", "_lin", "_quad", "_start")
+
+    def __init__(
+        self,
+        start: float,
+        ends: FloatArray,
+        cum: FloatArray | None = None,
+        affine: tuple[float, float, float] = (0.0, 0.0, 0.0),
+    ) -> None:
+        self._start = start
+        self._ends = ends
+        self._cum = cum
+        self._idle, self._lin, self._quad = affine
+
+    def at(self, k: int) -> float:
+        """Energy of iterations ``0..k`` (J)."""
+        if self._cum is not None:
+            return float(self._cum[k])
+        n = k + 1
+        return self._idle * (float(self._ends[k]) - self._start) + n * (
+            self._lin + self._quad * (n + 1)
+        )
+
+
 class InstancePower:
     """The devices of one instance: state, clock, cap, and their energy.
 
@@ -186,6 +222,8 @@ class InstancePower:
         self.weight_bytes = weight_bytes
         self.host_gbps = host_gbps
         self.cap_w = min(cap_w, spec.tdp_w) if cap_w is not None else spec.tdp_w
+        # Whether no full-clock iteration can draw more than the cap (power checks skipped).
+        self._never_over_cap = spec.idle_w + spec.compute_w + spec.memory_w <= self.cap_w
         self.node = node
         self.state = PowerState.ON
         self.freq_index = len(spec.clock_levels) - 1
@@ -202,7 +240,7 @@ class InstancePower:
         self._busy_end = 0.0
         self._busy_w = 0.0
         self._ends: FloatArray = np.empty(0)
-        self._cum_j: FloatArray = np.empty(0)
+        self._stretch = StretchEnergy(0.0, self._ends, np.empty(0))
 
     # ------------------------------------------------------------------ clocks
 
@@ -253,9 +291,12 @@ class InstancePower:
 
     def stretch(
         self, num: int, kv_sum: FloatArray, times_s: FloatArray
-    ) -> tuple[FloatArray, FloatArray]:
-        """Clock-adjusted durations and per-instance energies of decode iterations (the
-        capped clock is chosen on the first iteration and held for the stretch)."""
+    ) -> tuple[FloatArray, FloatArray | tuple[float, float, float]]:
+        """Clock-adjusted durations and the energy of decode iterations (the capped clock
+        is chosen on the first iteration and held for the stretch).
+
+        The energy is per-iteration energies, or at full clock the closed-form
+        coefficients ``(idle, lin, quad)`` of :class:`StretchEnergy` (per instance)."""
         self.node.add_traffic("links", self._collective_bytes(num) * len(times_s))
         spec = self.spec
         if self.freq_index == len(spec.clock_levels) - 1 and not self._clock_penalty_s:
@@ -265,20 +306,33 @@ class InstancePower:
             first, last = float(times_s[0]), float(times_s[-1])
             kv_first, kv_last = float(kv_sum[0]), float(kv_sum[-1])
             work = self.work
-            p_first = active_power_scalar(
-                spec, work, f0 + f1 * kv_first, b0 + b1 * kv_first, first, 1.0
-            )
-            p_last = active_power_scalar(
-                spec, work, f0 + f1 * kv_last, b0 + b1 * kv_last, last, 1.0
-            )
             mfu_ok = (f0 + f1 * kv_first) <= first * work.peak_flops
             mbu_ok = (b0 + b1 * kv_first) <= first * work.bandwidth
-            if max(p_first, p_last) <= self.cap_w and mfu_ok and mbu_ok:
+            under_cap = self._never_over_cap or (
+                max(
+                    active_power_scalar(
+                        spec, work, f0 + f1 * kv_first, b0 + b1 * kv_first, first, 1.0
+                    ),
+                    active_power_scalar(
+                        spec, work, f0 + f1 * kv_last, b0 + b1 * kv_last, last, 1.0
+                    ),
+                )
+                <= self.cap_w
+            )
+            if under_cap and mfu_ok and mbu_ok:
                 self.last_freq_used = 1.0
                 c = spec.compute_w / work.peak_flops
                 m = spec.memory_w / work.bandwidth
-                energy = spec.idle_w * times_s + (c * f0 + m * b0) + (c * f1 + m * b1) * kv_sum
-                return times_s, energy * self.num_devices
+                # Iteration i (from 1) has kv_sum = kv0 + num * i.
+                slope = c * f1 + m * b1
+                kv0 = kv_first - num
+                n = self.num_devices
+                affine = (
+                    spec.idle_w * n,
+                    (c * f0 + m * b0 + slope * kv0) * n,
+                    slope * num / 2.0 * n,
+                )
+                return times_s, affine
         flops, nbytes, share = self.work.decode(num, kv_sum)
         f, _, _ = self._capped_freq(
             float(flops[0]), float(nbytes[0]), float(times_s[0]), float(share[0])
@@ -334,7 +388,7 @@ class InstancePower:
         if t <= self._busy_start:
             return 0.0
         k = int(ends.searchsorted(t, side="right"))
-        done = float(self._cum_j[k - 1]) if k > 0 else 0.0
+        done = self._stretch.at(k - 1) if k > 0 else 0.0
         if k < len(ends):
             prev = float(ends[k - 1]) if k > 0 else self._busy_start
             done += self._stretch_power(k) * (t - prev)
@@ -385,21 +439,27 @@ class InstancePower:
         self._busy_start, self._busy_end, self._busy_w = now, end, power_w
         self.node.busy_change(+1, now)
 
-    def begin_stretch(self, now: float, ends: FloatArray, energies: FloatArray) -> FloatArray:
-        """Decode iterations end at ``ends`` using ``energies`` each; returns the
-        cumulative energy at each iteration end (for per-request attribution)."""
+    def begin_stretch(
+        self, now: float, ends: FloatArray, energy: FloatArray | tuple[float, float, float]
+    ) -> StretchEnergy:
+        """Decode iterations end at ``ends`` using ``energy`` (from :meth:`stretch`);
+        returns the cumulative energy at each iteration end (for per-request
+        attribution)."""
         self.settle(now)
         self._seg = "stretch"
-        self._cum_j = np.cumsum(energies)
+        if isinstance(energy, tuple):
+            self._stretch = StretchEnergy(now, ends, affine=energy)
+        else:
+            self._stretch = StretchEnergy(now, ends, np.cumsum(energy))
         self._ends = ends
         self._busy_start, self._busy_end = now, float(ends[-1])
         self.node.busy_change(+1, now)
-        return self._cum_j
+        return self._stretch
 
     def _stretch_power(self, k: int) -> float:
         """Average power of the stretch's iteration ``k``."""
-        cum, ends = self._cum_j, self._ends
-        energy = float(cum[k]) - (float(cum[k - 1]) if k else 0.0)
+        cum, ends = self._stretch, self._ends
+        energy = cum.at(k) - (cum.at(k - 1) if k else 0.0)
         start = float(ends[k - 1]) if k else self._busy_start
         return energy / max(float(ends[k]) - start, 1e-12)
 
