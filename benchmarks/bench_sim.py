@@ -4,7 +4,7 @@ Runs ``scenarios/benchmark/h100-llama3.1-8b-10k.yaml`` (10,000 requests) a few t
 in this process and prints wall time, simulated requests per wall-second and engine
 iterations per wall-second. Usage::
 
-    python benchmarks/bench_sim.py [--repeat 5] [--scenario NAME] [--json]
+    python benchmarks/bench_sim.py [--repeat 5] [--scenario NAME] [--set KEY=VALUE] [--json]
 
 Whole-process timings (start-up included) are taken from outside with a timer such as
 ``/usr/bin/time -v llmserve run benchmark/h100-llama3.1-8b-10k --no-output``.
@@ -25,11 +25,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenario", default="benchmark/h100-llama3.1-8b-10k")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="scenario override, e.g. power.enabled=false (repeatable)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core
-    scenario = load_scenario(args.scenario)
+    scenario = load_scenario(args.scenario, args.overrides)
     rows = []
     for _ in range(args.repeat):
         start = time.perf_counter()
@@ -49,6 +57,7 @@ def main() -> None:
     median = statistics.median(run_s)
     result = {
         "scenario": args.scenario,
+        "overrides": args.overrides,
         "repeats": args.repeat,
         "run_s_min": min(run_s),
         "run_s_median": median,

@@ -276,6 +276,7 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self.reward_weights = env_cfg.reward.model_dump()
         self.horizon_s = env_cfg.horizon_s
         self.sim: Simulation | None = None
+        self._energy_now: float | None = None
         self.episode_seed = cfg.seed
         self._done = True
         self._counters: dict[str, float] = dict.fromkeys(REWARD_TERMS, 0.0)
@@ -340,6 +341,7 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self._fallback = make_router(self.scenario.router.policy, self.sim.rngs["routing"])
         if any(isinstance(head, PowerHead) for head in self.heads):
             self.sim.governor = None  # the agent drives power
+        self._energy_now = None
         self._counters = self._read_counters()
         n = self.num_instances
         tau = self.scenario.env.rate_window_s
@@ -350,6 +352,7 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self._done = False
         if self.mode == "routing":
             self._advance_routing()
+        self._energy_now = None
         self._update_rates()
         return self._observe(), self._info({})
 
@@ -387,6 +390,7 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             if self.horizon_s is not None:
                 target = min(target, self.horizon_s)
             sim.run_until(target)
+        self._energy_now = None
         self._elapsed_steps += 1
         terms = self._reward_terms()
         reward = float(sum(self.reward_weights[k] * v for k, v in terms.items()))
@@ -434,7 +438,7 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         sim = self.sim
         assert sim is not None
         m = sim.metrics
-        energy = sum(sim.energy_j().values())
+        energy = self._total_energy()
         values: list[float] = [sim.num_arrived, m.num_finished, m.num_slo_met, energy]
         stats = [inst.stats for inst in sim.instances]
         values += [s.num_preemptions for s in stats]
@@ -442,6 +446,14 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         values += [s.prefix_query_tokens for s in stats]
         values += [s.generation_tokens for s in stats]
         return np.array(values, dtype=np.float64)
+
+    def _total_energy(self) -> float:
+        """Energy used so far (J), read once per decision (the reward and the rates
+        both need it)."""
+        if self._energy_now is None:
+            assert self.sim is not None
+            self._energy_now = float(sum(self.sim.energy_j().values()))
+        return self._energy_now
 
     def _update_rates(self) -> None:
         """Bring the simulation's aggregates to now and fold them into the averages."""
@@ -538,7 +550,7 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             "tpot_violation": float(m.num_tpot_violations),
             "rejected": float(m.num_rejected),
             "backlog": float(sum(inst.waiting_area(now) for inst in sim.instances)),
-            "energy": float(sum(sim.energy_j().values())),
+            "energy": self._total_energy(),
         }
 
     def _reward_terms(self) -> dict[str, float]:
@@ -628,6 +640,7 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     def set_state(self, state: EnvState) -> None:
         """Return to a snapshot taken by :meth:`get_state` (the snapshot stays reusable)."""
         self.sim = state.sim.clone()
+        self._energy_now = None
         self._counters = dict(state.counters)
         self._rates = state.rates.copy()
         self._last_time = state.last_time
