@@ -172,6 +172,13 @@ def what_if(
     The environment itself is not advanced. Every branch replays the same future
     arrivals (common random numbers), so differences between policies are paired.
 
+    Spans differ between metrics: ``return`` and the reward terms cover the branch
+    only, while the simulation's summary figures (arrivals, SLO attainment, latency
+    percentiles, ``energy_j``) cover the episode from its start to the branch's end,
+    the shared history included, and count requests still in flight at the end of a
+    ``duration_s`` branch as unfinished. Compare them across policies (the paired
+    differences), not as absolute branch figures.
+
     Args:
         env: A reset (possibly mid-episode) environment.
         policies: Name -> policy with SB3's ``predict``.
