@@ -25,6 +25,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+from _args import env_parser
 from rich.console import Console
 from rich.table import Table
 
@@ -94,19 +95,7 @@ def layout_table(env: gym.Env[Any, Any]) -> Table:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--env-id", default=ROUTING_IDS[0], choices=ROUTING_IDS)
-    parser.add_argument("--scenario", default=None, help="scenario name or YAML path")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="scenario override (dotted key), repeatable, e.g. env.horizon_s=30",
-    )
+    parser = env_parser(__doc__, ROUTING_IDS, ROUTING_IDS[0])
     parser.add_argument("--kv-weight", type=float, default=16.0, help="load of a full KV cache")
     parser.add_argument(
         "--baseline",

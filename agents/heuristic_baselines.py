@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from _args import env_parser
 from rich.console import Console
 
 from llmserve_env.cli.agent_cmd import results_table
@@ -28,19 +29,7 @@ from llmserve_env.output import to_json
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--env-id", default="LLMServe/Routing-Small-v0", choices=list(ENV_IDS))
-    parser.add_argument("--scenario", default=None, help="scenario name or YAML path")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="scenario override (dotted key), repeatable, e.g. env.horizon_s=30",
-    )
+    parser = env_parser(__doc__, ENV_IDS, "LLMServe/Routing-Small-v0")
     parser.add_argument(
         "--policy",
         dest="policies",

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from _args import env_parser
 from rich.console import Console
 
 from llmserve_env.cli.agent_cmd import results_table
@@ -32,20 +33,8 @@ from llmserve_env.output import to_json
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = env_parser(__doc__, ENV_IDS, "LLMServe/Routing-Small-v0")
     parser.add_argument("--algo", default="maskable_ppo", choices=ALGOS)
-    parser.add_argument("--env-id", default="LLMServe/Routing-Small-v0", choices=list(ENV_IDS))
-    parser.add_argument("--scenario", default=None, help="scenario name or YAML path")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="scenario override (dotted key), repeatable, e.g. env.horizon_s=20",
-    )
     parser.add_argument("--timesteps", type=int, default=2048, help="training steps (default 2048)")
     parser.add_argument("--n-envs", type=int, default=1, help="parallel training environments")
     parser.add_argument("--seed", type=int, default=0)

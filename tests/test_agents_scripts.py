@@ -19,7 +19,7 @@ from llmserve_env.env.heuristics import HEURISTICS
 
 ROOT = Path(__file__).resolve().parents[1]
 AGENTS = ROOT / "agents"
-SCRIPTS = sorted(p.name for p in AGENTS.glob("*.py"))
+SCRIPTS = sorted(p.name for p in AGENTS.glob("*.py") if not p.name.startswith("_"))
 TINY = ("--set", "env.horizon_s=5")
 
 
