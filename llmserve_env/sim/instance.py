@@ -524,6 +524,10 @@ class Instance:
         last = running[-1]  # the newest request is the likeliest to be prefilling
         if last.num_prompt_tokens + last.num_output_tokens - last.num_computed_tokens != 1:
             return False
+        # The scheduler would admit a waiting request (checked first: the commonest
+        # reason, right after an arrival, to take the general path).
+        if self.waiting and num < params.max_num_seqs and self._head_admissible():
+            return False
         steps = params.max_decode_run
         for request in running:
             if (
@@ -536,8 +540,6 @@ class Instance:
                 steps = left
         if steps < 2:
             return False  # a single iteration: the general path is as cheap
-        if self.waiting and num < params.max_num_seqs and self._head_admissible():
-            return False
         bs = params.block_size
         computed = [r.num_computed_tokens for r in running]
         held = [r.num_blocks for r in running]

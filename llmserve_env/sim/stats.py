@@ -95,7 +95,9 @@ class ItlHistogram:
         self._counts += np.bincount(idx, weights=weights, minlength=len(self._counts)).astype(
             np.int64
         )
-        self._total_s += float(np.dot(values, weights))
+        # Not np.dot: a BLAS call wakes OpenBLAS worker threads, which then spin on a
+        # second core for the rest of the run.
+        self._total_s += float((values * weights).sum())
         self._count += int(weights.sum())
         peak = float(values.max())
         if peak > self._max_s:
