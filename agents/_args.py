@@ -23,3 +23,10 @@ def env_parser(doc: str | None, env_ids: Sequence[str], default_id: str) -> argp
         help="scenario override (dotted key), repeatable, e.g. env.horizon_s=30",
     )
     return parser
+
+
+def add_evaluation_options(parser: argparse.ArgumentParser) -> None:
+    """``--episodes``, ``--seed`` (of the first episode) and ``--json``."""
+    parser.add_argument("--episodes", type=int, default=1, help="seeded episodes per policy")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the first episode")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")

@@ -25,7 +25,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from _args import env_parser
+from _args import add_evaluation_options, env_parser
 from rich.console import Console
 from rich.table import Table
 
@@ -104,9 +104,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=list(HEURISTICS),
         help="heuristic to compare with, repeatable (default: round_robin, least_loaded)",
     )
-    parser.add_argument("--episodes", type=int, default=1, help="seeded episodes per policy")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the first episode")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    add_evaluation_options(parser)
     return parser.parse_args(argv)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from _args import env_parser
+from _args import add_evaluation_options, env_parser
 from rich.console import Console
 
 from llmserve_env.cli.agent_cmd import results_table
@@ -37,9 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=list(HEURISTICS),
         help="heuristic to score, repeatable (default: all of them)",
     )
-    parser.add_argument("--episodes", type=int, default=1, help="seeded episodes per policy")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the first episode")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    add_evaluation_options(parser)
     return parser.parse_args(argv)
 
 
