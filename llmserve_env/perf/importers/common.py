@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -109,3 +109,22 @@ def provenance(**items: Any) -> dict[str, Any]:
         "converted_by": f"llmserve-env {package_version()}",
         "converted_at": converted_now(),
     }
+
+
+def find_folders(src: str | Path, is_folder: Callable[[Path], bool], expected: str) -> list[Path]:
+    """``src`` itself if ``is_folder`` accepts it, else every ``tp*`` folder below it
+    that it accepts, sorted.
+
+    Raises:
+        DataFileError: ``src`` is not a folder, or none is found (``expected`` says
+            what the layout should be).
+    """
+    root = Path(src)
+    if is_folder(root):
+        return [root]
+    if not root.is_dir():
+        raise DataFileError(root, "no such folder")
+    found = sorted(p for p in root.rglob("tp*") if is_folder(p))
+    if not found:
+        raise DataFileError(root, expected)
+    return found

@@ -35,6 +35,7 @@ from llmserve_env.perf.importers.common import (
     bytes_per_token,
     device_name,
     file_records,
+    find_folders,
     model_arch_for,
     provenance,
 )
@@ -72,19 +73,12 @@ def find_tp_folders(src: str | Path) -> list[Path]:
     Raises:
         DataFileError: when there is none.
     """
-    root = Path(src)
-    if is_tp_folder(root):
-        return [root]
-    if not root.is_dir():
-        raise DataFileError(root, "no such folder")
-    found = sorted(p for p in root.rglob("tp*") if is_tp_folder(p))
-    if not found:
-        raise DataFileError(
-            root,
-            "no LLMServingSim profile here: expected <HW>/<org>/<model>/<dtype>/meta.yaml "
-            "with tp<N>/dense.csv, per_sequence.csv, attention.csv below it",
-        )
-    return found
+    return find_folders(
+        src,
+        is_tp_folder,
+        "no LLMServingSim profile here: expected <HW>/<org>/<model>/<dtype>/meta.yaml "
+        "with tp<N>/dense.csv, per_sequence.csv, attention.csv below it",
+    )
 
 
 def source_files(tp_dir: Path) -> list[Path]:

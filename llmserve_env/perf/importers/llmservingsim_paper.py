@@ -36,6 +36,7 @@ from llmserve_env.perf.importers.common import (
     bytes_per_token,
     device_name,
     file_records,
+    find_folders,
     model_arch_for,
     provenance,
 )
@@ -74,17 +75,11 @@ def find_tp_folders(src: str | Path) -> list[Path]:
     Raises:
         DataFileError: when there is none.
     """
-    root = Path(src)
-    if is_tp_folder(root):
-        return [root]
-    if not root.is_dir():
-        raise DataFileError(root, "no such folder")
-    found = sorted(p for p in root.rglob("tp*") if is_tp_folder(p))
-    if not found:
-        raise DataFileError(
-            root, "no LLMServingSim 2.0 profile here: expected <HW>/<org>/<model>/tp<N>/layers.csv"
-        )
-    return found
+    return find_folders(
+        src,
+        is_tp_folder,
+        "no LLMServingSim 2.0 profile here: expected <HW>/<org>/<model>/tp<N>/layers.csv",
+    )
 
 
 def source_files(tp_dir: Path) -> list[Path]:
