@@ -241,6 +241,7 @@ class InstancePower:
         self._busy_w = 0.0
         self._ends: FloatArray = np.empty(0)
         self._stretch = StretchEnergy(0.0, self._ends, np.empty(0))
+        self._stretch_acc_j = 0.0  # the stretch's energy already in _acc_j
 
     # ------------------------------------------------------------------ clocks
 
@@ -376,22 +377,18 @@ class InstancePower:
         n = self.num_devices
         return n * (self.spec.standby_w * standby + self.spec.idle_w * idle)
 
-    def _busy_energy(self, a: float, b: float) -> float:
-        if self._seg == "busy":
-            lo, hi = max(a, self._busy_start), min(b, self._busy_end)
-            return self._busy_w * max(0.0, hi - lo)
-        # A stretch: cumulative energy at each iteration end.
-        return self._stretch_cum(b) - self._stretch_cum(a)
-
     def _stretch_cum(self, t: float) -> float:
-        ends = self._ends
+        """Energy of the stretch from its start to ``t`` (linear within an iteration)."""
         if t <= self._busy_start:
             return 0.0
+        ends = self._ends
+        stretch = self._stretch
         k = int(ends.searchsorted(t, side="right"))
-        done = self._stretch.at(k - 1) if k > 0 else 0.0
+        done = stretch.at(k - 1) if k > 0 else 0.0
         if k < len(ends):
             prev = float(ends[k - 1]) if k > 0 else self._busy_start
-            done += self._stretch_power(k) * (t - prev)
+            end = float(ends[k])
+            done += (stretch.at(k) - done) / max(end - prev, 1e-12) * (t - prev)
         return done
 
     def settle(self, now: float) -> None:
@@ -403,7 +400,13 @@ class InstancePower:
             self._acc_j += self._rest_energy(a, now)
         else:
             end = min(now, self._busy_end)
-            self._acc_j += self._busy_energy(a, end)
+            if self._seg == "busy":
+                lo = max(a, self._busy_start)
+                self._acc_j += self._busy_w * max(0.0, end - lo)
+            else:  # a stretch: its energy up to end, less what was accrued before
+                cum = self._stretch_cum(end)
+                self._acc_j += cum - self._stretch_acc_j
+                self._stretch_acc_j = cum
             self._busy_time += max(0.0, end - max(a, self._busy_start))
             if now > self._busy_end:  # rest after the busy segment ended
                 self._acc_j += self._rest_energy(self._busy_end, now)
@@ -452,6 +455,7 @@ class InstancePower:
         else:
             self._stretch = StretchEnergy(now, ends, np.cumsum(energy))
         self._ends = ends
+        self._stretch_acc_j = 0.0
         self._busy_start, self._busy_end = now, float(ends[-1])
         self.node.busy_change(+1, now)
         return self._stretch
