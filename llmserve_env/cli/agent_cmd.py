@@ -35,6 +35,21 @@ METRIC_COLUMNS: tuple[tuple[str, str, float, str], ...] = (
     ("energy_j", "energy kJ", 1e-3, "{:.1f}"),
 )
 
+# What-if rows: figures of the branch alone (after the fork), see ``what_if``.
+BRANCH_COLUMNS: tuple[tuple[str, str, float, str], ...] = (
+    ("return", "return", 1.0, "{:.2f}"),
+    ("branch_num_arrived", "arrived", 1.0, "{:.0f}"),
+    ("branch_num_ended", "ended", 1.0, "{:.0f}"),
+    ("branch_slo_attainment", "SLO attain. % (ended)", 100.0, "{:.1f}"),
+    ("branch_throughput_tok_s", "output tok/s", 1.0, "{:.0f}"),
+    ("branch_mean_ttft_ms", "TTFT mean ms", 1.0, "{:.1f}"),
+    ("branch_p99_ttft_ms", "TTFT p99 ms", 1.0, "{:.1f}"),
+    ("branch_mean_tpot_ms", "TPOT mean ms", 1.0, "{:.2f}"),
+    ("branch_p99_tpot_ms", "TPOT p99 ms", 1.0, "{:.2f}"),
+    ("branch_mean_e2e_ms", "e2e mean ms", 1.0, "{:.1f}"),
+    ("branch_energy_j", "energy kJ", 1e-3, "{:.2f}"),
+)
+
 
 def _print(renderable: Any) -> None:
     """Print on the current stdout: the terminal's width, or wide when piped."""
@@ -67,8 +82,8 @@ def whatif_table(
     baseline: str,
     title: str,
 ) -> Table:
-    """One row per metric: the baseline's value, each other policy's value and its
-    paired difference from the baseline."""
+    """One row per branch figure: the baseline's value, each other policy's value and
+    its paired difference from the baseline."""
     table = Table(title=title, show_header=True, header_style="bold")
     table.add_column("metric")
     table.add_column(f"{baseline} (baseline)", justify="right")
@@ -76,7 +91,7 @@ def whatif_table(
     for name in others:
         table.add_column(name, justify="right")
         table.add_column("Δ", justify="right")
-    for key, title_, scale, pattern in METRIC_COLUMNS:
+    for key, title_, scale, pattern in BRANCH_COLUMNS:
         row = [title_, _fmt(results[baseline], key, scale, pattern)]
         for name in others:
             row.append(_fmt(results[name], key, scale, pattern))
@@ -266,6 +281,6 @@ def whatif_cmd(
         }
         click.echo(to_json(payload, indent=None))
     else:
-        span = f"{duration_s:g} s" if duration_s is not None else "the episode's end"
-        title = f"{env_id}: fork at {at_s:g} s, branches to {span}"
+        span = f"for {duration_s:g} s" if duration_s is not None else "to the episode's end"
+        title = f"{env_id}: fork at {at_s:g} s, branches run {span} (figures after the fork)"
         _print(whatif_table(result.results, result.differences, result.baseline, title))

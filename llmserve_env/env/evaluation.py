@@ -10,6 +10,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from llmserve_env.env.core import REWARD_TERMS, LLMServeEnv
+from llmserve_env.sim.metrics import latency_stats
+from llmserve_env.sim.simulation import Simulation
 
 SUMMARY_KEYS = (
     "num_arrived",
@@ -144,6 +146,68 @@ def evaluate(
     return {"episodes": episodes, "mean": mean, "std": std}
 
 
+@dataclass(frozen=True)
+class _BranchMark:
+    """The simulation's counters at a fork, to report what happened after it.
+
+    Branch figures: ``branch_duration_s`` (simulated seconds), ``branch_num_arrived``,
+    ``branch_num_ended`` (requests that reached a terminal state in the branch, the
+    ones unfinished at its end included), ``branch_num_finished``,
+    ``branch_slo_attainment`` (SLO met among the ended ones), ``branch_energy_j``,
+    ``branch_throughput_tok_s`` (output tokens generated per simulated second), and
+    the mean / p50 / p90 / p99 of TTFT, TPOT and e2e over requests that finished in
+    the branch (``branch_mean_ttft_ms``...).
+    """
+
+    now_s: float
+    num_rows: int
+    num_arrived: int
+    num_slo_met: int
+    generation_tokens: int
+    energy_j: float
+
+    @classmethod
+    def of(cls, sim: Simulation) -> _BranchMark:
+        sim.sync()
+        return cls(
+            sim.now,
+            len(sim.metrics.rows),
+            sim.num_arrived,
+            sim.metrics.num_slo_met,
+            sum(inst.stats.generation_tokens for inst in sim.instances),
+            float(sum(sim.energy_j().values())),
+        )
+
+    def figures(self, sim: Simulation) -> dict[str, float]:
+        """What happened in ``sim`` since this mark."""
+        sim.sync()
+        end = _BranchMark.of(sim)
+        duration = end.now_s - self.now_s
+        table = sim.metrics.request_table()
+        status = table["status"][self.num_rows :]
+        finished = status == "finished"
+        ended = len(status)
+        out: dict[str, float | None] = {
+            "branch_duration_s": duration,
+            "branch_num_arrived": float(end.num_arrived - self.num_arrived),
+            "branch_num_ended": float(ended),
+            "branch_num_finished": float(finished.sum()),
+            "branch_slo_attainment": (
+                (end.num_slo_met - self.num_slo_met) / ended if ended else None
+            ),
+            "branch_energy_j": end.energy_j - self.energy_j,
+            "branch_throughput_tok_s": (
+                (end.generation_tokens - self.generation_tokens) / duration
+                if duration > 0
+                else None
+            ),
+        }
+        for name in ("ttft", "tpot", "e2e"):
+            column = table[f"{name}_ms"][self.num_rows :][finished].astype(np.float64)
+            out.update({f"branch_{k}": v for k, v in latency_stats(name, column).items()})
+        return {k: float(v) for k, v in out.items() if v is not None}
+
+
 @dataclass
 class WhatIfResult:
     """Outcomes of several policies from one snapshot.
@@ -172,12 +236,13 @@ def what_if(
     The environment itself is not advanced. Every branch replays the same future
     arrivals (common random numbers), so differences between policies are paired.
 
-    Spans differ between metrics: ``return`` and the reward terms cover the branch
-    only, while the simulation's summary figures (arrivals, SLO attainment, latency
-    percentiles, ``energy_j``) cover the episode from its start to the branch's end,
-    the shared history included, and count requests still in flight at the end of a
-    ``duration_s`` branch as unfinished. Compare them across policies (the paired
-    differences), not as absolute branch figures.
+    Spans differ between metrics: ``return``, the reward terms and the ``branch_*``
+    figures cover the branch only, while the simulation's summary figures (arrivals,
+    SLO attainment, latency percentiles, ``energy_j``) cover the episode from its start
+    to the branch's end, the shared history included. Requests still in flight at the
+    end of a ``duration_s`` branch count as unfinished in both. The ``branch_*``
+    figures (see :class:`_BranchMark`) are the ones to read as absolute branch
+    outcomes.
 
     Args:
         env: A reset (possibly mid-episode) environment.
@@ -195,7 +260,10 @@ def what_if(
     results = {}
     for name, policy in policies.items():
         branch = unwrapped.fork()
+        assert branch.sim is not None
+        mark = _BranchMark.of(branch.sim)
         results[name] = rollout(branch, policy, until_s=until).metrics()
+        results[name].update(mark.figures(branch.sim))
     base = baseline or next(iter(policies))
     if base not in results:
         raise ValueError(f"baseline {base!r} is not one of {list(policies)}")

@@ -236,7 +236,9 @@ class MetricsRecorder:
         }
 
 
-def _stats(prefix: str, values_ms: np.ndarray) -> dict[str, float | None]:
+def latency_stats(prefix: str, values_ms: np.ndarray) -> dict[str, float | None]:
+    """Mean, p50, p90 and p99 of ``values_ms`` (NaNs dropped) as ``mean_<prefix>_ms``...
+    (``None`` for an empty column)."""
     values_ms = values_ms[~np.isnan(values_ms)]
     if len(values_ms) == 0:
         return {
@@ -299,7 +301,7 @@ def summarize(
     }
     for name in ("ttft", "tpot", "e2e", "queueing"):
         column = table[f"{name}_ms"][finished].astype(np.float64) if len(status) else np.empty(0)
-        summary.update(_stats(name, column))
+        summary.update(latency_stats(name, column))
     summary.update(
         {
             "mean_itl_ms": _ms(itl.mean()) if itl.count else None,

@@ -16,7 +16,7 @@ from llmserve_env.build import scenario_names
 from llmserve_env.config.errors import ScenarioError
 from llmserve_env.env import LLMServeEnv
 from llmserve_env.env.core import REWARD_TERMS
-from llmserve_env.env.evaluation import evaluate, what_if
+from llmserve_env.env.evaluation import evaluate, rollout, what_if
 from llmserve_env.env.heuristics import HEURISTICS, LeastLoaded, RoundRobin, make_heuristic
 from llmserve_env.env.observation import FEATURES
 from llmserve_env.env.wrappers import DiscreteActions
@@ -362,6 +362,39 @@ def test_what_if_pairs_branches() -> None:
     )
     again = what_if(env, {"rr": RoundRobin(env), "ll": LeastLoaded(env)}, duration_s=10.0)
     assert again.results == result.results  # deterministic branches
+
+
+def test_what_if_branch_figures_cover_only_the_branch() -> None:
+    env = gym.make(SMALL).unwrapped
+    env.reset(seed=0)
+    for _ in range(100):
+        env.step(np.array([0]))
+    sim = env.sim
+    sim.sync()
+    ended_before = sim.metrics.num_finished + sim.metrics.num_rejected + sim.metrics.num_unfinished
+    arrived_before = sim.num_arrived
+    result = what_if(env, {"rr": RoundRobin(env)}, duration_s=10.0)
+    rr = result.results["rr"]
+    assert rr["branch_duration_s"] == pytest.approx(10.0, abs=0.1)
+    assert rr["branch_num_arrived"] == rr["num_arrived"] - arrived_before
+    ended_after = rr["num_finished"] + rr["num_rejected"] + rr["num_unfinished"]
+    assert rr["branch_num_ended"] == ended_after - ended_before
+    # The energy reward term is the per-step energy: it sums to the branch's energy.
+    assert rr["branch_energy_j"] == pytest.approx(rr["reward_energy"], rel=1e-9)
+    assert 0.0 <= rr["branch_slo_attainment"] <= 1.0
+
+    # The latency figures are those of the requests that ended after the fork.
+    branch = env.fork()
+    rows_before = len(branch.sim.metrics.rows)
+    rollout(branch, RoundRobin(branch), until_s=branch.sim.now + 10.0)
+    table = branch.sim.metrics.request_table()
+    finished = table["status"][rows_before:] == "finished"
+    ttft = table["ttft_ms"][rows_before:][finished].astype(np.float64)
+    assert rr["branch_num_finished"] == finished.sum() > 0
+    assert rr["branch_mean_ttft_ms"] == pytest.approx(ttft.mean())
+    assert rr["branch_p99_ttft_ms"] == pytest.approx(np.percentile(ttft, 99))
+    # Whole-episode figures include the shared history, so they differ.
+    assert rr["branch_mean_ttft_ms"] != pytest.approx(rr["mean_ttft_ms"])
 
 
 def test_discrete_wrapper_for_dqn() -> None:
