@@ -180,7 +180,6 @@ class _BranchMark:
 
     def figures(self, sim: Simulation) -> dict[str, float]:
         """What happened in ``sim`` since this mark."""
-        sim.sync()
         end = _BranchMark.of(sim)
         duration = end.now_s - self.now_s
         table = sim.metrics.request_table()
