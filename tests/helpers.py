@@ -38,6 +38,11 @@ class LinearLatency:
             self.shapes.append(BatchShape((), (), num_decodes, int(total), int(peak)))
         return self.base_s + self.per_token_s * num_decodes + self.per_kv_s * np.asarray(kv_sum)
 
+    def decode_line_s(
+        self, num_decodes: int, kv_sum0: float, kv_max0: float, steps: int
+    ) -> tuple[float, float] | None:
+        return None  # per-iteration shapes are recorded by decode_times_s
+
 
 def params(**overrides: object) -> EngineParams:
     values: dict[str, object] = dict(

@@ -3,7 +3,9 @@
 The engine describes each iteration by its batch composition, a :class:`BatchShape`;
 a :class:`LatencyModel` turns it into seconds. Decode-only stretches are asked for in
 one vectorised call, :meth:`LatencyModel.decode_times_s`, so the hot loop never pays a
-Python call per iteration there.
+Python call per iteration there; where the latencies of such a stretch lie on a line
+(no table knot inside it), :meth:`LatencyModel.decode_line_s` gives that line and the
+engine needs no arrays at all.
 """
 
 from __future__ import annotations
@@ -68,5 +70,17 @@ class LatencyModel(Protocol):
 
         Returns:
             One latency per iteration, same shape as ``kv_sum``.
+        """
+        ...
+
+    def decode_line_s(
+        self, num_decodes: int, kv_sum0: float, kv_max0: float, steps: int
+    ) -> tuple[float, float] | None:
+        """Decode-only iterations as a line, when they are one.
+
+        Iteration ``i`` (1..``steps``) has KV sum ``kv_sum0 + num_decodes * i`` and
+        longest KV ``kv_max0 + i``. Returns ``(a, b)`` such that it takes ``a + b * i``
+        seconds (exact up to rounding), or ``None``, in which case the engine calls
+        :meth:`decode_times_s`.
         """
         ...

@@ -9,11 +9,13 @@ For a batch with ``T`` tokens and ``S`` sequences, one iteration takes::
 
 with the skew correction ``alpha * (attention at the longest decode - at the mean)``
 when the profile has one. Decode-only stretches are evaluated with numpy over all their
-iterations at once.
+iterations at once, or as a line in the iteration index when no knot of the curves falls
+inside the stretch (the usual case: knots double in KV length).
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 
 import numpy as np
@@ -166,3 +168,35 @@ class ProfileLatencyModel:
             gap = np.maximum(attn.many(kd_max) - t_attn, 0.0)
             t_attn = t_attn + np.where(kd_max > kd_mean, factors[index] * gap, 0.0)
         return (fixed + self.tables.attention_count * t_attn) * US
+
+    def decode_line_s(
+        self, num_decodes: int, kv_sum0: float, kv_max0: float, steps: int
+    ) -> tuple[float, float] | None:
+        """``(a, b)`` such that decode iteration ``i`` (1..``steps``), with KV sum
+        ``kv_sum0 + num_decodes * i`` and longest KV ``kv_max0 + i``, takes ``a + b * i``
+        seconds; ``None`` when a knot of the curves falls inside the stretch."""
+        fixed, attn, alpha = self._decode_curves(num_decodes)
+        mean0 = kv_sum0 / num_decodes - 1.0  # the mean decode context at i is mean0 + i
+        line = attn.line(mean0 + 1.0, mean0 + steps)
+        if line is None:
+            return None
+        c0, c1 = line
+        a, b = c0 + c1 * mean0, c1  # attention at i: a + b * i
+        max0 = kv_max0 - 1.0
+        if alpha is not None and max0 > mean0:
+            edges, factors = alpha
+            hi = max0 + steps
+            index = bisect.bisect_left(edges, max0 + 1.0)
+            if index < len(edges) - 1 and bisect.bisect_left(edges, hi) != index:
+                return None  # the skew factor changes within the stretch
+            line = attn.line(max0 + 1.0, hi)
+            if line is None:
+                return None
+            gap_a = line[0] + line[1] * max0 - a  # attention at the longest less the mean
+            gap_b = line[1] - b
+            if min(gap_a + gap_b, gap_a + gap_b * steps) < 0.0:
+                return None
+            factor = float(factors[min(index, len(factors) - 1)])
+            a, b = a + factor * gap_a, b + factor * gap_b
+        count = self.tables.attention_count
+        return (fixed + count * a) * US, count * b * US

@@ -357,10 +357,8 @@ class RooflineModel:
             total += batch.decode_kv_sum * max(per_flop, per_byte)
         return total
 
-    def decode_times_s(
-        self, num_decodes: int, kv_sum: FloatArray, kv_max: FloatArray
-    ) -> FloatArray:
-        """Latencies of consecutive decode-only iterations (vectorised)."""
+    def _decode_terms(self, num_decodes: int) -> tuple[float, float, float]:
+        """Fixed seconds and seconds per KV token of a decode-only batch (cached)."""
         cached = self._decode_cache.get(num_decodes)
         if cached is None:
             per_flop, per_byte = self._attn_coeffs()
@@ -368,5 +366,19 @@ class RooflineModel:
             cached = (base, max(per_flop, per_byte), 0.0)
             if len(self._decode_cache) < 4096:
                 self._decode_cache[num_decodes] = cached
-        base, per_kv, _ = cached
+        return cached
+
+    def decode_times_s(
+        self, num_decodes: int, kv_sum: FloatArray, kv_max: FloatArray
+    ) -> FloatArray:
+        """Latencies of consecutive decode-only iterations (vectorised)."""
+        base, per_kv, _ = self._decode_terms(num_decodes)
         return base + per_kv * np.asarray(kv_sum, dtype=np.float64)
+
+    def decode_line_s(
+        self, num_decodes: int, kv_sum0: float, kv_max0: float, steps: int
+    ) -> tuple[float, float] | None:
+        """``(a, b)``: decode iteration ``i`` with KV sum ``kv_sum0 + num_decodes * i``
+        takes ``a + b * i`` seconds (always a line: time is affine in the KV sum)."""
+        base, per_kv, _ = self._decode_terms(num_decodes)
+        return base + per_kv * kv_sum0, per_kv * num_decodes

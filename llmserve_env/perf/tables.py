@@ -80,6 +80,25 @@ class PiecewiseLinear:
         y0 = ys[i - 1]
         return y0 + (ys[i] - y0) * (value - x0) / (x1 - x0)
 
+    def line(self, lo: float, hi: float) -> tuple[float, float] | None:
+        """``(intercept, slope)`` of the function on ``[lo, hi]`` when one linear piece
+        covers that range, else ``None``."""
+        xs: list[float] = self._xs  # type: ignore[attr-defined]
+        ys: list[float] = self._ys  # type: ignore[attr-defined]
+        if self.zero_at_zero and lo <= 0.0:
+            return None
+        if hi <= xs[0]:
+            return ys[0], 0.0
+        if lo >= xs[-1]:
+            return ys[-1] - self.slope_hi * xs[-1], self.slope_hi
+        i = bisect.bisect_right(xs, lo)
+        if i == 0 or i >= len(xs) or hi > xs[i]:
+            return None  # below the first knot, or a knot inside the range
+        x0, x1 = xs[i - 1], xs[i]
+        y0 = ys[i - 1]
+        slope = (ys[i] - y0) / (x1 - x0)
+        return y0 - slope * x0, slope
+
     def many(self, values: FloatArray) -> FloatArray:
         """The function at many points (vectorised)."""
         v = np.asarray(values, dtype=np.float64)

@@ -11,8 +11,8 @@ that reached their output length finish and free their blocks.
 
 Speed without changing results: when every running request is decoding and no waiting
 request can be admitted, consecutive iterations differ only in KV length, so the engine
-evaluates a whole stretch of them in one vectorised latency call and schedules one event
-at its end. The stretch stops before the first request finishes or the KV cache would
+evaluates a whole stretch of them at once (a line in the iteration index from the latency
+model, or one vectorised call) and schedules one event at its end. The stretch stops before the first request finishes or the KV cache would
 run out, and is cut at the next iteration boundary when anything external happens
 (an arrival, an action): :meth:`Instance.interrupt`. Observers call
 :meth:`Instance.advance_to` to see the state after every iteration that has ended.
@@ -20,7 +20,9 @@ run out, and is cut at the next iteration boundary when anything external happen
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -138,7 +140,7 @@ class Instance:
         self._iter_start = 0.0
         # An in-flight decode stretch.
         self._run: list[Request] = []
-        self._run_ends: np.ndarray = np.empty(0)
+        self._run_ends: list[float] = []
         self._run_start = 0.0
         self._run_done = 0
         self._run_len = 0
@@ -274,22 +276,21 @@ class Instance:
     def advance_to(self, time: float) -> None:
         """Apply every iteration of the in-flight decode stretch that ended by ``time``."""
         if self._run:
-            done = int(self._run_ends.searchsorted(time, side="right"))
+            done = bisect.bisect_right(self._run_ends, time)
             done = min(done, self._run_len - 1)  # the last one belongs to its event
             if done > self._run_done:
                 self._account_run(done)
 
     def _cut_run(self) -> None:
         """End the decode stretch at the boundary of the iteration in flight now."""
-        in_flight = int(self._run_ends.searchsorted(self.kernel.now, side="right"))
+        in_flight = bisect.bisect_right(self._run_ends, self.kernel.now)
         if in_flight + 1 < self._run_len:
             self._run_len = in_flight + 1
+            end = self._run_ends[in_flight]
             if self.power is not None:
-                self.power.cut_stretch(float(self._run_ends[in_flight]))
+                self.power.cut_stretch(end)
             self.generation += 1
-            self.kernel.schedule(
-                float(self._run_ends[in_flight]), IterationDone(self.instance_id, self.generation)
-            )
+            self.kernel.schedule(end, IterationDone(self.instance_id, self.generation))
 
     # ------------------------------------------------------------------ scheduling
 
@@ -558,18 +559,27 @@ class Instance:
             steps = lo
             if steps < 2:
                 return False
-        i = np.arange(1, steps + 1, dtype=np.float64)
-        kv_sum = float(sum(computed)) + num * i
-        durations = self.latency.decode_times_s(num, kv_sum, float(max(computed)) + i)
-        energy: np.ndarray | tuple[float, float, float] | None = None
+        kv_sum0 = float(sum(computed))
+        kv_max0 = float(max(computed))
+        line = self.latency.decode_line_s(num, kv_sum0, kv_max0, steps)
+        durations: list[float]
+        if line is None:
+            i = np.arange(1, steps + 1, dtype=np.float64)
+            durations = self.latency.decode_times_s(num, kv_sum0 + num * i, kv_max0 + i).tolist()
+        else:
+            a, b = line
+            durations = [a + b * k for k in range(1, steps + 1)]
+        energy: list[float] | tuple[float, float, float] | None = None
         if self.power is not None:
-            durations, energy = self.power.stretch(num, kv_sum, durations)
+            durations, energy = self.power.stretch(num, kv_sum0, durations)
         self._run = list(running)
         self._run_need = need
         self._run_last0 = [r.last_token_s for r in running]
         self._run_blocks = 0
         self._run_materialized = 0
-        self._run_ends = now + np.cumsum(durations)
+        ends = list(itertools.accumulate(durations, initial=now))
+        del ends[0]
+        self._run_ends = ends
         if self.power is not None and energy is not None:
             self._run_energy = self.power.begin_stretch(now, self._run_ends, energy)
         self._run_start = now
@@ -578,9 +588,7 @@ class Instance:
         self.busy = True
         self.generation += 1
         self.stats.scheduled_tokens_last = num
-        self.kernel.schedule(
-            float(self._run_ends[-1]), IterationDone(self.instance_id, self.generation)
-        )
+        self.kernel.schedule(ends[-1], IterationDone(self.instance_id, self.generation))
         return True
 
     def _account_run(self, upto: int) -> None:
@@ -611,7 +619,7 @@ class Instance:
         itl = self.itl
         if materialized == 0:
             # Each request's first token in the stretch measures from its previous one.
-            t_first = float(ends[0])
+            t_first = ends[0]
             first_gaps = [t_first - last for last in self._run_last0]
             itl.add_list(first_gaps)
             for request, gap in zip(run, first_gaps, strict=True):
@@ -620,10 +628,10 @@ class Instance:
         lo = materialized if materialized > 1 else 1
         peak = 0.0
         if done > lo:
-            gaps = ends[lo:done] - ends[lo - 1 : done - 1]
+            gaps = [ends[k] - ends[k - 1] for k in range(lo, done)]
             itl.add_many(gaps, len(run))
-            peak = float(gaps.max())
-        t_end = float(ends[done - 1])
+            peak = max(gaps)
+        t_end = ends[done - 1]
         bs = self.params.block_size
         added = done - materialized
         need = self._run_need
@@ -661,7 +669,7 @@ class Instance:
         self._account_run(upto)
         self._materialize_run()
         if upto == self._run_len:
-            t_end = float(self._run_ends[upto - 1])
+            t_end = self._run_ends[upto - 1]
             finished = False
             for request in self._run:
                 if request.num_output_tokens >= request.max_output_tokens:

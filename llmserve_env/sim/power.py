@@ -11,6 +11,8 @@ links, NIC and storage (LLMServingSim's power block).
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 from dataclasses import dataclass
 from enum import IntEnum
@@ -165,8 +167,8 @@ class StretchEnergy:
     def __init__(
         self,
         start: float,
-        ends: FloatArray,
-        cum: FloatArray | None = None,
+        ends: list[float],
+        cum: list[float] | None = None,
         affine: tuple[float, float, float] = (0.0, 0.0, 0.0),
     ) -> None:
         self._start = start
@@ -177,11 +179,9 @@ class StretchEnergy:
     def at(self, k: int) -> float:
         """Energy of iterations ``0..k`` (J)."""
         if self._cum is not None:
-            return float(self._cum[k])
+            return self._cum[k]
         n = k + 1
-        return self._idle * (float(self._ends[k]) - self._start) + n * (
-            self._lin + self._quad * (n + 1)
-        )
+        return self._idle * (self._ends[k] - self._start) + n * (self._lin + self._quad * (n + 1))
 
 
 class InstancePower:
@@ -239,8 +239,8 @@ class InstancePower:
         self._busy_start = 0.0
         self._busy_end = 0.0
         self._busy_w = 0.0
-        self._ends: FloatArray = np.empty(0)
-        self._stretch = StretchEnergy(0.0, self._ends, np.empty(0))
+        self._ends: list[float] = []
+        self._stretch = StretchEnergy(0.0, self._ends, [])
         self._stretch_acc_j = 0.0  # the stretch's energy already in _acc_j
 
     # ------------------------------------------------------------------ clocks
@@ -287,25 +287,29 @@ class InstancePower:
         self.last_freq_used = f
         t += self._clock_penalty_s
         self._clock_penalty_s = 0.0
-        self.node.add_traffic("links", self._collective_bytes(batch.num_tokens))
+        if self.collective_bytes_per_token:
+            self.node.add_traffic("links", self._collective_bytes(batch.num_tokens))
         return t, p * self.num_devices
 
     def stretch(
-        self, num: int, kv_sum: FloatArray, times_s: FloatArray
-    ) -> tuple[FloatArray, FloatArray | tuple[float, float, float]]:
+        self, num: int, kv_sum0: float, times_s: list[float]
+    ) -> tuple[list[float], list[float] | tuple[float, float, float]]:
         """Clock-adjusted durations and the energy of decode iterations (the capped clock
-        is chosen on the first iteration and held for the stretch).
+        is chosen on the first iteration and held for the stretch). Iteration ``i``
+        (from 1) has the KV sum ``kv_sum0 + num * i``.
 
         The energy is per-iteration energies, or at full clock the closed-form
         coefficients ``(idle, lin, quad)`` of :class:`StretchEnergy` (per instance)."""
-        self.node.add_traffic("links", self._collective_bytes(num) * len(times_s))
+        steps = len(times_s)
+        if self.collective_bytes_per_token:
+            self.node.add_traffic("links", self._collective_bytes(num) * steps)
         spec = self.spec
         if self.freq_index == len(spec.clock_levels) - 1 and not self._clock_penalty_s:
             # Full clock: energy is linear in time, FLOPs and bytes, and the work is
             # affine in the KV length, so no per-iteration power model is needed.
             f0, f1, b0, b1 = self.work.decode_affine(num)
-            first, last = float(times_s[0]), float(times_s[-1])
-            kv_first, kv_last = float(kv_sum[0]), float(kv_sum[-1])
+            first, last = times_s[0], times_s[-1]
+            kv_first, kv_last = kv_sum0 + num, kv_sum0 + num * steps
             work = self.work
             mfu_ok = (f0 + f1 * kv_first) <= first * work.peak_flops
             mbu_ok = (b0 + b1 * kv_first) <= first * work.bandwidth
@@ -334,17 +338,16 @@ class InstancePower:
                     slope * num / 2.0 * n,
                 )
                 return times_s, affine
+        kv_sum = kv_sum0 + num * np.arange(1, steps + 1, dtype=np.float64)
         flops, nbytes, share = self.work.decode(num, kv_sum)
-        f, _, _ = self._capped_freq(
-            float(flops[0]), float(nbytes[0]), float(times_s[0]), float(share[0])
-        )
+        f, _, _ = self._capped_freq(float(flops[0]), float(nbytes[0]), times_s[0], float(share[0]))
         self.last_freq_used = f
-        t = np.asarray(scaled_time(times_s, share, f), dtype=np.float64)
+        t = np.asarray(scaled_time(np.asarray(times_s), share, f), dtype=np.float64)
         if self._clock_penalty_s:
             t[0] += self._clock_penalty_s
             self._clock_penalty_s = 0.0
         p = np.minimum(np.asarray(active_power_w(spec, self.work, flops, nbytes, t, f)), self.cap_w)
-        return t, p * t * self.num_devices
+        return t.tolist(), (p * t * self.num_devices).tolist()
 
     def _collective_bytes(self, tokens: int) -> float:
         """Bytes the instance's tensor-parallel all-reduces move for ``tokens``."""
@@ -383,11 +386,11 @@ class InstancePower:
             return 0.0
         ends = self._ends
         stretch = self._stretch
-        k = int(ends.searchsorted(t, side="right"))
+        k = bisect.bisect_right(ends, t)
         done = stretch.at(k - 1) if k > 0 else 0.0
         if k < len(ends):
-            prev = float(ends[k - 1]) if k > 0 else self._busy_start
-            end = float(ends[k])
+            prev = ends[k - 1] if k > 0 else self._busy_start
+            end = ends[k]
             done += (stretch.at(k) - done) / max(end - prev, 1e-12) * (t - prev)
         return done
 
@@ -427,7 +430,7 @@ class InstancePower:
         if self._seg != "rest" and self._busy_start <= now < self._busy_end:
             if self._seg == "busy":
                 return self._busy_w
-            k = int(self._ends.searchsorted(now, side="right"))
+            k = bisect.bisect_right(self._ends, now)
             return self._stretch_power(min(k, len(self._ends) - 1))
         if self.state == PowerState.ON:
             tail = self._rest_since + self.spec.standby_s
@@ -443,7 +446,7 @@ class InstancePower:
         self.node.busy_change(+1, now)
 
     def begin_stretch(
-        self, now: float, ends: FloatArray, energy: FloatArray | tuple[float, float, float]
+        self, now: float, ends: list[float], energy: list[float] | tuple[float, float, float]
     ) -> StretchEnergy:
         """Decode iterations end at ``ends`` using ``energy`` (from :meth:`stretch`);
         returns the cumulative energy at each iteration end (for per-request
@@ -453,10 +456,10 @@ class InstancePower:
         if isinstance(energy, tuple):
             self._stretch = StretchEnergy(now, ends, affine=energy)
         else:
-            self._stretch = StretchEnergy(now, ends, np.cumsum(energy))
+            self._stretch = StretchEnergy(now, ends, list(itertools.accumulate(energy)))
         self._ends = ends
         self._stretch_acc_j = 0.0
-        self._busy_start, self._busy_end = now, float(ends[-1])
+        self._busy_start, self._busy_end = now, ends[-1]
         self.node.busy_change(+1, now)
         return self._stretch
 
@@ -464,8 +467,8 @@ class InstancePower:
         """Average power of the stretch's iteration ``k``."""
         cum, ends = self._stretch, self._ends
         energy = cum.at(k) - (cum.at(k - 1) if k else 0.0)
-        start = float(ends[k - 1]) if k else self._busy_start
-        return energy / max(float(ends[k]) - start, 1e-12)
+        start = ends[k - 1] if k else self._busy_start
+        return energy / max(ends[k] - start, 1e-12)
 
     def cut_stretch(self, end: float) -> None:
         """The stretch now ends at ``end`` (an iteration boundary)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,7 +56,7 @@ class ItlHistogram:
         self._count = 0
         self._max_s = 0.0
         self._buffer: list[float] = []
-        self._arrays: list[NDArray[np.float64]] = []
+        self._arrays: list[Sequence[float] | NDArray[np.float64]] = []
         self._weights: list[int] = []
 
     def add(self, itl_s: float) -> None:
@@ -70,7 +71,7 @@ class ItlHistogram:
         if len(self._buffer) >= 8192:
             self._flush()
 
-    def add_many(self, itl_s: NDArray[np.float64], weight: int) -> None:
+    def add_many(self, itl_s: Sequence[float] | NDArray[np.float64], weight: int) -> None:
         """Record ``weight`` tokens for each latency in ``itl_s``."""
         self._arrays.append(itl_s)
         self._weights.append(weight)

@@ -124,3 +124,35 @@ def test_fold_prefills_keeps_tokens_and_work() -> None:
     # many fresh chunks: work kept with no context
     q, c = fold_prefills((10,) * 10, (0,) * 10)
     assert c == 0.0 and q * (q + 1) / 2 == pytest.approx(10 * 10 * 5.5)
+
+
+@pytest.mark.parametrize("skew", [None, 0.4])
+def test_decode_line_is_the_stretch_where_it_is_a_line(skew: float | None) -> None:
+    m = model(skew_alpha=skew)
+    lines = 0
+    for num, kv_sum0, kv_max0, steps in [
+        (4, 4 * 60.0, 60.0, 30),
+        (4, 4 * 60.0, 90.0, 30),
+        (2, 2 * 100.0 + 40.0, 150.0, 50),
+        (8, 8 * 700.0, 900.0, 200),
+        (1, 3000.0, 3000.0, 4000),
+        (3, 3 * 40.0, 45.0, 500),
+    ]:
+        line = m.decode_line_s(num, kv_sum0, kv_max0, steps)
+        i = np.arange(1, steps + 1, dtype=np.float64)
+        times = m.decode_times_s(num, kv_sum0 + num * i, kv_max0 + i)
+        if line is None:
+            continue
+        lines += 1
+        a, b = line
+        np.testing.assert_allclose(a + b * i, times, rtol=1e-12)
+    assert lines >= 3
+
+
+def test_decode_line_refuses_a_stretch_across_a_knot() -> None:
+    m = model()
+    _, attn, _ = m._decode_curves(4)
+    knot = float(attn.x[2])
+    # the mean decode context at iteration i is kv_sum0 / 4 - 1 + i: crossing the knot
+    assert m.decode_line_s(4, 4 * (knot - 5.0), knot - 4.0, 20) is None
+    assert m.decode_line_s(4, 4 * (knot + 1.0), knot + 2.0, 20) is not None

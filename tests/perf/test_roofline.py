@@ -200,3 +200,12 @@ def test_tensor_parallel_all_reduce_uses_the_comm_model() -> None:
     assert single.iteration_time_s(batch) == RooflineModel(
         arch, device, tp=1, calibration=cal
     ).iteration_time_s(batch)
+
+
+def test_decode_line_equals_the_vectorised_stretch() -> None:
+    roof = RooflineModel(load_model_arch("meta-llama/Llama-3.1-8B"), resolve_device("H100"))
+    line = roof.decode_line_s(16, 16 * 700.0, 900.0, 300)
+    assert line is not None
+    i = np.arange(1, 301, dtype=np.float64)
+    times = roof.decode_times_s(16, 16 * 700.0 + 16 * i, 900.0 + i)
+    np.testing.assert_allclose(line[0] + line[1] * i, times, rtol=1e-12)

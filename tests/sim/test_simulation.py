@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from llmserve_env.build import build_simulation, load_scenario
+from llmserve_env.perf.base import BatchShape, FloatArray, LatencyModel
 from llmserve_env.sim.metrics import SLO
 from tests.helpers import make_sim, workload
 
@@ -150,3 +151,39 @@ def test_shipped_scenarios_run(name: str) -> None:
         summary["num_finished"] + summary["num_rejected"] + summary["num_unfinished"]
         == summary["num_arrived"]
     )
+
+
+class _NoLine:
+    """A latency model without the closed-form decode line (per-iteration stretches)."""
+
+    def __init__(self, inner: LatencyModel) -> None:
+        self.inner = inner
+
+    def iteration_time_s(self, batch: BatchShape) -> float:
+        return self.inner.iteration_time_s(batch)
+
+    def decode_times_s(
+        self, num_decodes: int, kv_sum: FloatArray, kv_max: FloatArray
+    ) -> FloatArray:
+        return self.inner.decode_times_s(num_decodes, kv_sum, kv_max)
+
+    def decode_line_s(
+        self, num_decodes: int, kv_sum0: float, kv_max0: float, steps: int
+    ) -> tuple[float, float] | None:
+        return None
+
+
+def test_closed_form_decode_stretches_match_per_iteration_ones() -> None:
+    scenario = load_scenario("cluster-4x-h100", ["workload.num_requests=400"])
+    closed = build_simulation(scenario)
+    lines = sum(
+        inst.latency.decode_line_s(4, 4 * 600.0, 700.0, 10) is not None for inst in closed.instances
+    )
+    assert lines == len(closed.instances)  # the closed form is what runs by default
+    per_iteration = build_simulation(scenario)
+    for inst in per_iteration.instances:
+        inst.latency = _NoLine(inst.latency)
+    a, b = closed.run(), per_iteration.run()
+    assert a["num_iterations"] == b["num_iterations"]
+    for key in ("mean_ttft_ms", "p99_ttft_ms", "mean_tpot_ms", "mean_e2e_ms", "energy_j"):
+        assert a[key] == pytest.approx(b[key], rel=1e-9), key
