@@ -434,19 +434,6 @@ class Instance:
 
     # ------------------------------------------------------------------ completion
 
-    def _sample(self, request: Request, now: float) -> None:
-        """``request`` caught up at ``now``: it emits one output token."""
-        request.num_output_tokens += 1
-        self.stats.generation_tokens += 1
-        if request.num_output_tokens == 1:
-            request.first_token_s = now
-        else:
-            gap = now - request.last_token_s
-            self.itl.add(gap)
-            if gap > request.itl_max_s:
-                request.itl_max_s = gap
-        request.last_token_s = now
-
     def _finish(self, request: Request, now: float) -> None:
         request.status = RequestStatus.FINISHED
         request.finish_s = now
@@ -455,34 +442,52 @@ class Instance:
         self.on_finish(request)
 
     def _commit_iteration(self, now: float) -> None:
+        """The iteration in flight ended at ``now``: requests that caught up emit one
+        output token each (first token, or one inter-token gap), finished ones leave."""
         pool = self.pool
-        finished = False
-        self.stats.num_iterations += 1
+        stats = self.stats
+        batch = self._batch
+        stats.num_iterations += 1
+        per_token = 0.0
         if self.power is not None:
             # The iteration's energy goes to its requests in proportion to their tokens.
-            energy = self._iter_watts * (now - self._iter_start)
-            tokens = sum(n for _, n in self._batch)
+            tokens = sum(n for _, n in batch)
             if tokens:
-                per_token = energy / tokens
-                for request, num_new in self._batch:
-                    request.energy_j += per_token * num_new
+                per_token = self._iter_watts * (now - self._iter_start) / tokens
         caching = pool.enable_prefix_caching
-        for request, num_new in self._batch:
+        gaps: list[float] = []
+        finished = False
+        for request, num_new in batch:
+            if per_token:
+                request.energy_j += per_token * num_new
             if request.status != RequestStatus.RUNNING:
                 continue
             computed = request.num_computed_tokens
-            num_tokens = request.num_prompt_tokens + request.num_output_tokens
-            if not (num_new == 1 and request.num_output_tokens and computed == num_tokens - 1):
-                self.stats.prompt_tokens += num_new
+            out = request.num_output_tokens
+            num_tokens = request.num_prompt_tokens + out
+            if not (num_new == 1 and out and computed == num_tokens - 1):
+                stats.prompt_tokens += num_new
             computed += num_new
             request.num_computed_tokens = computed
             if caching and request.content is not None:
                 pool.register_computed(request)
             if computed == num_tokens:
-                self._sample(request, now)
-                if request.num_output_tokens >= request.max_output_tokens:
+                out += 1
+                request.num_output_tokens = out
+                if out == 1:
+                    request.first_token_s = now
+                else:
+                    gap = now - request.last_token_s
+                    gaps.append(gap)
+                    if gap > request.itl_max_s:
+                        request.itl_max_s = gap
+                request.last_token_s = now
+                stats.generation_tokens += 1
+                if out >= request.max_output_tokens:
                     self._finish(request, now)
                     finished = True
+        if gaps:
+            self.itl.add_list(gaps)
         self._batch = []
         if finished:
             self.running = [r for r in self.running if r.status == RequestStatus.RUNNING]
