@@ -63,28 +63,34 @@ class _BlockNeed:
     """Extra KV blocks a decode stretch needs after ``k`` iterations:
     ``sum(max(0, ceil((computed + k) / block_size) - held))`` over its requests.
 
-    Immutable after construction (forks share it); uses numpy only for large batches.
+    A request has ``held * block_size - computed`` free token slots (its slack); it needs
+    ``ceil((k - slack) / block_size)`` blocks once ``k`` exceeds them. With the slacks
+    sorted, the common case (every request short of room needs one block) is a bisection.
+
+    Immutable after construction (forks share it).
     """
 
-    __slots__ = ("_c", "_h", "block_size", "computed", "held")
+    __slots__ = ("_slack", "_slack_array", "block_size", "computed", "held")
 
     def __init__(self, computed: list[int], held: list[int], block_size: int) -> None:
         self.computed = computed
         self.held = held
         self.block_size = block_size
-        self._c = np.asarray(computed, dtype=np.int64) if len(computed) > 24 else None
-        self._h = np.asarray(held, dtype=np.int64) if len(computed) > 24 else None
+        self._slack = sorted(h * block_size - c for c, h in zip(computed, held, strict=True))
+        self._slack_array = np.asarray(self._slack, dtype=np.int64) if len(computed) > 24 else None
 
     def __call__(self, k: int) -> int:
+        slack = self._slack
+        short = bisect.bisect_left(slack, k)  # requests with fewer than k free slots
         bs = self.block_size
-        if self._c is not None and self._h is not None:
-            return int(np.maximum((self._c + (k + bs - 1)) // bs - self._h, 0).sum())
+        if short == 0 or k - slack[0] <= bs:
+            return short  # none, or one block each
+        if self._slack_array is not None:
+            lacking = k - self._slack_array[:short]
+            return int(((lacking + bs - 1) // bs).sum())
         total = 0
-        shift = k + bs - 1
-        for c, h in zip(self.computed, self.held, strict=True):
-            extra = (c + shift) // bs - h
-            if extra > 0:
-                total += extra
+        for index in range(short):
+            total += (k - slack[index] + bs - 1) // bs
         return total
 
 

@@ -6,7 +6,10 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from llmserve_env.sim.instance import _BlockNeed
 from llmserve_env.sim.request import RequestStatus, TokenContent
 from tests.helpers import LinearLatency, make_sim, workload
 
@@ -211,3 +214,18 @@ def test_invariants_hold_throughout(run: int) -> None:
     assert sim.summary()["num_finished"] == n
     assert all(s.num_tokens <= 2048 and s.num_seqs <= 8 for s in latency.shapes)
     assert not math.isnan(sim.summary()["mean_ttft_ms"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 5000), st.integers(-2, 3)), min_size=1, max_size=40),
+    st.integers(1, 300),
+    st.sampled_from([1, 16, 32]),
+)
+def test_block_need_is_its_definition(requests: list[tuple[int, int]], k: int, bs: int) -> None:
+    # held blocks around what the computed tokens need (a little short or ahead)
+    computed = [c for c, _ in requests]
+    held = [max(0, -(-c // bs) + d) for c, d in requests]
+    need = _BlockNeed(computed, held, bs)
+    expected = sum(max(0, -(-(c + k) // bs) - h) for c, h in zip(computed, held, strict=True))
+    assert need(k) == expected
