@@ -24,7 +24,7 @@ import bisect
 import dataclasses
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -628,14 +628,13 @@ class Instance:
         run = self._run
         ends = self._run_ends
         itl = self.itl
+        firsts: Iterable[float] = itertools.repeat(0.0)
         if materialized == 0:
             # Each request's first token in the stretch measures from its previous one.
             t_first = ends[0]
             first_gaps = [t_first - last for last in self._run_last0]
             itl.add_list(first_gaps)
-            for request, gap in zip(run, first_gaps, strict=True):
-                if gap > request.itl_max_s:
-                    request.itl_max_s = gap
+            firsts = first_gaps
         lo = materialized if materialized > 1 else 1
         peak = 0.0
         if done > lo:
@@ -651,9 +650,12 @@ class Instance:
         if cum is not None:
             before = cum.at(materialized - 1) if materialized else 0.0
             energy_each = (cum.at(done - 1) - before) / len(run)
-        for request, c0, b0 in zip(run, need.computed, need.held, strict=True):
-            if peak > request.itl_max_s:
-                request.itl_max_s = peak
+        pool = self.pool
+        caching = pool.enable_prefix_caching
+        for request, c0, b0, first in zip(run, need.computed, need.held, firsts, strict=False):
+            top = first if first > peak else peak
+            if top > request.itl_max_s:
+                request.itl_max_s = top
             computed = c0 + done
             request.num_computed_tokens = computed
             request.num_output_tokens += added
@@ -661,12 +663,9 @@ class Instance:
             request.energy_j += energy_each
             blocks = (computed + bs - 1) // bs
             request.num_blocks = blocks if blocks > b0 else b0
+            if caching and request.content is not None:
+                pool.register_computed(request)
         self._run_materialized = done
-        pool = self.pool
-        if pool.enable_prefix_caching:
-            for request in run:
-                if request.content is not None:
-                    pool.register_computed(request)
 
     def materialize(self) -> None:
         """Make every request's own fields current (cheap aggregates are always current
