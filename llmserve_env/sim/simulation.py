@@ -467,6 +467,9 @@ class Simulation:
         parameters, token contents) are shared. The copy continues exactly as the
         original would under the same decisions.
         """
+        # Materialising a decode stretch records its ITLs: before the histogram is copied.
+        for inst in self.instances:
+            inst.materialize()
         kernel = self.kernel.clone()
         rngs = clone_rngs(self.rngs)
         itl = self.itl.copy()
