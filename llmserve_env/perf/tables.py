@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
@@ -51,6 +51,9 @@ class PiecewiseLinear:
     y: FloatArray
     slope_hi: float
     zero_at_zero: bool = True
+    # Derived in __post_init__: the knots as lists, for fast scalar lookups.
+    _xs: list[float] = field(init=False, repr=False, compare=False)
+    _ys: list[float] = field(init=False, repr=False, compare=False)
 
     @classmethod
     def from_points(
@@ -67,8 +70,8 @@ class PiecewiseLinear:
 
     def __call__(self, value: float) -> float:
         """The function at one point."""
-        xs: list[float] = self._xs  # type: ignore[attr-defined]
-        ys: list[float] = self._ys  # type: ignore[attr-defined]
+        xs = self._xs
+        ys = self._ys
         if value <= 0.0 and self.zero_at_zero:
             return 0.0
         if value <= xs[0]:
@@ -105,10 +108,10 @@ class PiecewiseLinear:
         out = np.interp(v, self.x, self.y)
         if not v.size:
             return out
-        xs: list[float] = self._xs  # type: ignore[attr-defined]
+        xs = self._xs
         x_hi = xs[-1]
         if v.max() > x_hi:
-            ys: list[float] = self._ys  # type: ignore[attr-defined]
+            ys = self._ys
             out = np.where(v > x_hi, ys[-1] + self.slope_hi * (v - x_hi), out)
         if self.zero_at_zero and v.min() <= 0.0:
             out = np.where(v <= 0.0, 0.0, out)
@@ -159,6 +162,10 @@ class Grid:
 
     axes: tuple[FloatArray, ...]
     values: FloatArray
+    # Derived in __post_init__: plain lists for fast scalar lookups.
+    _axes: list[list[float]] = field(init=False, repr=False, compare=False)
+    _flat: list[float] = field(init=False, repr=False, compare=False)
+    _strides: list[int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         shape = tuple(len(a) for a in self.axes)
@@ -177,9 +184,9 @@ class Grid:
 
     def __call__(self, *point: float) -> float:
         """Multilinear value at one point."""
-        axes: list[list[float]] = self._axes  # type: ignore[attr-defined]
-        flat: list[float] = self._flat  # type: ignore[attr-defined]
-        strides: list[int] = self._strides  # type: ignore[attr-defined]
+        axes = self._axes
+        flat = self._flat
+        strides = self._strides
         base = 0
         fractions = []
         for axis, stride, value in zip(axes, strides, point, strict=True):
@@ -295,6 +302,10 @@ class BucketTable:
     edges: tuple[FloatArray, ...]
     values: FloatArray
     default: float
+    # Derived in __post_init__: plain lists for fast scalar lookups.
+    _edges: list[list[float]] = field(init=False, repr=False, compare=False)
+    _flat: list[float] = field(init=False, repr=False, compare=False)
+    _strides: list[int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_edges", [e.tolist() for e in self.edges])
@@ -308,17 +319,17 @@ class BucketTable:
 
     def index(self, axis: int, value: float) -> int:
         """Bucket of ``value`` on ``axis``."""
-        edges: list[float] = self._edges[axis]  # type: ignore[attr-defined]
+        edges = self._edges[axis]
         return min(bisect.bisect_left(edges, value), len(edges) - 1)
 
     def __call__(self, *point: float) -> float:
         """The value of the bucket holding ``point``."""
-        all_edges: list[list[float]] = self._edges  # type: ignore[attr-defined]
-        strides: list[int] = self._strides  # type: ignore[attr-defined]
+        all_edges = self._edges
+        strides = self._strides
         offset = 0
         for edges, stride, value in zip(all_edges, strides, point, strict=True):
             offset += min(bisect.bisect_left(edges, value), len(edges) - 1) * stride
-        v: float = self._flat[offset]  # type: ignore[attr-defined]
+        v = self._flat[offset]
         return self.default if v != v else v  # NaN: no measurement in this bucket
 
     def many(self, *points: FloatArray | float) -> FloatArray:

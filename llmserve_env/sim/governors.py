@@ -129,6 +129,9 @@ class IdleTimeoutSleep:
             fastest = min(asleep, key=lambda i: i.power.wake_time_s() if i.power else math.inf)
             sim.set_power_state(fastest.instance_id, PowerState.ON)
             return
+        # A list of its own, not `on` rebound in the loop: compiled code (mypyc) would
+        # then iterate over the new list.
+        still_on = list(on)
         for inst in on:
             if inst.num_outstanding or inst.busy:
                 self.idle_since.pop(inst.instance_id, None)
@@ -142,13 +145,13 @@ class IdleTimeoutSleep:
             )
             others_on = sum(
                 1
-                for i in on
+                for i in still_on
                 if i is not inst and i.power is not None and i.power.state == PowerState.ON
             )
             if now - since >= timeout and (others_on or sim.power_wake_on_demand):
                 sim.set_power_state(inst.instance_id, self.level)
                 self.idle_since.pop(inst.instance_id, None)
-                on = [i for i in on if i is not inst]
+                still_on.remove(inst)
 
     def clone(self) -> IdleTimeoutSleep:
         other = IdleTimeoutSleep(self.timeout_s, "sleep", self.up)

@@ -751,15 +751,41 @@ class Instance:
         The latency model and engine parameters are immutable and shared.
         """
         self.materialize()
-        other = Instance.__new__(Instance)
-        other.__dict__.update(self.__dict__)
-        other.kernel = kernel
-        other.itl = itl
-        other.pool = self.pool.clone()
-        other.stats = dataclasses.replace(self.stats)
+        power = None
         if self.power is not None:
             node = (nodes or {}).get(id(self.power.node), self.power.node)
-            other.power = self.power.clone(node)
+            power = self.power.clone(node)
+        other = Instance(
+            self.instance_id,
+            self.name,
+            kernel,
+            self.params,
+            self.latency,
+            itl,
+            self.on_finish,
+            self.node_id,
+            self.num_devices,
+            power,
+        )
+        other.pool = self.pool.clone()
+        other.stats = dataclasses.replace(self.stats)
+        other.generation = self.generation
+        other.busy = self.busy
+        other._wake_pending = self._wake_pending
+        other._iter_start = self._iter_start
+        # The stretch's arrays, block need and energy are never mutated: shared.
+        other._run_ends = self._run_ends
+        other._run_start = self._run_start
+        other._run_done = self._run_done
+        other._run_len = self._run_len
+        other._run_need = self._run_need
+        other._run_last0 = self._run_last0
+        other._run_blocks = self._run_blocks
+        other._run_materialized = self._run_materialized
+        other._run_energy = self._run_energy
+        other._iter_watts = self._iter_watts
+        other._waiting_area = self._waiting_area
+        other._waiting_t = self._waiting_t
 
         def copy(request: Request) -> Request:
             new = mapping.get(id(request))

@@ -264,10 +264,7 @@ class KVBlockPool:
 
     def clone(self) -> KVBlockPool:
         """An independent copy (dicts and the queue are copied at C speed)."""
-        other = KVBlockPool.__new__(KVBlockPool)
-        other.num_blocks = self.num_blocks
-        other.block_size = self.block_size
-        other.enable_prefix_caching = self.enable_prefix_caching
+        other = KVBlockPool(self.num_blocks, self.block_size, self.enable_prefix_caching)
         other.num_free_blocks = self.num_free_blocks
         other.num_private_held = self.num_private_held
         other.num_evictions = self.num_evictions

@@ -212,11 +212,17 @@ class MetricsRecorder:
 
     def clone(self) -> MetricsRecorder:
         """An independent copy (recorded rows are immutable tuples and are shared)."""
-        other = MetricsRecorder.__new__(MetricsRecorder)
-        other.__dict__.update(self.__dict__)
+        other = MetricsRecorder(self.slo)
         other.rows = list(self.rows)
         other.series = list(self.series)
         other._last_counts = dict(self._last_counts)
+        other.num_finished = self.num_finished
+        other.num_rejected = self.num_rejected
+        other.num_unfinished = self.num_unfinished
+        other.num_slo_met = self.num_slo_met
+        other.num_ttft_violations = self.num_ttft_violations
+        other.num_tpot_violations = self.num_tpot_violations
+        other.num_e2e_violations = self.num_e2e_violations
         return other
 
     def request_table(self) -> dict[str, np.ndarray]:

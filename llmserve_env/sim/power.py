@@ -529,7 +529,30 @@ class InstancePower:
 
     def clone(self, node: NodePower) -> InstancePower:
         """An independent copy attached to ``node`` (arrays are immutable and shared)."""
-        other = InstancePower.__new__(InstancePower)
-        other.__dict__.update(self.__dict__)
-        other.node = node
+        other = InstancePower(
+            self.spec,
+            self.work,
+            self.num_devices,
+            self.weight_bytes,
+            self.host_gbps,
+            self.cap_w,
+            node,
+            self.collective_bytes_per_token,
+        )
+        other.state = self.state
+        other.freq_index = self.freq_index
+        other.wake_ready_s = self.wake_ready_s
+        other.last_freq_used = self.last_freq_used
+        other._clock_penalty_s = self._clock_penalty_s
+        other._acc_j = self._acc_j
+        other._acc_t = self._acc_t
+        other._busy_time = self._busy_time
+        other._seg = self._seg
+        other._rest_since = self._rest_since
+        other._busy_start = self._busy_start
+        other._busy_end = self._busy_end
+        other._busy_w = self._busy_w
+        other._ends = self._ends
+        other._stretch = self._stretch
+        other._stretch_acc_j = self._stretch_acc_j
         return other

@@ -106,7 +106,10 @@ class KeyedQueue:
     def push(self, request: Request) -> None:
         heapq.heappush(self._heap, self._key(request))
 
-    push_preempted = push
+    def push_preempted(self, request: Request) -> None:
+        # The key orders a preempted request back into place (a real method, not an
+        # alias: compiled classes do not support method aliases in the class body).
+        heapq.heappush(self._heap, self._key(request))
 
     def peek(self) -> Request:
         return self._heap[0][3]

@@ -64,6 +64,8 @@ class Simulation:
         governor: Power governor acting every ``power_interval_s`` (``None``: none).
         power_interval_s: Governor period.
         wake_on_demand: Wake a sleeping instance when an arrival finds none on.
+        start: Schedule the first arrival, sample and governor tick (``False`` for a
+            copy whose kernel already holds its pending events).
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class Simulation:
         governor: Governor | None = None,
         power_interval_s: float = 1.0,
         wake_on_demand: bool = True,
+        start: bool = True,
     ) -> None:
         self.kernel = kernel
         self.instances = instances
@@ -107,11 +110,12 @@ class Simulation:
         for inst in instances:
             inst.on_finish = self._on_finish
         self._register_handlers()
-        self._schedule_next_arrival()
-        if sample_interval_s is not None:
-            kernel.schedule(0.0, Sample())
-        if governor is not None:
-            kernel.schedule(0.0, PowerTick())
+        if start:
+            self._schedule_next_arrival()
+            if sample_interval_s is not None:
+                kernel.schedule(0.0, Sample())
+            if governor is not None:
+                kernel.schedule(0.0, PowerTick())
 
     def _register_handlers(self) -> None:
         """The dispatch table: one handler per event type."""
@@ -463,27 +467,40 @@ class Simulation:
         parameters, token contents) are shared. The copy continues exactly as the
         original would under the same decisions.
         """
-        other = Simulation.__new__(Simulation)
-        other.__dict__.update(self.__dict__)
+        # Materialising a decode stretch records its ITLs: before the histogram is copied.
+        for inst in self.instances:
+            inst.materialize()
         kernel = self.kernel.clone()
-        other.kernel = kernel
-        other.rngs = clone_rngs(self.rngs)
-        other.itl = self.itl.copy()
-        other.metrics = self.metrics.clone()
+        rngs = clone_rngs(self.rngs)
+        itl = self.itl.copy()
         mapping: dict[int, Request] = {}
-        other.nodes = [node.clone() for node in self.nodes]
-        node_map = {id(old): new for old, new in zip(self.nodes, other.nodes, strict=True)}
-        other.instances = [
-            inst.clone(kernel, other.itl, mapping, node_map) for inst in self.instances
-        ]
-        other.governor = None if self.governor is None else self.governor.clone()
+        nodes = [node.clone() for node in self.nodes]
+        node_map = {id(old): new for old, new in zip(self.nodes, nodes, strict=True)}
+        # The constructor registers the handlers and the instances' finish callback.
+        other = Simulation(
+            kernel,
+            [inst.clone(kernel, itl, mapping, node_map) for inst in self.instances],
+            None if self.router is None else self.router.clone(rngs),
+            self.workload,
+            self.metrics.clone(),
+            itl,
+            horizon_s=self.horizon_s,
+            sample_interval_s=self.sample_interval_s,
+            rngs=rngs,
+            nodes=nodes,
+            governor=None if self.governor is None else self.governor.clone(),
+            power_interval_s=self.power_interval_s,
+            wake_on_demand=self.power_wake_on_demand,
+            start=False,
+        )
         other.recent_tpot_s = dict(self.recent_tpot_s)
         other._wake_generation = dict(self._wake_generation)
-        for inst in other.instances:
-            inst.on_finish = other._on_finish
         other.pending = [mapping.get(id(r)) or clone_request(r) for r in self.pending]
-        other.router = None if self.router is None else self.router.clone(other.rngs)
-        other._register_handlers()
+        other.num_arrived = self.num_arrived
+        other.next_index = self.next_index
+        other.finalized = self.finalized
+        other.wall_time_s = self.wall_time_s
+        other._next_sample = self._next_sample
         return other
 
     def check_invariants(self) -> None:

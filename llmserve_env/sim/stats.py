@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -48,7 +49,7 @@ class ItlHistogram:
 
     __slots__ = ("_arrays", "_buffer", "_count", "_counts", "_max_s", "_total_s", "_weights")
 
-    edges: NDArray[np.float64] = _ITL_EDGES
+    edges: ClassVar[NDArray[np.float64]] = _ITL_EDGES
 
     def __init__(self) -> None:
         self._counts = np.zeros(len(_ITL_EDGES) + 1, dtype=np.int64)
