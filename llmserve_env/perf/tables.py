@@ -86,8 +86,8 @@ class PiecewiseLinear:
     def line(self, lo: float, hi: float) -> tuple[float, float] | None:
         """``(intercept, slope)`` of the function on ``[lo, hi]`` when one linear piece
         covers that range, else ``None``."""
-        xs: list[float] = self._xs  # type: ignore[attr-defined]
-        ys: list[float] = self._ys  # type: ignore[attr-defined]
+        xs: list[float] = self._xs
+        ys: list[float] = self._ys
         if self.zero_at_zero and lo <= 0.0:
             return None
         if hi <= xs[0]:
