@@ -787,17 +787,24 @@ class Instance:
         other._waiting_area = self._waiting_area
         other._waiting_t = self._waiting_t
 
-        def copy(request: Request) -> Request:
-            new = mapping.get(id(request))
-            if new is None:
-                new = clone_request(request)
-                mapping[id(request)] = new
-            return new
-
-        other.running = [copy(r) for r in self.running]
-        for r in self.waiting:
-            copy(r)
+        other.running = _copy_requests(self.running, mapping)
+        _copy_requests(self.waiting, mapping)
         other.waiting = self.waiting.clone(mapping)
-        other._run = [copy(r) for r in self._run]
-        other._batch = [(copy(r), n) for r, n in self._batch]
+        other._run = _copy_requests(self._run, mapping)
+        batch = _copy_requests([r for r, _ in self._batch], mapping)
+        other._batch = [(r, n) for r, (_, n) in zip(batch, self._batch, strict=True)]
         return other
+
+
+def _copy_requests(requests: Iterable[Request], mapping: dict[int, Request]) -> list[Request]:
+    """The copies of ``requests``, one per request across a whole fork: ``mapping``
+    translates ``id(original)`` to its copy and gains the ones made here."""
+    out = []
+    for request in requests:
+        key = id(request)
+        new = mapping.get(key)
+        if new is None:
+            new = clone_request(request)
+            mapping[key] = new
+        out.append(new)
+    return out
