@@ -12,8 +12,9 @@ that reached their output length finish and free their blocks.
 Speed without changing results: when every running request is decoding and no waiting
 request can be admitted, consecutive iterations differ only in KV length, so the engine
 evaluates a whole stretch of them at once (a line in the iteration index from the latency
-model, or one vectorised call) and schedules one event at its end. The stretch stops before the first request finishes or the KV cache would
-run out, and is cut at the next iteration boundary when anything external happens
+model, or one vectorised call) and schedules one event at its end. The stretch stops
+before the first request finishes or the KV cache would run out, and is cut at the next
+iteration boundary when anything external happens
 (an arrival, an action): :meth:`Instance.interrupt`. Observers call
 :meth:`Instance.advance_to` to see the state after every iteration that has ended.
 """

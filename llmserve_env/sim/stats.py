@@ -42,8 +42,8 @@ class InstanceStats:
 class ItlHistogram:
     """Inter-token latencies as a weighted log-bin histogram (statistics, not a stream).
 
-    Single values are buffered in a list and binned in bulk, so recording one costs an
-    ``append``; the histogram is exact to the bin (50 bins per decade) and the mean,
+    Values are buffered in lists and binned in bulk, so recording a batch of them costs a
+    list ``extend``; the histogram is exact to the bin (50 bins per decade) and the mean,
     count and maximum are exact.
     """
 
@@ -59,12 +59,6 @@ class ItlHistogram:
         self._buffer: list[float] = []
         self._arrays: list[Sequence[float] | NDArray[np.float64]] = []
         self._weights: list[int] = []
-
-    def add(self, itl_s: float) -> None:
-        """Record one token that came ``itl_s`` after its predecessor."""
-        self._buffer.append(itl_s)
-        if len(self._buffer) >= 8192:
-            self._flush()
 
     def add_list(self, itl_s: list[float]) -> None:
         """Record one token for each latency in ``itl_s``."""
