@@ -11,6 +11,7 @@ from llmserve_env.sim.kv_cache import KVBlockPool
 from llmserve_env.sim.request import Request
 from llmserve_env.sim.rng import rng_tree
 from llmserve_env.sim.workload.arrivals import sample_arrivals
+from llmserve_env.sim.workload.base import WorkloadData
 from llmserve_env.sim.workload.multiturn import generate_multi_turn
 
 _arrival = TypeAdapter(ArrivalConfig)
@@ -136,3 +137,18 @@ def test_segment_hashes_match_token_hashes() -> None:
     assert len(req.block_hashes(16)) == 4
     assert len(req.block_hashes(32)) == 2
     assert pool.num_hit_blocks(req) == 0
+
+
+def test_from_arrays_sorts_stably_and_owns_its_columns() -> None:
+    arrival = np.array([2.0, 1.0, 2.0, 0.5])
+    prompts = np.array([10, 11, 12, 13])
+    data = WorkloadData.from_arrays(arrival, prompts, [1, 2, 3, 4], priority=[0, 1, 2, 3])
+    assert data.arrival_s.tolist() == [0.5, 1.0, 2.0, 2.0]
+    assert data.prompt_tokens.tolist() == [13, 11, 10, 12]  # ties keep their order
+    assert data.priority.tolist() == [3, 1, 0, 2]
+    ordered = np.array([0.0, 1.0, 1.0, 3.0])
+    same = WorkloadData.from_arrays(ordered, prompts, [1, 2, 3, 4])
+    assert same.prompt_tokens.tolist() == [10, 11, 12, 13]
+    # the columns are read-only copies: the caller's arrays stay writable and unshared
+    assert not same.arrival_s.flags.writeable and ordered.flags.writeable
+    assert not np.shares_memory(same.prompt_tokens, prompts)

@@ -8,11 +8,14 @@ which therefore replay exactly the same future arrivals (common random numbers).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
 
 from llmserve_env.sim.request import TokenContent
+
+_Scalar = TypeVar("_Scalar", bound=np.generic)
 
 
 @dataclass(frozen=True)
@@ -81,8 +84,11 @@ class WorkloadData:
     ) -> WorkloadData:
         """Build from (possibly unsorted) columns; sorts stably by arrival time."""
         arrival = np.asarray(arrival_s, dtype=np.float64)
-        order = np.argsort(arrival, kind="stable")
         n = len(arrival)
+        # Generated arrivals usually come sorted: then a copy is all a column needs.
+        order: NDArray[np.intp] | slice = slice(None)
+        if n > 1 and bool((arrival[1:] < arrival[:-1]).any()):
+            order = np.argsort(arrival, kind="stable")
         prio = (
             np.zeros(n, dtype=np.int64)
             if priority is None
@@ -95,13 +101,21 @@ class WorkloadData:
         )
         sorted_contents = None
         if contents is not None and any(c is not None for c in contents):
-            sorted_contents = tuple(contents[i] for i in order)
+            if isinstance(order, slice):
+                sorted_contents = tuple(contents)
+            else:
+                sorted_contents = tuple(contents[i] for i in order)
+
+        def column(values: NDArray[_Scalar]) -> NDArray[_Scalar]:
+            # Our own copy in arrival order (it is made read-only).
+            return values[order].copy() if isinstance(order, slice) else values[order]
+
         return cls(
-            arrival_s=arrival[order].copy(),
-            prompt_tokens=np.asarray(prompt_tokens, dtype=np.int64)[order].copy(),
-            output_tokens=np.asarray(output_tokens, dtype=np.int64)[order].copy(),
-            priority=prio[order].copy(),
-            session_id=sess[order].copy(),
+            arrival_s=column(arrival),
+            prompt_tokens=column(np.asarray(prompt_tokens, dtype=np.int64)),
+            output_tokens=column(np.asarray(output_tokens, dtype=np.int64)),
+            priority=column(prio),
+            session_id=column(sess),
             contents=sorted_contents,
             source=source,
         )
