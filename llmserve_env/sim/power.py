@@ -183,6 +183,14 @@ class StretchEnergy:
         n = k + 1
         return self._idle * (self._ends[k] - self._start) + n * (self._lin + self._quad * (n + 1))
 
+    def iteration_j(self, k: int) -> float:
+        """Energy of iteration ``k`` alone (J): ``at(k) - at(k - 1)``."""
+        cum = self._cum
+        if cum is not None:
+            return cum[k] - cum[k - 1] if k else cum[0]
+        start = self._ends[k - 1] if k else self._start
+        return self._idle * (self._ends[k] - start) + self._lin + 2.0 * self._quad * (k + 1)
+
 
 class InstancePower:
     """The devices of one instance: state, clock, cap, and their energy.
@@ -465,10 +473,9 @@ class InstancePower:
 
     def _stretch_power(self, k: int) -> float:
         """Average power of the stretch's iteration ``k``."""
-        cum, ends = self._stretch, self._ends
-        energy = cum.at(k) - (cum.at(k - 1) if k else 0.0)
+        ends = self._ends
         start = ends[k - 1] if k else self._busy_start
-        return energy / max(ends[k] - start, 1e-12)
+        return self._stretch.iteration_j(k) / max(ends[k] - start, 1e-12)
 
     def cut_stretch(self, end: float) -> None:
         """The stretch now ends at ``end`` (an iteration boundary)."""

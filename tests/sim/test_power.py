@@ -11,7 +11,13 @@ from llmserve_env.perf.hardware import resolve_device
 from llmserve_env.perf.model_arch import load_model_arch
 from llmserve_env.perf.power import DevicePowerSpec, WorkModel, active_power_w, scaled_time
 from llmserve_env.perf.roofline import RooflineModel
-from llmserve_env.sim.power import InstancePower, NodePower, NodePowerSpec, PowerState
+from llmserve_env.sim.power import (
+    InstancePower,
+    NodePower,
+    NodePowerSpec,
+    PowerState,
+    StretchEnergy,
+)
 
 H100 = resolve_device("H100-SXM")
 LLAMA = load_model_arch("meta-llama/Llama-3.1-8B")
@@ -274,3 +280,13 @@ def test_clone_keeps_energy_accounts_independent() -> None:
     other = fork2.clone()
     other.set_power_state(0, PowerState.SLEEP)
     assert other.energy_j() == fork2.energy_j()  # the past is shared, the futures differ
+
+
+def test_stretch_iteration_energy_is_the_difference_of_cumulative_energy() -> None:
+    ends = [1.01, 1.025, 1.04, 1.06]
+    affine = StretchEnergy(1.0, ends, affine=(700.0, 2.5, 0.01))
+    listed = StretchEnergy(1.0, ends, cum=[3.0, 7.0, 12.0, 14.5])
+    for stretch in (affine, listed):
+        for k in range(len(ends)):
+            before = stretch.at(k - 1) if k else 0.0
+            assert stretch.iteration_j(k) == pytest.approx(stretch.at(k) - before, rel=1e-12)
