@@ -28,9 +28,8 @@ from llmserve_env.env.observation import (
     observation_layout,
     observation_space,
 )
-from llmserve_env.sim.power import PowerState
 from llmserve_env.sim.router import make_router
-from llmserve_env.sim.simulation import Simulation
+from llmserve_env.sim.simulation import INSTANCE_STATE_FIELDS, Simulation
 
 Mode = Literal["cluster", "routing"]
 _CLUSTER_RATES = 4  # arrivals, finished, SLO met, energy
@@ -51,6 +50,15 @@ _ROW_FEATURES = (
     "time_to_wake_s",
 )
 _INSTANCE_KEYS = (*_ROW_FEATURES, "preemption_rate", "prefix_hit_rate", "generation_tok_s")
+assert _ROW_FEATURES[1:] == INSTANCE_STATE_FIELDS
+# Cluster features in the order _observe fills them (from the rates of _CLUSTER_RATES).
+_CLUSTER_KEYS = (
+    "arrival_rate_rps",
+    "slo_attainment",
+    "goodput_rps",
+    "time_remaining_frac",
+    "cluster_power_w",
+)
 REWARD_TERMS = ("goodput", "ttft_violation", "tpot_violation", "rejected", "backlog", "energy")
 
 
@@ -265,6 +273,7 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         nvec = [n for head in self.heads for n in head.nvec]
         self.action_space = spaces.MultiDiscrete(np.asarray(nvec, dtype=np.int64))
         self._nvec = self.action_space.nvec
+        self._nvec_list: list[int] = self._nvec.tolist()
         self._head_slices: list[slice] = []
         start = 0
         for head in self.heads:
@@ -283,18 +292,12 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self._rates = Ewma(env_cfg.rate_window_s, _CLUSTER_RATES + 4 * self.num_instances)
         highs = {f.name: f.high for f in self.features}
         self._instance_highs = np.array([[highs[k]] for k in _INSTANCE_KEYS], dtype=np.float32)
-        self._cluster_highs = np.array(
-            [
-                highs[k]
-                for k in (
-                    "arrival_rate_rps",
-                    "slo_attainment",
-                    "goodput_rps",
-                    "time_remaining_frac",
-                )
-            ],
-            dtype=np.float32,
+        self._cluster_keys = _CLUSTER_KEYS + (
+            ("request_prompt_tokens",) if mode == "routing" else ()
         )
+        self._cluster_highs = np.array([highs[k] for k in self._cluster_keys], dtype=np.float32)
+        self._matrix_template = np.zeros((len(_INSTANCE_KEYS), self.max_instances), np.float32)
+        self._matrix_template[0, : self.num_instances] = 1.0  # instance_valid
         self._last_time = 0.0
         self._elapsed_steps = 0
         self._start_s: float | None = None
@@ -346,7 +349,9 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         n = self.num_instances
         tau = self.scenario.env.rate_window_s
         self._rates = Ewma(tau, _CLUSTER_RATES + 4 * n)
-        self._rates.reset(self._rate_totals())
+        totals = self.sim.counters()
+        totals[3] = self._total_energy()
+        self._rates.reset(np.array(totals))
         self._last_time = 0.0
         self._elapsed_steps = 0
         self._done = False
@@ -367,9 +372,8 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         action = np.asarray(action)
         if (
             action.shape != self._nvec.shape
-            or not np.issubdtype(action.dtype, np.integer)
-            or (action < 0).any()
-            or (action >= self._nvec).any()
+            or action.dtype.kind not in "iu"
+            or not all(0 <= a < n for a, n in zip(action.tolist(), self._nvec_list, strict=True))
         ):
             raise ValueError(
                 f"action {action.tolist()} is outside the action space {self.action_space} "
@@ -431,28 +435,12 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
 
     # ------------------------------------------------------------------ observation
 
-    def _rate_totals(self) -> np.ndarray:
-        """Cumulative counters behind the moving averages, as one vector:
-        arrivals, finished, SLO met, energy, then per instance preemptions, prefix
-        hits, prefix queries, generated tokens."""
-        sim = self.sim
-        assert sim is not None
-        m = sim.metrics
-        energy = self._total_energy()
-        values: list[float] = [sim.num_arrived, m.num_finished, m.num_slo_met, energy]
-        stats = [inst.stats for inst in sim.instances]
-        values += [s.num_preemptions for s in stats]
-        values += [s.prefix_hit_tokens for s in stats]
-        values += [s.prefix_query_tokens for s in stats]
-        values += [s.generation_tokens for s in stats]
-        return np.array(values, dtype=np.float64)
-
     def _total_energy(self) -> float:
         """Energy used so far (J), read once per decision (the reward and the rates
         both need it)."""
         if self._energy_now is None:
             assert self.sim is not None
-            self._energy_now = float(sum(self.sim.energy_j().values()))
+            self._energy_now = self.sim.total_energy_j()
         return self._energy_now
 
     def _update_rates(self) -> None:
@@ -460,53 +448,22 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         sim = self.sim
         assert sim is not None
         sim.sync()
-        self._rates.update(self._rate_totals(), sim.now - self._last_time)
+        totals = sim.counters()
+        totals[3] = self._total_energy()  # settled once per decision
+        self._rates.update(np.array(totals), sim.now - self._last_time)
         self._last_time = sim.now
 
     def _observe(self) -> dict[str, np.ndarray]:
         """The observation (call after :meth:`_update_rates`, which syncs the simulation)."""
         sim = self.sim
         assert sim is not None
-        n, m = self.num_instances, self.max_instances
+        n = self.num_instances
         now = sim.now
-        rows = []
-        for inst in sim.instances:
-            waiting = inst.waiting
-            pool = inst.pool
-            params = inst.params
-            free = pool.num_free_blocks
-            power = inst.power
-            if power is None:  # power.enabled is off: always on, full clock, no draw
-                state, clock, watts, to_wake = PowerState.ON, 1.0, 0.0, 0.0
-            else:
-                state, clock, watts = power.state, power.freq, power.power_w(now)
-                if state == PowerState.ON:
-                    to_wake = 0.0
-                elif state == PowerState.WAKING:
-                    to_wake = max(power.wake_ready_s - now, 0.0)
-                else:
-                    to_wake = power.wake_time_s()
-            rows.append(
-                (
-                    1.0,
-                    len(waiting),
-                    len(inst.running),
-                    inst.stats.scheduled_tokens_last if inst.busy else 0,
-                    now - waiting.peek().arrival_s if waiting else 0.0,
-                    1.0 - free / pool.num_blocks,
-                    free,
-                    params.max_num_seqs,
-                    params.max_num_batched_tokens,
-                    int(state),
-                    clock,
-                    watts,
-                    to_wake,
-                )
-            )
+        matrix = self._matrix_template.copy()  # instance_valid filled in
+        state = np.array(sim.instance_state(), dtype=np.float32)
+        matrix[1 : len(_ROW_FEATURES), :n] = state.reshape(n, len(_ROW_FEATURES) - 1).T
         rates = self._rates.values
-        matrix = np.zeros((len(_INSTANCE_KEYS), m), dtype=np.float32)
         base = len(_ROW_FEATURES)
-        matrix[:base, :n] = np.array(rows, dtype=np.float32).T
         c = _CLUSTER_RATES
         matrix[base, :n] = rates[c : c + n]  # preemption rate
         hits, queries = rates[c + n : c + 2 * n], rates[c + 2 * n : c + 3 * n]
@@ -515,25 +472,25 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         np.minimum(matrix, self._instance_highs, out=matrix)
         np.maximum(matrix, 0.0, out=matrix)
         obs = dict(zip(_INSTANCE_KEYS, matrix, strict=True))
-        arrivals, finished, met = float(rates[0]), float(rates[1]), float(rates[2])
+        arrivals, finished, met, power = rates[:4].tolist()
         attainment = met / finished if finished > 1e-12 else 1.0
         remaining = 1.0 - now / self.horizon_s if self.horizon_s else 1.0
-        highs = self._cluster_highs
-        obs["arrival_rate_rps"] = np.array([min(max(arrivals, 0.0), highs[0])], dtype=np.float32)
-        obs["slo_attainment"] = np.array([min(max(attainment, 0.0), 1.0)], dtype=np.float32)
-        obs["goodput_rps"] = np.array([min(max(met, 0.0), highs[2])], dtype=np.float32)
-        obs["time_remaining_frac"] = np.array([min(max(remaining, 0.0), 1.0)], dtype=np.float32)
-        obs["cluster_power_w"] = np.array([min(max(float(rates[3]), 0.0), 1e7)], dtype=np.float32)
+        cluster = [arrivals, attainment, met, remaining, power]
+        request = None
         if self.mode == "routing":
             request = sim.pending[0] if sim.pending else None
-            cached = np.zeros(m, dtype=np.float32)
+            cluster.append(request.num_prompt_tokens if request is not None else 0)
+        values = np.array(cluster, dtype=np.float32)
+        np.minimum(values, self._cluster_highs, out=values)
+        np.maximum(values, 0.0, out=values)
+        for index, key in enumerate(self._cluster_keys):
+            obs[key] = values[index : index + 1]
+        if self.mode == "routing":
+            cached = np.zeros(self.max_instances, dtype=np.float32)
             if request is not None and request.content is not None:
                 cached[:n] = [
                     min(inst.pool.cached_prefix_tokens(request), 1e7) for inst in sim.instances
                 ]
-            obs["request_prompt_tokens"] = np.array(
-                [min(request.num_prompt_tokens, 1e7) if request else 0], dtype=np.float32
-            )
             obs["request_cached_tokens"] = cached
         return obs
 
@@ -543,13 +500,12 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         sim = self.sim
         assert sim is not None
         m = sim.metrics
-        now = sim.now
         return {
             "goodput": float(m.num_slo_met),
             "ttft_violation": float(m.num_ttft_violations),
             "tpot_violation": float(m.num_tpot_violations),
             "rejected": float(m.num_rejected),
-            "backlog": float(sum(inst.waiting_area(now) for inst in sim.instances)),
+            "backlog": sim.backlog_s(),
             "energy": self._total_energy(),
         }
 

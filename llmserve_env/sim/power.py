@@ -99,10 +99,11 @@ class NodePowerSpec:
 class NodePower:
     """Energy of one node's components, integrated as time passes."""
 
-    __slots__ = ("_busy_count", "_busy_since", "_busy_time", "_traffic_j", "spec")
+    __slots__ = ("_busy_count", "_busy_since", "_busy_time", "_static_w", "_traffic_j", "spec")
 
     def __init__(self, spec: NodePowerSpec) -> None:
         self.spec = spec
+        self._static_w = sum(spec.static_w.values())
         self._busy_count = 0
         self._busy_since = 0.0
         self._busy_time = 0.0
@@ -134,11 +135,20 @@ class NodePower:
             out[name] += joules
         return out
 
+    def total_energy_j(self, now: float) -> float:
+        """Energy of every component up to ``now`` (the sum of :meth:`energy_j`)."""
+        spec = self.spec
+        total = self._static_w * now
+        total += (spec.cpu_active_w - spec.cpu_idle_w) * spec.cpu_util * self.busy_time(now)
+        for joules in self._traffic_j.values():
+            total += joules
+        return total
+
     def power_w(self) -> float:
         """Current draw of the node's components."""
         spec = self.spec
         cpu = (spec.cpu_active_w - spec.cpu_idle_w) * spec.cpu_util if self._busy_count else 0.0
-        return sum(spec.static_w.values()) + cpu
+        return self._static_w + cpu
 
     def clone(self) -> NodePower:
         """An independent copy."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -186,14 +185,31 @@ class Request:
         return self.first_scheduled_s - self.arrival_s
 
 
-def _make_clone() -> Callable[[Request], Request]:
-    slots = Request.__slots__
-    body = "".join(f"    c.{name} = r.{name}\n" for name in slots)
-    source = f"def clone(r, _new=object.__new__, _cls=Request):\n    c = _new(_cls)\n{body}    return c\n"
-    namespace: dict[str, object] = {"Request": Request}
-    exec(source, namespace)  # a generated slot-by-slot copy: 10x faster than copy.copy
-    return namespace["clone"]  # type: ignore[return-value]
-
-
-clone_request = _make_clone()
-"""``clone_request(request) -> Request``: an independent copy sharing immutable fields."""
+def clone_request(r: Request) -> Request:
+    """An independent copy of ``r`` (immutable fields shared)."""
+    return Request(
+        r.request_id,
+        r.arrival_s,
+        r.num_prompt_tokens,
+        r.max_output_tokens,
+        r.priority,
+        r.content,
+        r.session_id,
+        r.status,
+        r.instance_id,
+        r.num_computed_tokens,
+        r.num_output_tokens,
+        r.num_cached_tokens,
+        r.num_preemptions,
+        r.reject_reason,
+        r.first_scheduled_s,
+        r.first_token_s,
+        r.last_token_s,
+        r.finish_s,
+        r.itl_max_s,
+        r.energy_j,
+        r.num_blocks,
+        r.num_hashed_blocks,
+        r._hashes,
+        r._hash_block_size,
+    )

@@ -37,6 +37,26 @@ from llmserve_env.sim.workload.base import WorkloadData
 
 ProgressCallback = Callable[[float, int, int], None]
 
+INSTANCE_STATE_FIELDS: tuple[str, ...] = (
+    "num_waiting",
+    "num_running",
+    "scheduled_tokens",
+    "queue_delay_s",
+    "kv_usage_frac",
+    "free_kv_blocks",
+    "max_num_seqs",
+    "max_num_batched_tokens",
+    "power_state",
+    "clock_frac",
+    "power_w",
+    "time_to_wake_s",
+)
+"""What :meth:`Simulation.instance_state` reports per instance, in order: waiting and
+running requests, tokens of the iteration in flight (0 when idle), age of the oldest
+waiting request (s), KV blocks in use (fraction), free KV blocks, the ``max_num_seqs``
+and ``max_num_batched_tokens`` knobs, power state code, clock fraction, devices' draw
+(W), and time until the instance can serve (s, 0 when on)."""
+
 
 class Simulation:
     """A runnable, resumable simulation of one cluster under one workload.
@@ -335,6 +355,80 @@ class Simulation:
             self.horizon_s is None or self.kernel.now + self.power_interval_s <= self.horizon_s
         ):
             self.kernel.schedule(self.kernel.now + self.power_interval_s, PowerTick())
+
+    def instance_state(self) -> list[float]:
+        """Every instance's scheduler, cache and power state now, instance-major: for
+        each instance in order, one value per name in :data:`INSTANCE_STATE_FIELDS`.
+
+        Reads the aggregates only; call :meth:`sync` first so decode stretches are
+        applied up to now.
+        """
+        now = self.kernel.now
+        out: list[float] = []
+        for inst in self.instances:
+            waiting = inst.waiting
+            pool = inst.pool
+            params = inst.params
+            free = pool.num_free_blocks
+            power = inst.power
+            state = PowerState.ON
+            clock = 1.0
+            watts = to_wake = 0.0
+            if power is not None:  # without a power model: always on, full clock, no draw
+                state = power.state
+                clock = power.freq
+                watts = power.power_w(now)
+                if state == PowerState.WAKING:
+                    to_wake = max(power.wake_ready_s - now, 0.0)
+                elif state != PowerState.ON:
+                    to_wake = power.wake_time_s()
+            out += (
+                len(waiting),
+                len(inst.running),
+                inst.stats.scheduled_tokens_last if inst.busy else 0,
+                now - waiting.peek().arrival_s if waiting else 0.0,
+                1.0 - free / pool.num_blocks,
+                free,
+                params.max_num_seqs,
+                params.max_num_batched_tokens,
+                int(state),
+                clock,
+                watts,
+                to_wake,
+            )
+        return out
+
+    def counters(self) -> list[float]:
+        """Cumulative counters now: arrivals, finished, finished within every SLO,
+        energy (J, :meth:`total_energy_j`), then per instance preemptions, then per
+        instance prefix-cache hit tokens, prefix query tokens and generated tokens."""
+        m = self.metrics
+        out: list[float] = [self.num_arrived, m.num_finished, m.num_slo_met, self.total_energy_j()]
+        instances = self.instances
+        out += [inst.stats.num_preemptions for inst in instances]
+        out += [inst.stats.prefix_hit_tokens for inst in instances]
+        out += [inst.stats.prefix_query_tokens for inst in instances]
+        out += [inst.stats.generation_tokens for inst in instances]
+        return out
+
+    def backlog_s(self) -> float:
+        """Request-seconds spent waiting in the instances' queues so far."""
+        now = self.kernel.now
+        total = 0.0
+        for inst in self.instances:
+            total += inst.waiting_area(now)
+        return total
+
+    def total_energy_j(self) -> float:
+        """Energy so far, every component of :meth:`energy_j` summed."""
+        now = self.kernel.now
+        total = 0.0
+        for inst in self.instances:
+            if inst.power is not None:
+                total += inst.power.energy_j(now)
+        for node in self.nodes:
+            total += node.total_energy_j(now)
+        return total
 
     def energy_j(self) -> dict[str, float]:
         """Energy so far by component: ``devices`` plus the nodes' components."""

@@ -7,6 +7,7 @@ fails when one is forgotten.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,13 @@ from llmserve_env.sim.kernel import Kernel
 from llmserve_env.sim.kv_cache import KVBlockPool
 from llmserve_env.sim.metrics import MetricsRecorder
 from llmserve_env.sim.power import InstancePower, NodePower
+from llmserve_env.sim.request import (
+    RejectReason,
+    Request,
+    RequestStatus,
+    TokenContent,
+    clone_request,
+)
 from llmserve_env.sim.simulation import Simulation
 from llmserve_env.sim.stats import ItlHistogram
 
@@ -64,13 +72,40 @@ def test_every_attribute_is_copied_or_deliberately_left() -> None:
         (InstancePower.clone, inst.power, (node,), {"node", "_never_over_cap"}),
         (KVBlockPool.clone, inst.pool, (), set()),
         (MetricsRecorder.clone, sim.metrics, (), set()),
-        (NodePower.clone, node, (), set()),
+        (NodePower.clone, node, (), {"_static_w"}),
         (Kernel.clone, sim.kernel, (), {"_handlers", "_halted"}),
         (ItlHistogram.copy, sim.itl, (), {"_buffer", "_arrays", "_weights"}),
     ]
     for method, obj, args, left in cases:
         missing = _state(obj) - _read_by(method, obj, *args) - left
         assert not missing, f"{method.__qualname__} does not copy {sorted(missing)}"
+
+
+def test_a_request_clone_copies_every_field() -> None:
+    # A distinct non-default value per field, so a field left out or passed in the
+    # wrong position shows.
+    special: dict[str, Any] = {
+        "content": TokenContent(segments=((7, 32),)),
+        "status": RequestStatus.PREEMPTED,
+        "reject_reason": RejectReason.POLICY,
+        "_hashes": (11, 12),
+    }
+    values: dict[str, Any] = {}
+    for index, field in enumerate(dataclasses.fields(Request)):
+        if field.name in special:
+            values[field.name] = special[field.name]
+        elif field.type in (float, "float"):  # a string unless compiled
+            values[field.name] = 100.25 + index
+        else:
+            assert field.type in (int, "int"), field
+            values[field.name] = 100 + index
+    original = Request(**values)
+    copy = clone_request(original)
+    assert copy is not original
+    for name, value in values.items():
+        assert getattr(copy, name) == value, name
+    copy.num_output_tokens += 1
+    assert original.num_output_tokens == values["num_output_tokens"]
 
 
 def _summary(sim: Simulation) -> dict[str, Any]:
