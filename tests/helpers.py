@@ -32,14 +32,14 @@ class LinearLatency:
         )
 
     def decode_times_s(
-        self, num_decodes: int, kv_sum: FloatArray, kv_max: FloatArray
+        self, num_decodes: int, kv_sum: FloatArray, kv_max: FloatArray, kv_min: FloatArray
     ) -> FloatArray:
-        for total, peak in zip(kv_sum, kv_max, strict=True):
-            self.shapes.append(BatchShape((), (), num_decodes, int(total), int(peak)))
+        for total, peak, low in zip(kv_sum, kv_max, kv_min, strict=True):
+            self.shapes.append(BatchShape((), (), num_decodes, int(total), int(peak), int(low)))
         return self.base_s + self.per_token_s * num_decodes + self.per_kv_s * np.asarray(kv_sum)
 
     def decode_line_s(
-        self, num_decodes: int, kv_sum0: float, kv_max0: float, steps: int
+        self, num_decodes: int, kv_sum0: float, kv_max0: float, kv_min0: float, steps: int
     ) -> tuple[float, float] | None:
         return None  # per-iteration shapes are recorded by decode_times_s
 

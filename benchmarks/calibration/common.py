@@ -115,7 +115,7 @@ def closed_loop(
         inst.on_finish = on_finish
     kv = np.full(1, concurrency * (isl + osl / 2.0))
     lifetime_s = model.iteration_time_s(BatchShape((isl,), (0,))) + osl * float(
-        model.decode_times_s(concurrency, kv, kv / concurrency)[0]
+        model.decode_times_s(concurrency, kv, kv / concurrency, kv / concurrency)[0]
     )
     gap_s = lifetime_s / concurrency
     next_start = 0.0

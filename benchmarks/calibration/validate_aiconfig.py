@@ -150,7 +150,7 @@ def _splitwise_predict(
 ) -> tuple[float, float]:
     prompt_s = lm.iteration_time_s(BatchShape((prompt,) * batch, (0,) * batch))
     kv_each = prompt + np.arange(1, tokens, dtype=np.float64)
-    token_s = lm.decode_times_s(batch, kv_each * batch, kv_each)
+    token_s = lm.decode_times_s(batch, kv_each * batch, kv_each, kv_each)
     return prompt_s * 1e3, float(np.mean(token_s)) * 1e3
 
 

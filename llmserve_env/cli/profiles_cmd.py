@@ -120,7 +120,8 @@ def check_profile(folder: Path) -> None:
         from llmserve_env.perf.base import BatchShape
 
         prefill = model.iteration_time_s(BatchShape((2048,), (0,), 0, 0, 0))
-        decode = model.decode_times_s(32, np.array([32 * 1025.0]), np.array([1025.0]))[0]
+        each = np.array([1025.0])
+        decode = model.decode_times_s(32, 32 * each, each, each)[0]
         click.echo(
             f"prefill of 2048 tokens: {prefill * 1e3:.2f} ms; "
             f"32 decodes at 1k context: {decode * 1e3:.2f} ms"

@@ -6,6 +6,11 @@ one vectorised call, :meth:`LatencyModel.decode_times_s`, so the hot loop never 
 Python call per iteration there; where the latencies of such a stretch lie on a line
 (no table knot inside it), :meth:`LatencyModel.decode_line_s` gives that line and the
 engine needs no arrays at all.
+
+In a decode-only stretch every request gains one token per iteration, so the sum of KV
+lengths grows by the number of decodes and the longest and the shortest length by one:
+their differences, and so the skew rate ``(mean - min) / (max - min)`` of the decode
+lengths, stay constant over the stretch.
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ class BatchShape:
         decode_kv_sum: Sum over decoding requests of the KV length each attends to
             (its computed tokens plus the new one).
         decode_kv_max: Longest such KV length (0 without decodes).
+        decode_kv_min: Shortest such KV length (0 without decodes). Callers that do not
+            track it leave it 0; a model keyed by the skew rate then reads the rate as
+            ``mean / max``, as if the shortest decode were empty.
     """
 
     prefill_new: tuple[int, ...] = ()
@@ -35,6 +43,7 @@ class BatchShape:
     num_decodes: int = 0
     decode_kv_sum: int = 0
     decode_kv_max: int = 0
+    decode_kv_min: int = 0
 
     @property
     def num_tokens(self) -> int:
@@ -59,7 +68,7 @@ class LatencyModel(Protocol):
         ...
 
     def decode_times_s(
-        self, num_decodes: int, kv_sum: FloatArray, kv_max: FloatArray
+        self, num_decodes: int, kv_sum: FloatArray, kv_max: FloatArray, kv_min: FloatArray
     ) -> FloatArray:
         """Seconds of consecutive decode-only iterations.
 
@@ -67,6 +76,8 @@ class LatencyModel(Protocol):
             num_decodes: Requests in every iteration (constant over the run).
             kv_sum: Per iteration, the sum of KV lengths attended.
             kv_max: Per iteration, the longest KV length.
+            kv_min: Per iteration, the shortest KV length (models without a skew
+                correction ignore it).
 
         Returns:
             One latency per iteration, same shape as ``kv_sum``.
@@ -74,13 +85,13 @@ class LatencyModel(Protocol):
         ...
 
     def decode_line_s(
-        self, num_decodes: int, kv_sum0: float, kv_max0: float, steps: int
+        self, num_decodes: int, kv_sum0: float, kv_max0: float, kv_min0: float, steps: int
     ) -> tuple[float, float] | None:
         """Decode-only iterations as a line, when they are one.
 
-        Iteration ``i`` (1..``steps``) has KV sum ``kv_sum0 + num_decodes * i`` and
-        longest KV ``kv_max0 + i``. Returns ``(a, b)`` such that it takes ``a + b * i``
-        seconds (exact up to rounding), or ``None``, in which case the engine calls
-        :meth:`decode_times_s`.
+        Iteration ``i`` (1..``steps``) has KV sum ``kv_sum0 + num_decodes * i``, longest
+        KV ``kv_max0 + i`` and shortest KV ``kv_min0 + i`` (so a constant skew rate).
+        Returns ``(a, b)`` such that it takes ``a + b * i`` seconds (exact up to
+        rounding), or ``None``, in which case the engine calls :meth:`decode_times_s`.
         """
         ...

@@ -8,7 +8,9 @@ figures, so the operators of the layer sequence are folded at compile time:
   counts times their curves sum into one piecewise-linear function of ``num_tokens``
   (collectives at ``num_tokens * collective_bytes_per_token`` bytes);
 - every per-sequence operator depends only on ``num_seqs``: one function of it;
-- attention is a 4-D grid, times its count; MoE a 2-D grid, times its count.
+- attention is a 4-D grid, times its count; MoE a 2-D grid, times its count;
+- the skew factor is a 5-D bucket table, whose last axis (the skew rate of the decode
+  lengths) has one bucket when the profile does not key by it.
 
 Compiled tables are cached as ``.npz`` files under :func:`cache_dir`, keyed by a hash of
 the source files and :data:`COMPILER_VERSION`.
@@ -40,7 +42,7 @@ from llmserve_env.perf.tables import (
     sum_curves,
 )
 
-COMPILER_VERSION = "2"
+COMPILER_VERSION = "3"
 """Bump when compiled tables change meaning: old cache entries are then ignored."""
 
 
@@ -61,7 +63,7 @@ class CompiledProfile:
             decode context).
         attention_count: Attention calls per iteration.
         skew: Skew factor ``alpha`` by (prefill chunk, prefill context, decodes, longest
-            decode context).
+            decode context, skew rate of the decode lengths).
         moe: One MoE block on axes (tokens, active experts), or ``None``.
         moe_count: MoE blocks per iteration.
         overhead_us: Fixed time per iteration.
@@ -123,7 +125,7 @@ class CompiledProfile:
         skew = None
         if "skew_values" in arrays:
             skew = BucketTable(
-                tuple(arrays[f"skew_edges{i}"] for i in range(4)),
+                tuple(arrays[f"skew_edges{i}"] for i in range(SKEW_AXES)),
                 arrays["skew_values"],
                 float(s[5]),
             )
@@ -194,16 +196,27 @@ def compile_moe(profile: Profile) -> Grid | None:
     return grid
 
 
+SKEW_AXES = 5
+"""Axes of the compiled skew table: prefill chunk, prefill context, decodes, longest
+decode context, skew rate."""
+
+
 def compile_skew(profile: Profile) -> BucketTable | None:
-    """The skew buckets, or ``None`` without ``attention_skew.csv``."""
+    """The skew buckets, or ``None`` without ``attention_skew.csv``.
+
+    A table without the ``decode_skew_rate`` key gets one skew-rate bucket (edge 1.0,
+    which every rate falls in: a rate above the last edge takes the last bucket).
+    """
     s = profile.attention_skew
     if s is None:
         return None
+    rate = s.decode_skew_rate
     coords = (
         s.prefill_chunk_tokens,
         s.prefill_context_tokens,
         s.num_decodes,
         s.decode_max_context_tokens,
+        np.ones_like(s.alpha) if rate is None else rate,
     )
     edges = tuple(np.unique(c) for c in coords)
     values = np.full(tuple(len(e) for e in edges), np.nan)

@@ -57,6 +57,8 @@ SKEW_COLUMNS = (
     "decode_max_context_tokens",
     "alpha",
 )
+SKEW_RATE_COLUMN = "decode_skew_rate"
+"""Optional fifth key of ``attention_skew.csv``, written before ``alpha``."""
 MOE_COLUMNS = ("num_tokens", "num_active_experts", "time_us")
 COLLECTIVE_COLUMNS = ("op", "num_gpus", "size_bytes", "time_us")
 
@@ -109,7 +111,7 @@ class AttentionPoints:
 
 @dataclass(frozen=True)
 class SkewTable:
-    """Decode-length skew correction factors, bucketed on four keys.
+    """Decode-length skew correction factors, bucketed on four or five keys.
 
     Attributes:
         prefill_chunk_tokens: Bucket key: the prefill chunk of the batch.
@@ -118,6 +120,9 @@ class SkewTable:
         decode_max_context_tokens: Bucket key: the longest decode's cached tokens.
         alpha: Share of the gap between the time at the longest and at the mean decode
             length that a skewed batch pays.
+        decode_skew_rate: Optional bucket key: the skew rate
+            ``(mean - min) / (max - min)`` of the decode lengths (upper bucket edges,
+            >= 0); ``None``: one bucket for every skew rate.
     """
 
     prefill_chunk_tokens: FloatArray
@@ -125,6 +130,7 @@ class SkewTable:
     num_decodes: FloatArray
     decode_max_context_tokens: FloatArray
     alpha: FloatArray
+    decode_skew_rate: FloatArray | None = None
 
 
 @dataclass(frozen=True)
@@ -484,9 +490,18 @@ def read_attention(path: Path) -> AttentionPoints:
 
 
 def read_skew(path: Path) -> SkewTable:
-    """Read ``attention_skew.csv``."""
-    keys = SKEW_COLUMNS[:4]
-    cols = read_csv_columns(path, numeric=SKEW_COLUMNS, integer=keys, nonnegative=False)
+    """Read ``attention_skew.csv`` (with or without the ``decode_skew_rate`` key)."""
+    keys: tuple[str, ...] = SKEW_COLUMNS[:4]
+    cols = read_csv_columns(
+        path,
+        numeric=(*SKEW_COLUMNS, SKEW_RATE_COLUMN),
+        optional=(SKEW_RATE_COLUMN,),
+        integer=keys,
+        nonnegative=False,
+    )
+    rate = cols.numbers.get(SKEW_RATE_COLUMN)
+    if rate is not None:
+        keys = (*keys, SKEW_RATE_COLUMN)
     for key in keys:
         bad = np.flatnonzero(cols.numbers[key] < 0)
         if len(bad):
@@ -494,7 +509,15 @@ def read_skew(path: Path) -> SkewTable:
                 path, f"column {key!r}: expected a value >= 0", line=int(cols.lines[bad[0]])
             )
     _check_unique(cols, keys)
-    return SkewTable(*(cols.numbers[c] for c in SKEW_COLUMNS))
+    n = cols.numbers
+    return SkewTable(
+        prefill_chunk_tokens=n["prefill_chunk_tokens"],
+        prefill_context_tokens=n["prefill_context_tokens"],
+        num_decodes=n["num_decodes"],
+        decode_max_context_tokens=n["decode_max_context_tokens"],
+        alpha=n["alpha"],
+        decode_skew_rate=rate,
+    )
 
 
 def read_moe(path: Path) -> MoePoints:
@@ -614,6 +637,24 @@ def profile_digest(path: str | Path) -> str:
 # --------------------------------------------------------------------------- writing
 
 
+def _write_skew(s: SkewTable, path: Path) -> None:
+    keys = zip(
+        s.prefill_chunk_tokens.astype(np.int64).tolist(),
+        s.prefill_context_tokens.astype(np.int64).tolist(),
+        s.num_decodes.astype(np.int64).tolist(),
+        s.decode_max_context_tokens.astype(np.int64).tolist(),
+        strict=True,
+    )
+    alpha = s.alpha.tolist()
+    if s.decode_skew_rate is None:
+        write_csv(path, SKEW_COLUMNS, ((*k, a) for k, a in zip(keys, alpha, strict=True)))
+        return
+    header = (*SKEW_COLUMNS[:4], SKEW_RATE_COLUMN, "alpha")
+    rates = s.decode_skew_rate.tolist()
+    rows = ((*k, r, a) for k, r, a in zip(keys, rates, alpha, strict=True))
+    write_csv(path, header, rows)
+
+
 def _plain(value: Any) -> Any:
     """Turn numpy scalars and tuples into plain YAML-safe data."""
     if isinstance(value, Mapping):
@@ -668,22 +709,7 @@ def write_profile(profile: Profile, path: str | Path) -> Path:
             ),
         )
     if profile.attention_skew is not None:
-        s = profile.attention_skew
-        write_csv(
-            folder / "attention_skew.csv",
-            SKEW_COLUMNS,
-            (
-                (int(p), int(c), int(n), int(k), float(a))
-                for p, c, n, k, a in zip(
-                    s.prefill_chunk_tokens,
-                    s.prefill_context_tokens,
-                    s.num_decodes,
-                    s.decode_max_context_tokens,
-                    s.alpha,
-                    strict=True,
-                )
-            ),
-        )
+        _write_skew(profile.attention_skew, folder / "attention_skew.csv")
     if profile.moe is not None:
         m = profile.moe
         write_csv(

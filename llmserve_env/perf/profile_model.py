@@ -8,9 +8,11 @@ For a batch with ``T`` tokens and ``S`` sequences, one iteration takes::
       + n_moe * moe(T, expected distinct experts hit by T tokens)
 
 with the skew correction ``alpha * (attention at the longest decode - at the mean)``
-when the profile has one. Decode-only stretches are evaluated with numpy over all their
-iterations at once, or as a line in the iteration index when no knot of the curves falls
-inside the stretch (the usual case: knots double in KV length).
+when the profile has one, ``alpha`` looked up by the batch and the skew rate of its
+decode lengths (:func:`skew_rate`). Decode-only stretches are evaluated with numpy over
+all their iterations at once, or as a line in the iteration index when no knot of the
+curves falls inside the stretch (the usual case: knots double in KV length); the skew
+rate is constant over a stretch, so its bucket is too.
 """
 
 from __future__ import annotations
@@ -26,6 +28,27 @@ from llmserve_env.perf.model_arch import ModelArch
 from llmserve_env.perf.tables import PiecewiseLinear
 
 US = 1e-6
+
+SkewFactors = tuple[FloatArray, FloatArray, FloatArray]
+"""Skew factors of one decode-only batch size: longest-context bucket edges, skew-rate
+bucket edges, and ``alpha`` over the two (rows: longest context)."""
+
+
+def skew_rate(num_decodes: int, kv_sum: float, kv_max: float, kv_min: float) -> float:
+    """The skew rate ``(mean - min) / (max - min)`` of the decode KV lengths.
+
+    As LLMServingSim defines it (for decodes of two lengths: the share of long ones);
+    in [0, 1] when ``kv_min`` is the shortest length. All lengths equal (or fewer than
+    two decodes): 0; no correction applies there anyway, since the longest is the
+    mean. Computed as
+    ``(kv_sum - n * kv_min) / (n * (kv_max - kv_min))``, in whole numbers up to the
+    division, so every iteration of a decode stretch (where ``kv_sum`` grows by ``n``
+    and both ends by 1) gives the same value to the last bit.
+    """
+    spread = kv_max - kv_min
+    if spread <= 0.0:
+        return 0.0
+    return (kv_sum - num_decodes * kv_min) / (num_decodes * spread)
 
 
 def fold_prefills(new: tuple[int, ...], ctx: tuple[int, ...]) -> tuple[float, float]:
@@ -69,13 +92,13 @@ class ProfileLatencyModel:
         self.arch = arch
         self.name = name
         self._pc_min = tables.min_prefill_chunk
-        self._decode_cache: dict[
-            int, tuple[float, PiecewiseLinear, tuple[FloatArray, FloatArray] | None]
-        ] = {}
+        self._decode_cache: dict[int, tuple[float, PiecewiseLinear, SkewFactors | None]] = {}
 
     # ------------------------------------------------------------------ pieces
 
-    def _attention_us(self, pc: float, kp: float, nd: int, kd_mean: float, kd_max: float) -> float:
+    def _attention_us(
+        self, pc: float, kp: float, nd: int, kd_mean: float, kd_max: float, rate: float
+    ) -> float:
         grid = self.tables.attention
         if pc > 0.0 and pc < self._pc_min:
             pc = self._pc_min
@@ -83,7 +106,7 @@ class ProfileLatencyModel:
         skew = self.tables.skew
         if skew is None or nd < 2 or kd_max <= kd_mean:
             return t_mean
-        alpha = skew(pc, kp, nd, kd_max)
+        alpha = skew(pc, kp, nd, kd_max, rate)
         if alpha == 0.0:
             return t_mean
         t_max = grid(pc, kp, nd, kd_max)
@@ -120,19 +143,21 @@ class ProfileLatencyModel:
         if num_decodes:
             kd_mean = batch.decode_kv_sum / num_decodes - 1.0
             kd_max = batch.decode_kv_max - 1.0
+            rate = skew_rate(
+                num_decodes, batch.decode_kv_sum, batch.decode_kv_max, batch.decode_kv_min
+            )
         else:
-            kd_mean = kd_max = 0.0
+            kd_mean = kd_max = rate = 0.0
         total += self.tables.attention_count * self._attention_us(
-            pc, kp, num_decodes, kd_mean, kd_max
+            pc, kp, num_decodes, kd_mean, kd_max, rate
         )
         return total * US
 
-    def _decode_curves(
-        self, num_decodes: int
-    ) -> tuple[float, PiecewiseLinear, tuple[FloatArray, FloatArray] | None]:
+    def _decode_curves(self, num_decodes: int) -> tuple[float, PiecewiseLinear, SkewFactors | None]:
         """For a decode-only batch of ``num_decodes`` requests (cached per size): the
         fixed part, attention vs decode context, and the skew factor as a step
-        function of the longest context (bucket edges, values)."""
+        function of the longest context and the skew rate (every bucket of both, so
+        the cache needs no other key)."""
         cached = self._decode_cache.get(num_decodes)
         if cached is not None:
             return cached
@@ -144,37 +169,53 @@ class ProfileLatencyModel:
         slope = float((values[-1] - values[-2]) / (kd_axis[-1] - kd_axis[-2]))
         attn = PiecewiseLinear(kd_axis, values, max(slope, 0.0), zero_at_zero=False)
         fixed = self._fixed_us(num_decodes, num_decodes)
-        alpha: tuple[FloatArray, FloatArray] | None = None
+        alpha: SkewFactors | None = None
         skew = self.tables.skew
         if skew is not None and num_decodes >= 2:
-            edges = skew.edges[3]
-            alpha = (edges, skew.many(0.0, 0.0, float(num_decodes), edges))
+            kd_edges, rate_edges = skew.edges[3], skew.edges[4]
+            factors = skew.many(
+                0.0, 0.0, float(num_decodes), kd_edges[:, np.newaxis], rate_edges[np.newaxis, :]
+            )
+            alpha = (kd_edges, rate_edges, factors)
         result = (fixed, attn, alpha)
         if len(self._decode_cache) < 4096:
             self._decode_cache[num_decodes] = result
         return result
 
     def decode_times_s(
-        self, num_decodes: int, kv_sum: FloatArray, kv_max: FloatArray
+        self, num_decodes: int, kv_sum: FloatArray, kv_max: FloatArray, kv_min: FloatArray
     ) -> FloatArray:
         """Latencies of consecutive decode-only iterations (vectorised)."""
         fixed, attn, alpha = self._decode_curves(num_decodes)
-        kd_mean = np.asarray(kv_sum, dtype=np.float64) / num_decodes - 1.0
+        sums = np.asarray(kv_sum, dtype=np.float64)
+        kd_mean = sums / num_decodes - 1.0
         t_attn = attn.many(kd_mean)
         if alpha is not None:
-            edges, factors = alpha
-            kd_max = np.asarray(kv_max, dtype=np.float64) - 1.0
-            index = np.minimum(np.searchsorted(edges, kd_max, side="left"), len(edges) - 1)
+            kd_edges, rate_edges, factors = alpha
+            longest = np.asarray(kv_max, dtype=np.float64)
+            shortest = np.asarray(kv_min, dtype=np.float64)
+            spread = longest - shortest
+            rate = np.divide(
+                sums - num_decodes * shortest,
+                num_decodes * spread,
+                out=np.zeros_like(sums),
+                where=spread > 0.0,
+            )  # as skew_rate(), elementwise
+            kd_max = longest - 1.0
+            row = np.minimum(np.searchsorted(kd_edges, kd_max, side="left"), len(kd_edges) - 1)
+            col = np.minimum(np.searchsorted(rate_edges, rate, side="left"), len(rate_edges) - 1)
             gap = np.maximum(attn.many(kd_max) - t_attn, 0.0)
-            t_attn = t_attn + np.where(kd_max > kd_mean, factors[index] * gap, 0.0)
+            t_attn = t_attn + np.where(kd_max > kd_mean, factors[row, col] * gap, 0.0)
         return (fixed + self.tables.attention_count * t_attn) * US
 
     def decode_line_s(
-        self, num_decodes: int, kv_sum0: float, kv_max0: float, steps: int
+        self, num_decodes: int, kv_sum0: float, kv_max0: float, kv_min0: float, steps: int
     ) -> tuple[float, float] | None:
         """``(a, b)`` such that decode iteration ``i`` (1..``steps``), with KV sum
-        ``kv_sum0 + num_decodes * i`` and longest KV ``kv_max0 + i``, takes ``a + b * i``
-        seconds; ``None`` when a knot of the curves falls inside the stretch."""
+        ``kv_sum0 + num_decodes * i``, longest KV ``kv_max0 + i`` and shortest
+        ``kv_min0 + i``, takes ``a + b * i`` seconds; ``None`` when a knot of the curves
+        falls inside the stretch. The skew rate, hence its bucket, is the same for every
+        iteration."""
         fixed, attn, alpha = self._decode_curves(num_decodes)
         mean0 = kv_sum0 / num_decodes - 1.0  # the mean decode context at i is mean0 + i
         line = attn.line(mean0 + 1.0, mean0 + steps)
@@ -184,10 +225,10 @@ class ProfileLatencyModel:
         a, b = c0 + c1 * mean0, c1  # attention at i: a + b * i
         max0 = kv_max0 - 1.0
         if alpha is not None and max0 > mean0:
-            edges, factors = alpha
+            kd_edges, rate_edges, factors = alpha
             hi = max0 + steps
-            index = bisect.bisect_left(edges, max0 + 1.0)
-            if index < len(edges) - 1 and bisect.bisect_left(edges, hi) != index:
+            index = bisect.bisect_left(kd_edges, max0 + 1.0)
+            if index < len(kd_edges) - 1 and bisect.bisect_left(kd_edges, hi) != index:
                 return None  # the skew factor changes within the stretch
             line = attn.line(max0 + 1.0, hi)
             if line is None:
@@ -196,7 +237,9 @@ class ProfileLatencyModel:
             gap_b = line[1] - b
             if min(gap_a + gap_b, gap_a + gap_b * steps) < 0.0:
                 return None
-            factor = float(factors[min(index, len(factors) - 1)])
+            rate = skew_rate(num_decodes, kv_sum0, kv_max0, kv_min0)
+            col = min(bisect.bisect_left(rate_edges, rate), len(rate_edges) - 1)
+            factor = float(factors[min(index, len(kd_edges) - 1), col])
             a, b = a + factor * gap_a, b + factor * gap_b
         count = self.tables.attention_count
         return (fixed + count * a) * US, count * b * US

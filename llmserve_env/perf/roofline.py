@@ -369,14 +369,15 @@ class RooflineModel:
         return cached
 
     def decode_times_s(
-        self, num_decodes: int, kv_sum: FloatArray, kv_max: FloatArray
+        self, num_decodes: int, kv_sum: FloatArray, kv_max: FloatArray, kv_min: FloatArray
     ) -> FloatArray:
-        """Latencies of consecutive decode-only iterations (vectorised)."""
+        """Latencies of consecutive decode-only iterations (vectorised; only the KV sum
+        matters)."""
         base, per_kv, _ = self._decode_terms(num_decodes)
         return base + per_kv * np.asarray(kv_sum, dtype=np.float64)
 
     def decode_line_s(
-        self, num_decodes: int, kv_sum0: float, kv_max0: float, steps: int
+        self, num_decodes: int, kv_sum0: float, kv_max0: float, kv_min0: float, steps: int
     ) -> tuple[float, float] | None:
         """``(a, b)``: decode iteration ``i`` with KV sum ``kv_sum0 + num_decodes * i``
         takes ``a + b * i`` seconds (always a line: time is affine in the KV sum)."""

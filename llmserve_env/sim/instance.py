@@ -330,7 +330,7 @@ class Instance:
     def _shape(self, batch: list[tuple[Request, int]]) -> BatchShape:
         prefill_new: list[int] = []
         prefill_ctx: list[int] = []
-        num_decodes = kv_sum = kv_max = 0
+        num_decodes = kv_sum = kv_max = kv_min = 0
         for request, num_new in batch:
             computed = request.num_computed_tokens
             if (
@@ -342,10 +342,14 @@ class Instance:
                 kv_sum += computed + 1
                 if computed + 1 > kv_max:
                     kv_max = computed + 1
+                if kv_min == 0 or computed + 1 < kv_min:
+                    kv_min = computed + 1
             else:
                 prefill_new.append(num_new)
                 prefill_ctx.append(computed)
-        return BatchShape(tuple(prefill_new), tuple(prefill_ctx), num_decodes, kv_sum, kv_max)
+        return BatchShape(
+            tuple(prefill_new), tuple(prefill_ctx), num_decodes, kv_sum, kv_max, kv_min
+        )
 
     def _victim(self) -> Request:
         if self.params.scheduling_policy == "priority":
@@ -573,11 +577,14 @@ class Instance:
                 return False
         kv_sum0 = float(sum(computed))
         kv_max0 = float(max(computed))
-        line = self.latency.decode_line_s(num, kv_sum0, kv_max0, steps)
+        kv_min0 = float(min(computed))
+        line = self.latency.decode_line_s(num, kv_sum0, kv_max0, kv_min0, steps)
         durations: list[float]
         if line is None:
             i = np.arange(1, steps + 1, dtype=np.float64)
-            durations = self.latency.decode_times_s(num, kv_sum0 + num * i, kv_max0 + i).tolist()
+            durations = self.latency.decode_times_s(
+                num, kv_sum0 + num * i, kv_max0 + i, kv_min0 + i
+            ).tolist()
         else:
             a, b = line
             durations = [a + b * k for k in range(1, steps + 1)]

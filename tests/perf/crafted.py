@@ -5,7 +5,9 @@ Per-call times (microseconds), ``x`` the tokens or sequences of the iteration:
 - ``embedding`` 1; ``norm`` 1 + 0.01 x; ``proj`` 10 + 0.1 x; ``lm_head`` 100 + x;
 - attention ``5 + 0.01 pc + 0.001 pc kp + nd (1 + 0.002 kd)`` (bilinear in each pair of
   axes, so multilinear lookups are exact); the empty batch is absent;
-- ``all_reduce`` at 2 GPUs: ``2 + bytes / 1000``; MoE ``3 + 0.5 tokens + 2 experts``.
+- ``all_reduce`` at 2 GPUs: ``2 + bytes / 1000``; MoE ``3 + 0.5 tokens + 2 experts``;
+- skew ``alpha``: one value for every batch (``skew_alpha``), or one per skew-rate
+  bucket (``skew_by_rate``, upper edge -> alpha).
 
 Sequence: ``embedding`` | ``norm, proj, attention, all_reduce`` x 2 layers | ``lm_head``.
 """
@@ -27,6 +29,8 @@ from llmserve_env.perf.profile_format import (
 )
 
 PC = (0, 16, 32, 64)
+SKEW_BY_RATE = {0.15: 0.1, 0.4: 0.3, 1.0: 0.6}
+"""Skew-rate buckets ``(0, 0.15], (0.15, 0.4], (0.4, 1]`` and their alphas."""
 KP = (0, 64, 128)
 ND = (0, 1, 2, 4)
 KD = (16, 64, 256)
@@ -53,7 +57,12 @@ def line(x: list[float], a: float, b: float) -> Curve:
 
 
 def crafted_profile(
-    tp: int = 1, *, skew_alpha: float | None = None, moe: bool = False, overhead_us: float = 0.0
+    tp: int = 1,
+    *,
+    skew_alpha: float | None = None,
+    skew_by_rate: dict[float, float] | None = None,
+    moe: bool = False,
+    overhead_us: float = 0.0,
 ) -> Profile:
     layer: tuple[str, ...] = ("norm", "proj", "attention", "all_reduce")
     if moe:
@@ -78,6 +87,17 @@ def crafted_profile(
             np.array([256.0, 256.0]),
             np.array([16384.0, 16384.0]),
             np.array([skew_alpha, skew_alpha]),
+        )
+    elif skew_by_rate is not None:
+        rates = np.array(list(skew_by_rate), dtype=float)
+        ones = np.ones(2 * len(rates))
+        skew = SkewTable(
+            np.repeat([0.0, 2048.0], len(rates)),
+            0.0 * ones,
+            256.0 * ones,
+            16384.0 * ones,
+            np.tile(list(skew_by_rate.values()), 2),
+            decode_skew_rate=np.tile(rates, 2),
         )
     moe_points = None
     if moe:

@@ -72,7 +72,7 @@ def test_tables_for_llama_8b_on_h100() -> None:
     one = model.iteration_time_s(BatchShape((), (), 1, 1024, 1024))
     assert weights_s * 0.9 < one < weights_s * 3
     kv = np.array([64 * 512.0, 64 * 4096.0, 64 * 32768.0])
-    stretch = model.decode_times_s(64, kv, kv / 64)
+    stretch = model.decode_times_s(64, kv, kv / 64, kv / 64)
     assert np.all(np.diff(stretch) > 0)
     assert stretch[1] == pytest.approx(
         model.iteration_time_s(BatchShape((), (), 64, int(kv[1]), 4096))
@@ -91,10 +91,8 @@ def test_tensor_parallel_and_moe() -> None:
     assert tp8.iteration_time_s(batch) < tp1.iteration_time_s(batch)
     moe = aiconfig.aiconfigurator_model("Qwen/Qwen3-30B-A3B-Instruct-2507", "H100")
     assert moe is not None
-    decode = [
-        float(moe.decode_times_s(b, np.array([b * 1024.0]), np.array([1024.0]))[0])
-        for b in (1, 8, 64)
-    ]
+    each = np.array([1024.0])
+    decode = [float(moe.decode_times_s(b, b * each, each, each)[0]) for b in (1, 8, 64)]
     assert np.all(np.diff(decode) > 0)  # more tokens hit more experts
 
 

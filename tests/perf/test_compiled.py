@@ -14,7 +14,7 @@ from llmserve_env.perf.compiled import (
     compile_profile,
 )
 from llmserve_env.perf.profile_format import Profile
-from tests.perf.crafted import crafted_profile
+from tests.perf.crafted import SKEW_BY_RATE, crafted_profile
 
 
 @pytest.fixture(autouse=True)
@@ -30,8 +30,24 @@ def test_arrays_round_trip() -> None:
         assert back.per_token(x) == compiled.per_token(x)
         assert back.per_seq(x) == compiled.per_seq(x)
     assert back.attention(16.0, 3.0, 2.0, 100.0) == compiled.attention(16.0, 3.0, 2.0, 100.0)
-    assert back.skew is not None and back.skew(0.0, 0.0, 3.0, 50.0) == pytest.approx(0.3)
+    assert back.skew is not None and back.skew(0.0, 0.0, 3.0, 50.0, 0.2) == pytest.approx(0.3)
     assert back.moe is not None and back.attention_count == 2 and back.moe_count == 2
+
+
+def test_skew_rate_axis() -> None:
+    by_rate = compile_profile(crafted_profile(skew_by_rate=SKEW_BY_RATE)).skew
+    assert by_rate is not None and len(by_rate.edges) == 5
+    np.testing.assert_array_equal(by_rate.edges[4], [0.15, 0.4, 1.0])
+    rates = (0.0, 0.15, 0.2, 0.4, 0.41, 1.0)
+    assert [by_rate(0.0, 0.0, 8.0, 500.0, r) for r in rates] == [0.1, 0.1, 0.3, 0.3, 0.6, 0.6]
+    back = CompiledProfile.from_arrays(
+        compile_profile(crafted_profile(skew_by_rate=SKEW_BY_RATE)).to_arrays()
+    ).skew
+    assert back is not None and back(16.0, 0.0, 8.0, 500.0, 0.3) == 0.3
+    # without the key: one bucket that every skew rate falls in
+    one = compile_profile(crafted_profile(skew_alpha=0.3)).skew
+    assert one is not None and one.edges[4].tolist() == [1.0]
+    assert one(0.0, 0.0, 8.0, 500.0, 0.0) == one(0.0, 0.0, 8.0, 500.0, 1.0) == 0.3
 
 
 def test_cache_hit_skips_the_build(_cache: Path) -> None:

@@ -14,7 +14,7 @@ from llmserve_env.perf.profile_format import (
     read_profile,
     write_profile,
 )
-from tests.perf.crafted import crafted_profile
+from tests.perf.crafted import SKEW_BY_RATE, crafted_profile
 
 
 @pytest.fixture()
@@ -117,6 +117,41 @@ def test_wrong_format_version(folder: Path) -> None:
 def test_operator_in_no_table(folder: Path) -> None:
     _edit(folder / "meta.yaml", "- proj", "- gate_proj")
     with pytest.raises(DataFileError, match="operator 'gate_proj' is in no table"):
+        read_profile(folder)
+
+
+def test_skew_rate_key_round_trip(tmp_path: Path) -> None:
+    folder = write_profile(crafted_profile(skew_by_rate=SKEW_BY_RATE), tmp_path / "p")
+    header = (folder / "attention_skew.csv").read_text().splitlines()[0]
+    assert header == (
+        "prefill_chunk_tokens,prefill_context_tokens,num_decodes,"
+        "decode_max_context_tokens,decode_skew_rate,alpha"
+    )
+    back = read_profile(folder).attention_skew
+    assert back is not None and back.decode_skew_rate is not None
+    np.testing.assert_array_equal(back.decode_skew_rate, [0.15, 0.4, 1.0, 0.15, 0.4, 1.0])
+    np.testing.assert_array_equal(back.alpha, [0.1, 0.3, 0.6, 0.1, 0.3, 0.6])
+
+
+def test_skew_without_rate_key_reads_as_before(folder: Path) -> None:
+    back = read_profile(folder).attention_skew
+    assert back is not None and back.decode_skew_rate is None
+
+
+def test_negative_skew_rate(tmp_path: Path) -> None:
+    folder = write_profile(crafted_profile(skew_by_rate=SKEW_BY_RATE), tmp_path / "p")
+    _edit(folder / "attention_skew.csv", ",0.4,", ",-0.4,")
+    with pytest.raises(
+        DataFileError,
+        match=r"attention_skew\.csv:3: column 'decode_skew_rate': expected a value >= 0",
+    ):
+        read_profile(folder)
+
+
+def test_duplicate_skew_row_with_rate_key(tmp_path: Path) -> None:
+    folder = write_profile(crafted_profile(skew_by_rate=SKEW_BY_RATE), tmp_path / "p")
+    _edit(folder / "attention_skew.csv", ",0.4,", ",0.15,")
+    with pytest.raises(DataFileError, match=r"attention_skew\.csv:3: duplicate row"):
         read_profile(folder)
 
 

@@ -14,8 +14,9 @@ from llmserve_env.perf.profile_model import (
     ProfileLatencyModel,
     expected_active_experts,
     fold_prefills,
+    skew_rate,
 )
-from tests.perf.crafted import attention_us, crafted_profile
+from tests.perf.crafted import SKEW_BY_RATE, attention_us, crafted_profile
 
 ARCH = load_model_arch("meta-llama/Llama-3.1-8B")
 
@@ -54,16 +55,18 @@ def test_small_chunks_cost_the_smallest_measured_chunk() -> None:
     assert small == pytest.approx((fixed_us(4, 1) + 2 * attention_us(16, 0, 0, 0)) * 1e-6)
 
 
-def test_decode_stretch_matches_single_iterations() -> None:
-    m = model(skew_alpha=0.4)
-    kv_sum = np.array([4 * 51.0, 4 * 80.0, 4 * 300.0])
-    kv_max = np.array([51.0, 120.0, 500.0])
-    vector = m.decode_times_s(4, kv_sum, kv_max)
+@pytest.mark.parametrize("skew", [{"skew_alpha": 0.4}, {"skew_by_rate": SKEW_BY_RATE}])
+def test_decode_stretch_matches_single_iterations(skew: dict[str, object]) -> None:
+    m = model(**skew)
+    kv_sum = np.array([4 * 51.0, 4 * 80.0, 4 * 300.0, 4 * 300.0, 4 * 300.0])
+    kv_max = np.array([51.0, 120.0, 500.0, 500.0, 500.0])
+    kv_min = np.array([51.0, 70.0, 100.0, 200.0, 280.0])  # skew rates 0, 0.2, 0.5, 1/3, 1/11
+    vector = m.decode_times_s(4, kv_sum, kv_max, kv_min)
     scalar = [
-        m.iteration_time_s(BatchShape((), (), 4, int(s), int(k)))
-        for s, k in zip(kv_sum, kv_max, strict=True)
+        m.iteration_time_s(BatchShape((), (), 4, int(s), int(k), int(n)))
+        for s, k, n in zip(kv_sum, kv_max, kv_min, strict=True)
     ]
-    np.testing.assert_allclose(vector, scalar)
+    np.testing.assert_allclose(vector, scalar, rtol=1e-12)
     assert vector[0] == pytest.approx((fixed_us(4, 4) + 2 * attention_us(0, 0, 4, 50)) * 1e-6)
 
 
@@ -74,6 +77,36 @@ def test_skew_correction_blends_toward_the_longest_decode() -> None:
     t_mean = attention_us(0, 0, 2, 150)
     t_max = attention_us(0, 0, 2, 200)
     assert skewed - plain == pytest.approx(2 * 0.5 * (t_max - t_mean) * 1e-6)
+
+
+@pytest.mark.parametrize(
+    ("lengths", "alpha"),
+    [
+        ([301] + [101] * 7, 0.1),  # one long decode in eight: skew rate 1/8
+        ([301, 101, 101, 101], 0.3),  # 1/4
+        ([301, 301, 301, 101], 0.6),  # 3/4
+        ([301, 201, 161, 101], 0.6),  # (191 - 101) / 200 = 0.45
+        ([301, 181, 141, 101], 0.3),  # (181 - 101) / 200 = 0.4: buckets include their edge
+        ([201, 201], 0.0),  # all equal: no correction
+    ],
+)
+def test_skew_alpha_depends_on_the_skew_rate(lengths: list[int], alpha: float) -> None:
+    n = len(lengths)
+    batch = BatchShape((), (), n, sum(lengths), max(lengths), min(lengths))
+    plain = model().iteration_time_s(batch)
+    skewed = model(skew_by_rate=SKEW_BY_RATE).iteration_time_s(batch)
+    t_mean = attention_us(0, 0, n, sum(lengths) / n - 1)
+    t_max = attention_us(0, 0, n, max(lengths) - 1)
+    assert skewed - plain == pytest.approx(2 * alpha * (t_max - t_mean) * 1e-6, abs=1e-15)
+
+
+def test_skew_rate_edge_cases() -> None:
+    assert skew_rate(4, 4 * 300.0, 500.0, 100.0) == 0.5
+    assert skew_rate(5, 700.0, 200.0, 100.0) == 0.4  # exactly on a bucket edge
+    assert skew_rate(3, 3 * 80.0, 80.0, 80.0) == 0.0  # all equal
+    assert skew_rate(1, 80.0, 80.0, 80.0) == 0.0  # one decode
+    # a caller that does not track the shortest (0): mean / max
+    assert skew_rate(2, 300.0, 200.0, 0.0) == 0.75
 
 
 def test_collectives_at_tensor_parallelism() -> None:
@@ -126,27 +159,38 @@ def test_fold_prefills_keeps_tokens_and_work() -> None:
     assert c == 0.0 and q * (q + 1) / 2 == pytest.approx(10 * 10 * 5.5)
 
 
-@pytest.mark.parametrize("skew", [None, 0.4])
-def test_decode_line_is_the_stretch_where_it_is_a_line(skew: float | None) -> None:
-    m = model(skew_alpha=skew)
+@pytest.mark.parametrize(
+    "skew", [{}, {"skew_alpha": 0.4}, {"skew_by_rate": SKEW_BY_RATE}], ids=["none", "one", "rate"]
+)
+def test_decode_line_is_the_stretch_where_it_is_a_line(skew: dict[str, object]) -> None:
+    m = model(**skew)
     lines = 0
-    for num, kv_sum0, kv_max0, steps in [
-        (4, 4 * 60.0, 60.0, 30),
-        (4, 4 * 60.0, 90.0, 30),
-        (2, 2 * 100.0 + 40.0, 150.0, 50),
-        (8, 8 * 700.0, 900.0, 200),
-        (1, 3000.0, 3000.0, 4000),
-        (3, 3 * 40.0, 45.0, 500),
+    for num, kv_sum0, kv_max0, kv_min0, steps in [
+        (4, 4 * 60.0, 60.0, 60.0, 30),
+        (4, 4 * 60.0, 90.0, 50.0, 30),
+        (2, 2 * 100.0 + 40.0, 150.0, 90.0, 50),
+        (8, 8 * 700.0, 900.0, 100.0, 200),
+        (8, 8 * 700.0, 900.0, 680.0, 200),
+        (5, 700.0, 200.0, 100.0, 300),  # skew rate 0.4, on a bucket edge
+        (1, 3000.0, 3000.0, 3000.0, 4000),
+        (3, 3 * 40.0, 45.0, 35.0, 500),
     ]:
-        line = m.decode_line_s(num, kv_sum0, kv_max0, steps)
+        line = m.decode_line_s(num, kv_sum0, kv_max0, kv_min0, steps)
         i = np.arange(1, steps + 1, dtype=np.float64)
-        times = m.decode_times_s(num, kv_sum0 + num * i, kv_max0 + i)
+        times = m.decode_times_s(num, kv_sum0 + num * i, kv_max0 + i, kv_min0 + i)
+        single = [
+            m.iteration_time_s(
+                BatchShape((), (), num, int(kv_sum0 + num * k), int(kv_max0 + k), int(kv_min0 + k))
+            )
+            for k in (1, steps // 2, steps)
+        ]
+        np.testing.assert_allclose(single, times[[0, steps // 2 - 1, steps - 1]], rtol=1e-12)
         if line is None:
             continue
         lines += 1
         a, b = line
         np.testing.assert_allclose(a + b * i, times, rtol=1e-12)
-    assert lines >= 3
+    assert lines >= 4
 
 
 def test_decode_line_refuses_a_stretch_across_a_knot() -> None:
@@ -154,5 +198,5 @@ def test_decode_line_refuses_a_stretch_across_a_knot() -> None:
     _, attn, _ = m._decode_curves(4)
     knot = float(attn.x[2])
     # the mean decode context at iteration i is kv_sum0 / 4 - 1 + i: crossing the knot
-    assert m.decode_line_s(4, 4 * (knot - 5.0), knot - 4.0, 20) is None
-    assert m.decode_line_s(4, 4 * (knot + 1.0), knot + 2.0, 20) is not None
+    assert m.decode_line_s(4, 4 * (knot - 5.0), knot - 4.0, knot - 6.0, 20) is None
+    assert m.decode_line_s(4, 4 * (knot + 1.0), knot + 2.0, knot, 20) is not None

@@ -59,7 +59,8 @@ def test_tiny_model_profile_loads_and_predicts(tmp_path: Path) -> None:
     times = [model.iteration_time_s(BatchShape((n,), (0,))) for n in (16, 256, 2048)]
     assert all(t > 0 for t in times)
     assert times[0] < times[1] < times[2]
-    decode = model.decode_times_s(8, np.array([8 * 16.0, 8 * 128.0]), np.array([16.0, 128.0]))
+    each = np.array([16.0, 128.0])
+    decode = model.decode_times_s(8, 8 * each, each, each)
     assert np.all(decode > 0)
 
 

@@ -70,9 +70,8 @@ def test_decode_never_beats_reading_weights_and_kv(model: str, device_name: str,
             + kv_sum * arch.kv_bytes_per_token("bf16") / tp
         ) / bw
         t = roof.iteration_time_s(BatchShape((), (), num_decodes, kv_sum, kv_each))
-        vec = roof.decode_times_s(
-            num_decodes, np.array([float(kv_sum)]), np.array([float(kv_each)])
-        )
+        each = np.array([float(kv_each)])
+        vec = roof.decode_times_s(num_decodes, np.array([float(kv_sum)]), each, each)
         assert t >= floor
         assert vec[0] == pytest.approx(t)
 
@@ -98,12 +97,10 @@ def test_monotone_in_tokens_kv_and_batch(model: str) -> None:
     with_ctx = [roof.iteration_time_s(BatchShape((512,), (c,))) for c in (0, 1024, 8192, 65536)]
     assert np.all(np.diff(with_ctx) > 0)
     kv = np.array([1e3, 1e4, 1e5, 1e6])
-    decode = roof.decode_times_s(32, kv, kv / 32)
+    decode = roof.decode_times_s(32, kv, kv / 32, kv / 32)
     assert np.all(np.diff(decode) > 0)
-    by_batch = [
-        float(roof.decode_times_s(b, np.array([b * 1024.0]), np.array([1024.0]))[0])
-        for b in (1, 8, 64, 512)
-    ]
+    each = np.array([1024.0])
+    by_batch = [float(roof.decode_times_s(b, b * each, each, each)[0]) for b in (1, 8, 64, 512)]
     assert np.all(np.diff(by_batch) > 0)
     assert roof.iteration_time_s(BatchShape()) == 0.0
 
@@ -204,8 +201,8 @@ def test_tensor_parallel_all_reduce_uses_the_comm_model() -> None:
 
 def test_decode_line_equals_the_vectorised_stretch() -> None:
     roof = RooflineModel(load_model_arch("meta-llama/Llama-3.1-8B"), resolve_device("H100"))
-    line = roof.decode_line_s(16, 16 * 700.0, 900.0, 300)
+    line = roof.decode_line_s(16, 16 * 700.0, 900.0, 500.0, 300)
     assert line is not None
     i = np.arange(1, 301, dtype=np.float64)
-    times = roof.decode_times_s(16, 16 * 700.0 + 16 * i, 900.0 + i)
+    times = roof.decode_times_s(16, 16 * 700.0 + 16 * i, 900.0 + i, 500.0 + i)
     np.testing.assert_allclose(line[0] + line[1] * i, times, rtol=1e-12)

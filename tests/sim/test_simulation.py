@@ -7,8 +7,12 @@ import pytest
 
 from llmserve_env.build import build_simulation, load_scenario
 from llmserve_env.perf.base import BatchShape, FloatArray, LatencyModel
+from llmserve_env.perf.compiled import compile_profile
+from llmserve_env.perf.model_arch import load_model_arch
+from llmserve_env.perf.profile_model import ProfileLatencyModel, skew_rate
 from llmserve_env.sim.metrics import SLO
 from tests.helpers import make_sim, workload
+from tests.perf.crafted import SKEW_BY_RATE, crafted_profile
 
 SMALL = ["workload.num_requests=300"]
 
@@ -163,12 +167,12 @@ class _NoLine:
         return self.inner.iteration_time_s(batch)
 
     def decode_times_s(
-        self, num_decodes: int, kv_sum: FloatArray, kv_max: FloatArray
+        self, num_decodes: int, kv_sum: FloatArray, kv_max: FloatArray, kv_min: FloatArray
     ) -> FloatArray:
-        return self.inner.decode_times_s(num_decodes, kv_sum, kv_max)
+        return self.inner.decode_times_s(num_decodes, kv_sum, kv_max, kv_min)
 
     def decode_line_s(
-        self, num_decodes: int, kv_sum0: float, kv_max0: float, steps: int
+        self, num_decodes: int, kv_sum0: float, kv_max0: float, kv_min0: float, steps: int
     ) -> tuple[float, float] | None:
         return None
 
@@ -177,7 +181,8 @@ def test_closed_form_decode_stretches_match_per_iteration_ones() -> None:
     scenario = load_scenario("cluster-4x-h100", ["workload.num_requests=400"])
     closed = build_simulation(scenario)
     lines = sum(
-        inst.latency.decode_line_s(4, 4 * 600.0, 700.0, 10) is not None for inst in closed.instances
+        inst.latency.decode_line_s(4, 4 * 600.0, 700.0, 500.0, 10) is not None
+        for inst in closed.instances
     )
     assert lines == len(closed.instances)  # the closed form is what runs by default
     per_iteration = build_simulation(scenario)
@@ -186,4 +191,43 @@ def test_closed_form_decode_stretches_match_per_iteration_ones() -> None:
     a, b = closed.run(), per_iteration.run()
     assert a["num_iterations"] == b["num_iterations"]
     for key in ("mean_ttft_ms", "p99_ttft_ms", "mean_tpot_ms", "mean_e2e_ms", "energy_j"):
+        assert a[key] == pytest.approx(b[key], rel=1e-9), key
+
+
+class _LineRates(_NoLine):
+    """Passes the closed-form line through and records the skew rate of its stretch."""
+
+    def __init__(self, inner: LatencyModel) -> None:
+        super().__init__(inner)
+        self.rates: list[float] = []
+
+    def decode_line_s(
+        self, num_decodes: int, kv_sum0: float, kv_max0: float, kv_min0: float, steps: int
+    ) -> tuple[float, float] | None:
+        line = self.inner.decode_line_s(num_decodes, kv_sum0, kv_max0, kv_min0, steps)
+        if line is not None:
+            self.rates.append(skew_rate(num_decodes, kv_sum0, kv_max0, kv_min0))
+        return line
+
+
+def test_closed_form_decode_stretches_match_with_skew_rate_buckets() -> None:
+    """A profile whose skew factor depends on the skew rate: closed-form stretches of
+    every skew-rate bucket give what per-iteration ones give."""
+    tables = compile_profile(crafted_profile(skew_by_rate=SKEW_BY_RATE))
+    arch = load_model_arch("meta-llama/Llama-3.1-8B")
+    rng = np.random.default_rng(3)
+    n = 400
+    arrivals = np.cumsum(rng.exponential(0.02, n)).tolist()
+    prompts = rng.integers(16, 3000, n).tolist()
+    outputs = rng.integers(8, 600, n).tolist()
+    closed_model = _LineRates(ProfileLatencyModel(tables, arch))
+    closed, _ = make_sim(workload(arrivals, prompts, outputs), latency=closed_model)
+    per_iteration, _ = make_sim(
+        workload(arrivals, prompts, outputs), latency=_NoLine(ProfileLatencyModel(tables, arch))
+    )
+    a, b = closed.run(), per_iteration.run()
+    buckets = {min(np.searchsorted(list(SKEW_BY_RATE), r), 2) for r in closed_model.rates}
+    assert buckets == {0, 1, 2}  # stretches in every skew-rate bucket ran in closed form
+    assert a["num_iterations"] == b["num_iterations"]
+    for key in ("mean_ttft_ms", "p99_ttft_ms", "mean_tpot_ms", "mean_e2e_ms"):
         assert a[key] == pytest.approx(b[key], rel=1e-9), key

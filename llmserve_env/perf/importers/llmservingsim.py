@@ -12,16 +12,24 @@ comes from the model catalog. Conversion:
   ``kv_prefill`` cached, plus ``n_decode`` decodes with ``kv_decode`` cached each);
 - ``moe.csv`` (``tokens,activated_experts,time_us``) -> ``moe.csv``;
 - ``skew_fit.csv`` (alpha per bucket of prefill chunk, decodes, skew rate, longest
-  decode and prefill context) -> ``attention_skew.csv`` keyed by prefill chunk, prefill
-  context, decodes and longest decode (bucket upper edges): our batch description has
-  no shortest decode length, so only the skew-rate bucket holding :data:`SKEW_RATE` is
-  kept (a key without it gets the sample-weighted mean over skew rates);
-  ``alpha_default`` becomes ``attention.skew_alpha_default``.
+  decode and prefill context; labels such as ``n<=8`` or ``sr<=40%`` defined by
+  ``meta.yaml: skew_fit.bucket_axes``) -> ``attention_skew.csv`` keyed by prefill chunk,
+  prefill context, decodes, longest decode and skew rate, each label replaced by its
+  bucket's upper edge. LLMServingSim's buckets are ``(bins[i], bins[i+1]]`` with values
+  above the last edge in the last bucket, which is how our bucket tables read upper
+  edges. Its skew rate is ``(mean - min) / (max - min)`` of the batch's decode lengths
+  (for the profiler's two-length batches, the share of long decodes, the ``ratio``
+  column of ``skew.csv``), clamped to [0, 1]; a batch with one decode or all decodes of
+  one length gets no correction (its longest decode is its mean). A bucket combination
+  without a row uses ``alpha_default`` (``attention.skew_alpha_default``), as
+  LLMServingSim does; rows with the same key (none in the shipped profiles) are merged
+  by their sample-weighted mean.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +58,7 @@ from llmserve_env.perf.profile_format import (
     SkewTable,
 )
 
-TAG = "llmservingsim-current-2"
+TAG = "llmservingsim-current-3"
 """Importer identity for cache keys (bump when the conversion changes)."""
 
 _CATEGORY_FILES = ("dense.csv", "per_sequence.csv", "attention.csv", "moe.csv", "skew_fit.csv")
@@ -167,15 +175,10 @@ def _label_edges(bins: list[float], labels: list[str], path: Path) -> dict[str, 
     """Upper edge of each bucket label (``(bins[i], bins[i+1]]``)."""
     if len(bins) != len(labels) + 1:
         raise DataFileError(path, f"bucket axes: {len(bins)} bins for {len(labels)} labels")
-    return {label: float(bins[i + 1]) for i, label in enumerate(labels)}
-
-
-SKEW_RATE = 0.25
-"""The decode skew rate ``(mean - min) / (max - min)`` whose bucket the conversion keeps.
-
-Our batch description has no shortest decode length, so the skew-rate axis of
-``skew_fit.csv`` is collapsed to one bucket. Decode contexts in serving batches are
-right-skewed; in simulated ShareGPT replays 74-95 % of batches fall in (0.15, 0.40]."""
+    edges = [float(b) for b in bins]
+    if any(hi <= lo for lo, hi in pairwise(edges)):
+        raise DataFileError(path, f"bucket axes: bins {bins} are not increasing")
+    return {label: edges[i + 1] for i, label in enumerate(labels)}
 
 
 def _skew(path: Path, axes: dict[str, Any], meta_path: Path) -> SkewTable:
@@ -193,28 +196,25 @@ def _skew(path: Path, axes: dict[str, Any], meta_path: Path) -> SkewTable:
         sr_edges = _label_edges(axes["skew_rate_bins"], axes["skew_rate_labels"], meta_path)
     except (KeyError, TypeError) as exc:
         raise DataFileError(meta_path, f"skew_fit.bucket_axes: missing or bad {exc}") from exc
-    sr_bins = axes["skew_rate_bins"]
-    wanted = next(
-        label
-        for i, label in enumerate(axes["skew_rate_labels"])
-        if sr_bins[i] < SKEW_RATE <= sr_bins[i + 1]
-    )
-    # key -> [weighted alpha sum, weight] over all skew rates, and for the wanted one.
-    pooled: dict[tuple[float, ...], list[float]] = defaultdict(lambda: [0.0, 0.0])
-    chosen: dict[tuple[float, ...], list[float]] = defaultdict(lambda: [0.0, 0.0])
+    if min(sr_edges.values()) < 0.0:
+        raise DataFileError(meta_path, "skew_fit.bucket_axes: skew_rate_bins need upper edges >= 0")
+    # key -> [weighted alpha sum, weight]
+    sums: dict[tuple[float, ...], list[float]] = defaultdict(lambda: [0.0, 0.0])
     text = cols.text
     for i, line in enumerate(cols.lines):
         labels = (
-            (n_edges, text["n_label"][i]),
-            (kv_edges, text["kv_big_label"][i]),
-            (kp_edges, text["kp_label"][i]),
-            (sr_edges, text["skew_rate_label"][i]),
+            ("n_label", n_edges),
+            ("kv_big_label", kv_edges),
+            ("kp_label", kp_edges),
+            ("skew_rate_label", sr_edges),
         )
-        for edges, label in labels:
+        for column, edges in labels:
+            label = text[column][i]
             if label not in edges:
                 raise DataFileError(
                     path,
-                    f"label {label!r} is not in meta.yaml skew_fit.bucket_axes",
+                    f"column {column!r}: label {label!r} is not in meta.yaml "
+                    f"skew_fit.bucket_axes (allowed: {', '.join(edges)})",
                     line=int(line),
                 )
         weight = max(float(cols.numbers["n_samples"][i]), 1.0)
@@ -224,23 +224,18 @@ def _skew(path: Path, axes: dict[str, Any], meta_path: Path) -> SkewTable:
             max(kp_edges[text["kp_label"][i]], 0.0),
             n_edges[text["n_label"][i]],
             kv_edges[text["kv_big_label"][i]],
+            sr_edges[text["skew_rate_label"][i]],
         )
-        for table in (pooled, chosen) if text["skew_rate_label"][i] == wanted else (pooled,):
-            table[key][0] += weight * alpha
-            table[key][1] += weight
-    keys = sorted(pooled)
-    alphas = [
-        (chosen[k][0] / chosen[k][1])
-        if chosen.get(k, [0.0, 0.0])[1]
-        else pooled[k][0] / pooled[k][1]
-        for k in keys
-    ]
+        sums[key][0] += weight * alpha
+        sums[key][1] += weight
+    keys = sorted(sums)
     return SkewTable(
         np.array([k[0] for k in keys]),
         np.array([k[1] for k in keys]),
         np.array([k[2] for k in keys]),
         np.array([k[3] for k in keys]),
-        np.array(alphas),
+        np.array([sums[k][0] / sums[k][1] for k in keys]),
+        decode_skew_rate=np.array([k[4] for k in keys]),
     )
 
 
@@ -330,8 +325,7 @@ def read_tp_folder(tp_dir: str | Path, arch: ModelArch | None = None) -> ImportR
             original_files=file_records(files, tp_dir.parent.parent),
             notes=(
                 "converted from LLMServingSim's per-category tables; one decoder layer "
-                f"profiled, repeated {arch.num_layers} times; attention skew at skew rate "
-                f"{SKEW_RATE} (its skew_fit bucket)"
+                f"profiled, repeated {arch.num_layers} times"
             ),
         ),
     )

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from llmserve_env.config.errors import DataFileError
 from llmserve_env.perf.compiled import compile_profile
@@ -39,6 +40,33 @@ def test_dense_llama(shared: Path) -> None:
     assert p.meta.skew_alpha_default == pytest.approx(0.0543)
     assert result.relative_dir == Path("RTX-PRO-6000/meta-llama/Llama-3.1-8B/bf16/tp1")
     assert not result.warnings
+
+
+def test_skew_keeps_every_skew_rate_bucket(shared: Path, tmp_path: Path) -> None:
+    profile = read_tp_folder(shared / LLAMA / "tp1").profile
+    skew = profile.attention_skew
+    assert skew is not None and skew.decode_skew_rate is not None
+    assert len(skew.alpha) == 3982  # every row of skew_fit.csv
+    # the upper edges of skew_rate_bins [-0.01, 0.05, 0.15, 0.4, 0.7, 1.01]
+    assert sorted(set(skew.decode_skew_rate.tolist())) == [0.05, 0.15, 0.4, 0.7, 1.01]
+    keys = np.column_stack(
+        (
+            skew.prefill_chunk_tokens,
+            skew.prefill_context_tokens,
+            skew.num_decodes,
+            skew.decode_max_context_tokens,
+            skew.decode_skew_rate,
+        )
+    )
+    # skew_fit.csv: 0,n<=128,sr<=40%,kvB<=16k,kp=0,0.026 and 0,n<=128,sr>70%,kvB<=16k,kp=0,0.1023
+    for rate, alpha in ((0.4, 0.026), (1.01, 0.1023)):
+        (row,) = np.flatnonzero((keys == [0, 0, 128, 16384, rate]).all(axis=1))
+        assert skew.alpha[row] == pytest.approx(alpha)
+    # written, read back and compiled: a batch of 100 decodes, the longest at 9,000
+    compiled = compile_profile(read_profile(write_profile(profile, tmp_path / "p")))
+    assert compiled.skew is not None
+    assert compiled.skew(0.0, 0.0, 100.0, 9000.0, 0.3) == pytest.approx(0.026)
+    assert compiled.skew(0.0, 0.0, 100.0, 9000.0, 0.8) == pytest.approx(0.1023)
 
 
 def test_moe_and_write_read(shared: Path, tmp_path: Path) -> None:
@@ -109,6 +137,41 @@ def test_missing_attention(copy: Path) -> None:
     (copy / "attention.csv").unlink()
     with pytest.raises(DataFileError, match="no attention table"):
         read_tp_folder(copy)
+
+
+@pytest.fixture()
+def skew_copy(shared: Path, copy: Path) -> Path:
+    """The RTX 4090 copy with its skew_fit enabled (bucket axes of the RTX PRO 6000 one)."""
+    pro = yaml.safe_load((shared / LLAMA / "meta.yaml").read_text())
+    meta = copy.parent / "meta.yaml"
+    data = yaml.safe_load(meta.read_text())
+    data["skew_fit"] = {
+        "enabled": True,
+        "bucket_axes": pro["skew_fit"]["bucket_axes"],
+        "per_tp": {1: {"alpha_default": 0.05}},
+    }
+    meta.write_text(yaml.safe_dump(data))
+    return copy
+
+
+def test_skew_rate_label_not_in_the_bucket_axes(skew_copy: Path) -> None:
+    assert read_tp_folder(skew_copy).profile.attention_skew is not None
+    _replace_line(skew_copy / "skew_fit.csv", 4, "0,n<=128,sr<=45%,kvB<=16k,kp=0,0.0163,2")
+    with pytest.raises(
+        DataFileError,
+        match=r"skew_fit\.csv:5: column 'skew_rate_label': label 'sr<=45%' is not in "
+        r"meta\.yaml skew_fit\.bucket_axes \(allowed: sr<=5%, sr<=15%, sr<=40%, sr<=70%, sr>70%\)",
+    ):
+        read_tp_folder(skew_copy)
+
+
+def test_skew_rate_bins_not_increasing(skew_copy: Path) -> None:
+    meta = skew_copy.parent / "meta.yaml"
+    data = yaml.safe_load(meta.read_text())
+    data["skew_fit"]["bucket_axes"]["skew_rate_bins"] = [-0.01, 0.05, 0.4, 0.15, 0.7, 1.01]
+    meta.write_text(yaml.safe_dump(data))
+    with pytest.raises(DataFileError, match=r"meta\.yaml: bucket axes: bins .* are not increasing"):
+        read_tp_folder(skew_copy)
 
 
 def test_meta_yaml_error(copy: Path) -> None:
