@@ -291,13 +291,24 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self._counters: dict[str, float] = dict.fromkeys(REWARD_TERMS, 0.0)
         self._rates = Ewma(env_cfg.rate_window_s, _CLUSTER_RATES + 4 * self.num_instances)
         highs = {f.name: f.high for f in self.features}
-        self._instance_highs = np.array([[highs[k]] for k in _INSTANCE_KEYS], dtype=np.float32)
-        self._cluster_keys = _CLUSTER_KEYS + (
-            ("request_prompt_tokens",) if mode == "routing" else ()
+        # Where each feature lies in the flat vector _observe builds: the per-instance
+        # rows, then the cluster features, then (routing mode) the request's.
+        keys: list[str] = [*_INSTANCE_KEYS, *_CLUSTER_KEYS]
+        if mode == "routing":
+            keys += ["request_prompt_tokens", "request_cached_tokens"]
+        sizes = {
+            f.name: self.max_instances if f.scope.endswith("instance") else 1 for f in self.features
+        }
+        assert sorted(keys) == sorted(sizes), "_observe and the feature table disagree"
+        self._obs_slices: list[tuple[str, slice]] = []
+        start = 0
+        for key in keys:
+            self._obs_slices.append((key, slice(start, start + sizes[key])))
+            start += sizes[key]
+        self._obs_highs = np.concatenate(
+            [np.full(sizes[key], highs[key], dtype=np.float32) for key in keys]
         )
-        self._cluster_highs = np.array([highs[k] for k in self._cluster_keys], dtype=np.float32)
-        self._matrix_template = np.zeros((len(_INSTANCE_KEYS), self.max_instances), np.float32)
-        self._matrix_template[0, : self.num_instances] = 1.0  # instance_valid
+        self._valid_row = [1.0] * self.num_instances
         self._last_time = 0.0
         self._elapsed_steps = 0
         self._start_s: float | None = None
@@ -454,45 +465,45 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self._last_time = sim.now
 
     def _observe(self) -> dict[str, np.ndarray]:
-        """The observation (call after :meth:`_update_rates`, which syncs the simulation)."""
+        """The observation (call after :meth:`_update_rates`, which syncs the simulation).
+
+        Every feature is gathered into one flat list in :attr:`_obs_slices` order, made
+        into one float32 array, clipped to its bounds at once and handed out as views.
+        """
         sim = self.sim
         assert sim is not None
-        n = self.num_instances
-        now = sim.now
-        matrix = self._matrix_template.copy()  # instance_valid filled in
-        state = np.array(sim.instance_state(), dtype=np.float32)
-        matrix[1 : len(_ROW_FEATURES), :n] = state.reshape(n, len(_ROW_FEATURES) - 1).T
-        rates = self._rates.values
-        base = len(_ROW_FEATURES)
+        n, m = self.num_instances, self.max_instances
+        rates = self._rates.values.tolist()
         c = _CLUSTER_RATES
-        matrix[base, :n] = rates[c : c + n]  # preemption rate
         hits, queries = rates[c + n : c + 2 * n], rates[c + 2 * n : c + 3 * n]
-        matrix[base + 1, :n] = hits / np.maximum(queries, 1e-12)
-        matrix[base + 2, :n] = rates[c + 3 * n : c + 4 * n]  # generation tokens/s
-        np.minimum(matrix, self._instance_highs, out=matrix)
-        np.maximum(matrix, 0.0, out=matrix)
-        obs = dict(zip(_INSTANCE_KEYS, matrix, strict=True))
-        arrivals, finished, met, power = rates[:4].tolist()
-        attainment = met / finished if finished > 1e-12 else 1.0
-        remaining = 1.0 - now / self.horizon_s if self.horizon_s else 1.0
-        cluster = [arrivals, attainment, met, remaining, power]
-        request = None
+        flat = self._valid_row + sim.instance_state()
+        flat += rates[c : c + n]  # preemption rate
+        flat += [h / q if q > 1e-12 else 0.0 for h, q in zip(hits, queries, strict=True)]
+        flat += rates[c + 3 * n : c + 4 * n]  # generation tokens/s
+        if m > n:  # pad every per-instance row
+            pad = [0.0] * (m - n)
+            flat = [x for k in range(0, len(flat), n) for x in (*flat[k : k + n], *pad)]
+        arrivals, finished, met, power = rates[:4]
+        now = sim.now
+        flat += (
+            arrivals,
+            met / finished if finished > 1e-12 else 1.0,  # SLO attainment
+            met,  # goodput
+            1.0 - now / self.horizon_s if self.horizon_s else 1.0,
+            power,
+        )
         if self.mode == "routing":
             request = sim.pending[0] if sim.pending else None
-            cluster.append(request.num_prompt_tokens if request is not None else 0)
-        values = np.array(cluster, dtype=np.float32)
-        np.minimum(values, self._cluster_highs, out=values)
-        np.maximum(values, 0.0, out=values)
-        for index, key in enumerate(self._cluster_keys):
-            obs[key] = values[index : index + 1]
-        if self.mode == "routing":
-            cached = np.zeros(self.max_instances, dtype=np.float32)
+            flat.append(request.num_prompt_tokens if request is not None else 0)
             if request is not None and request.content is not None:
-                cached[:n] = [
-                    min(inst.pool.cached_prefix_tokens(request), 1e7) for inst in sim.instances
-                ]
-            obs["request_cached_tokens"] = cached
-        return obs
+                flat += [inst.pool.cached_prefix_tokens(request) for inst in sim.instances]
+                flat += [0.0] * (m - n)
+            else:
+                flat += [0.0] * m
+        values = np.array(flat, dtype=np.float32)
+        np.minimum(values, self._obs_highs, out=values)
+        np.maximum(values, 0.0, out=values)
+        return {key: values[part] for key, part in self._obs_slices}
 
     # ------------------------------------------------------------------ reward
 

@@ -170,11 +170,15 @@ class Ewma:
         self._last = np.zeros(size)
 
     def update(self, totals: np.ndarray, dt: float) -> np.ndarray:
-        """Fold in the counters' new cumulative values after ``dt`` seconds."""
+        """Fold in the counters' new cumulative values after ``dt`` seconds (``totals``
+        is kept: do not change it afterwards)."""
         decay = math.exp(-dt / self.tau_s) if dt > 0 else 1.0
-        self.values = self.values * decay + (totals - self._last) / self.tau_s
-        self._last = totals.astype(np.float64, copy=True)
-        return self.values
+        values = totals - self._last
+        values /= self.tau_s
+        values += self.values * decay
+        self.values = values
+        self._last = np.asarray(totals, dtype=np.float64)
+        return values
 
     def reset(self, totals: np.ndarray) -> None:
         """Start from these cumulative values with zero rates."""

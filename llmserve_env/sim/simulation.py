@@ -357,45 +357,40 @@ class Simulation:
             self.kernel.schedule(self.kernel.now + self.power_interval_s, PowerTick())
 
     def instance_state(self) -> list[float]:
-        """Every instance's scheduler, cache and power state now, instance-major: for
-        each instance in order, one value per name in :data:`INSTANCE_STATE_FIELDS`.
+        """Every instance's scheduler, cache and power state now, feature-major: for
+        each name in :data:`INSTANCE_STATE_FIELDS`, one value per instance in order.
 
         Reads the aggregates only; call :meth:`sync` first so decode stretches are
         applied up to now.
         """
         now = self.kernel.now
-        out: list[float] = []
-        for inst in self.instances:
+        n = len(self.instances)
+        out: list[float] = [0.0] * (len(INSTANCE_STATE_FIELDS) * n)
+        for i, inst in enumerate(self.instances):
             waiting = inst.waiting
             pool = inst.pool
             params = inst.params
             free = pool.num_free_blocks
+            out[i] = len(waiting)
+            out[n + i] = len(inst.running)
+            out[2 * n + i] = inst.stats.scheduled_tokens_last if inst.busy else 0
+            out[3 * n + i] = now - waiting.peek().arrival_s if waiting else 0.0
+            out[4 * n + i] = 1.0 - free / pool.num_blocks
+            out[5 * n + i] = free
+            out[6 * n + i] = params.max_num_seqs
+            out[7 * n + i] = params.max_num_batched_tokens
             power = inst.power
-            state = PowerState.ON
-            clock = 1.0
-            watts = to_wake = 0.0
-            if power is not None:  # without a power model: always on, full clock, no draw
-                state = power.state
-                clock = power.freq
-                watts = power.power_w(now)
-                if state == PowerState.WAKING:
-                    to_wake = max(power.wake_ready_s - now, 0.0)
-                elif state != PowerState.ON:
-                    to_wake = power.wake_time_s()
-            out += (
-                len(waiting),
-                len(inst.running),
-                inst.stats.scheduled_tokens_last if inst.busy else 0,
-                now - waiting.peek().arrival_s if waiting else 0.0,
-                1.0 - free / pool.num_blocks,
-                free,
-                params.max_num_seqs,
-                params.max_num_batched_tokens,
-                int(state),
-                clock,
-                watts,
-                to_wake,
-            )
+            if power is None:  # without a power model: always on, full clock, no draw
+                out[9 * n + i] = 1.0
+                continue
+            state = power.state
+            out[8 * n + i] = int(state)
+            out[9 * n + i] = power.freq
+            out[10 * n + i] = power.power_w(now)
+            if state == PowerState.WAKING:
+                out[11 * n + i] = max(power.wake_ready_s - now, 0.0)
+            elif state != PowerState.ON:
+                out[11 * n + i] = power.wake_time_s()
         return out
 
     def counters(self) -> list[float]:

@@ -183,6 +183,55 @@ def test_masks_follow_the_simulator() -> None:
     assert info["reward_terms"]["rejected"] == 1
 
 
+@pytest.mark.parametrize(
+    ("scenario", "overrides"),
+    [
+        ("env/small-4x", ["env.max_instances=6"]),
+        ("multi-turn-prefix", ["workload.num_sessions=60"]),  # prefix content, power model
+        ("env/small-4x", ["power.enabled=false"]),
+    ],
+)
+def test_observation_reports_the_simulator_state(scenario: str, overrides: list[str]) -> None:
+    env = gym.make("LLMServe/Routing-v0", scenario=scenario, overrides=overrides).unwrapped
+    obs, _ = env.reset(seed=3)
+    n, m = env.num_instances, env.max_instances
+    seen_cached = False
+    for step in range(400):
+        assert set(obs) == set(env.observation_space.spaces)
+        assert env.observation_space.contains(obs)
+        sim = env.sim
+        now = sim.now
+        np.testing.assert_array_equal(obs["instance_valid"], [1.0] * n + [0.0] * (m - n))
+        for key in FEATURES:
+            if key.scope.endswith("instance"):
+                assert not obs[key.name][n:].any(), f"padding row of {key.name} is not zero"
+        for i, inst in enumerate(sim.instances):
+            assert obs["num_waiting"][i] == inst.num_waiting
+            assert obs["num_running"][i] == inst.num_running
+            assert obs["free_kv_blocks"][i] == np.float32(inst.pool.num_free_blocks)
+            assert obs["kv_usage_frac"][i] == np.float32(inst.kv_usage_frac)
+            assert obs["max_num_seqs"][i] == inst.params.max_num_seqs
+            assert obs["max_num_batched_tokens"][i] == inst.params.max_num_batched_tokens
+            head_age = now - inst.waiting.peek().arrival_s if inst.num_waiting else 0.0
+            assert obs["queue_delay_s"][i] == np.float32(head_age)
+            if inst.power is None:
+                assert (obs["power_state"][i], obs["clock_frac"][i], obs["power_w"][i]) == (0, 1, 0)
+            else:
+                assert obs["power_state"][i] == int(inst.power.state)
+                assert obs["clock_frac"][i] == np.float32(inst.power.freq)
+                assert obs["power_w"][i] == np.float32(inst.power.power_w(now))
+        request = sim.pending[0]
+        assert obs["request_prompt_tokens"][0] == request.num_prompt_tokens
+        cached = [inst.pool.cached_prefix_tokens(request) for inst in sim.instances]
+        if request.content is not None:
+            np.testing.assert_array_equal(obs["request_cached_tokens"][:n], cached)
+            seen_cached |= any(cached)
+        obs, _, term, trunc, _ = env.step(np.array([step % n]))
+        if term or trunc:
+            break
+    assert seen_cached == (scenario == "multi-turn-prefix")
+
+
 def test_reward_is_weighted_sum_of_terms() -> None:
     env = gym.make(
         SMALL_CLUSTER, overrides=["env.reward.backlog=-0.2", "env.reward.goodput=2"]
