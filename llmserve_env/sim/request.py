@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 import numpy as np
 
@@ -103,45 +104,117 @@ class TokenContent:
         return tuple(out)
 
 
-@dataclass(slots=True, eq=False)
+REQUEST_FIELDS: tuple[str, ...] = (
+    "_hash_block_size",
+    "_hashes",
+    "arrival_s",
+    "content",
+    "energy_j",
+    "finish_s",
+    "first_scheduled_s",
+    "first_token_s",
+    "instance_id",
+    "itl_max_s",
+    "last_token_s",
+    "max_output_tokens",
+    "num_blocks",
+    "num_cached_tokens",
+    "num_computed_tokens",
+    "num_hashed_blocks",
+    "num_output_tokens",
+    "num_preemptions",
+    "num_prompt_tokens",
+    "priority",
+    "reject_reason",
+    "request_id",
+    "session_id",
+    "status",
+)
+"""Every attribute of a :class:`Request` (its slots; a clone copies each)."""
+
+
 class Request:
     """One inference request and its progress, in vLLM V1 terms.
 
     ``num_tokens = num_prompt_tokens + num_output_tokens``; the engine computes tokens
     until ``num_computed_tokens == num_tokens``, then samples one more output token.
+    Built from its identity (the constructor's arguments); the progress fields start at
+    the values below. Timestamps are simulated seconds (``nan`` until set).
 
-    Timestamps are simulated seconds (``nan`` until set).
+    Attributes:
+        request_id: Index in the workload.
+        arrival_s: Arrival time.
+        num_prompt_tokens: Prompt length.
+        max_output_tokens: Output tokens to generate.
+        priority: Lower is served first under the ``priority`` policy.
+        content: Token identity for prefix caching, or ``None``.
+        session_id: Multi-turn session (-1: none).
+        status: Where the request is (``WAITING``).
+        instance_id: Instance it was routed to (-1).
+        num_computed_tokens: Tokens in the KV cache (0).
+        num_output_tokens: Tokens sampled (0).
+        num_cached_tokens: Prefix-cache hit at first admission (-1 until admitted).
+        num_preemptions: Times preempted (0).
+        reject_reason: Why it was rejected (``NONE``).
+        first_scheduled_s: First admission to a batch.
+        first_token_s: First output token.
+        last_token_s: Latest output token.
+        finish_s: End (finished, rejected or cut at the horizon).
+        itl_max_s: Longest gap between two output tokens (0).
+        energy_j: Device energy attributed to it (0).
+        num_blocks: KV blocks held (owned by the instance's block pool; 0).
+        num_hashed_blocks: Blocks registered in the prefix cache (0).
     """
 
-    request_id: int
-    arrival_s: float
-    num_prompt_tokens: int
-    max_output_tokens: int
-    priority: int = 0
-    content: TokenContent | None = None
-    session_id: int = -1
+    __slots__ = REQUEST_FIELDS
 
-    status: RequestStatus = RequestStatus.WAITING
-    instance_id: int = -1
-    num_computed_tokens: int = 0
-    num_output_tokens: int = 0
-    num_cached_tokens: int = -1
-    """Prefix-cache hit at first admission (-1 until admitted)."""
-    num_preemptions: int = 0
-    reject_reason: RejectReason = RejectReason.NONE
+    def __init__(
+        self,
+        request_id: int,
+        arrival_s: float,
+        num_prompt_tokens: int,
+        max_output_tokens: int,
+        priority: int = 0,
+        content: TokenContent | None = None,
+        session_id: int = -1,
+    ) -> None:
+        self.request_id = request_id
+        self.arrival_s = arrival_s
+        self.num_prompt_tokens = num_prompt_tokens
+        self.max_output_tokens = max_output_tokens
+        self.priority = priority
+        self.content = content
+        self.session_id = session_id
+        self.status = RequestStatus.WAITING
+        self.instance_id = -1
+        self.num_computed_tokens = 0
+        self.num_output_tokens = 0
+        self.num_cached_tokens = -1
+        self.num_preemptions = 0
+        self.reject_reason = RejectReason.NONE
+        self.first_scheduled_s = math.nan
+        self.first_token_s = math.nan
+        self.last_token_s = math.nan
+        self.finish_s = math.nan
+        self.itl_max_s = 0.0
+        self.energy_j = 0.0
+        self.num_blocks = 0
+        self.num_hashed_blocks = 0
+        self._hashes: tuple[int, ...] | None = None
+        self._hash_block_size = 0
 
-    first_scheduled_s: float = math.nan
-    first_token_s: float = math.nan
-    last_token_s: float = math.nan
-    finish_s: float = math.nan
-    itl_max_s: float = 0.0
-    energy_j: float = 0.0
+    def __repr__(self) -> str:
+        return (
+            f"Request(request_id={self.request_id}, arrival_s={self.arrival_s}, "
+            f"num_prompt_tokens={self.num_prompt_tokens}, "
+            f"max_output_tokens={self.max_output_tokens}, status={self.status.name}, "
+            f"num_computed_tokens={self.num_computed_tokens}, "
+            f"num_output_tokens={self.num_output_tokens})"
+        )
 
-    # KV-cache bookkeeping, owned by the instance's block pool.
-    num_blocks: int = 0
-    num_hashed_blocks: int = 0
-    _hashes: tuple[int, ...] | None = field(default=None, repr=False)
-    _hash_block_size: int = field(default=0, repr=False)
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        # Compiled, the class cannot be rebuilt without its constructor's arguments.
+        return _restore, (tuple(getattr(self, name) for name in REQUEST_FIELDS),)
 
     @property
     def num_tokens(self) -> int:
@@ -185,31 +258,49 @@ class Request:
         return self.first_scheduled_s - self.arrival_s
 
 
+_COMPILED = not __file__.endswith(".py")
+
+
+def _blank_request() -> Request:
+    """A request whose every field is about to be set."""
+    if _COMPILED:  # a native class: only its constructor makes one
+        return Request(0, 0.0, 0, 0)
+    return object.__new__(Request)  # pure Python: skip __init__ (twice as fast a clone)
+
+
 def clone_request(r: Request) -> Request:
     """An independent copy of ``r`` (immutable fields shared)."""
-    return Request(
-        r.request_id,
-        r.arrival_s,
-        r.num_prompt_tokens,
-        r.max_output_tokens,
-        r.priority,
-        r.content,
-        r.session_id,
-        r.status,
-        r.instance_id,
-        r.num_computed_tokens,
-        r.num_output_tokens,
-        r.num_cached_tokens,
-        r.num_preemptions,
-        r.reject_reason,
-        r.first_scheduled_s,
-        r.first_token_s,
-        r.last_token_s,
-        r.finish_s,
-        r.itl_max_s,
-        r.energy_j,
-        r.num_blocks,
-        r.num_hashed_blocks,
-        r._hashes,
-        r._hash_block_size,
-    )
+    c = _blank_request()
+    c.request_id = r.request_id
+    c.arrival_s = r.arrival_s
+    c.num_prompt_tokens = r.num_prompt_tokens
+    c.max_output_tokens = r.max_output_tokens
+    c.priority = r.priority
+    c.content = r.content
+    c.session_id = r.session_id
+    c.status = r.status
+    c.instance_id = r.instance_id
+    c.num_computed_tokens = r.num_computed_tokens
+    c.num_output_tokens = r.num_output_tokens
+    c.num_cached_tokens = r.num_cached_tokens
+    c.num_preemptions = r.num_preemptions
+    c.reject_reason = r.reject_reason
+    c.first_scheduled_s = r.first_scheduled_s
+    c.first_token_s = r.first_token_s
+    c.last_token_s = r.last_token_s
+    c.finish_s = r.finish_s
+    c.itl_max_s = r.itl_max_s
+    c.energy_j = r.energy_j
+    c.num_blocks = r.num_blocks
+    c.num_hashed_blocks = r.num_hashed_blocks
+    c._hashes = r._hashes
+    c._hash_block_size = r._hash_block_size
+    return c
+
+
+def _restore(state: tuple[Any, ...]) -> Request:
+    """Rebuild a pickled :class:`Request` from its fields in :data:`REQUEST_FIELDS` order."""
+    request = _blank_request()
+    for name, value in zip(REQUEST_FIELDS, state, strict=True):
+        setattr(request, name, value)
+    return request

@@ -7,7 +7,7 @@ fails when one is forgotten.
 
 from __future__ import annotations
 
-import dataclasses
+import pickle
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +21,7 @@ from llmserve_env.sim.kv_cache import KVBlockPool
 from llmserve_env.sim.metrics import MetricsRecorder
 from llmserve_env.sim.power import InstancePower, NodePower
 from llmserve_env.sim.request import (
+    REQUEST_FIELDS,
     RejectReason,
     Request,
     RequestStatus,
@@ -82,8 +83,9 @@ def test_every_attribute_is_copied_or_deliberately_left() -> None:
 
 
 def test_a_request_clone_copies_every_field() -> None:
-    # A distinct non-default value per field, so a field left out or passed in the
-    # wrong position shows.
+    original = Request(1, 2.5, 300, 40, priority=2, session_id=7)
+    # Every field gets a distinct value unlike its default, so a field left out of the
+    # clone, or copied into another, shows.
     special: dict[str, Any] = {
         "content": TokenContent(segments=((7, 32),)),
         "status": RequestStatus.PREEMPTED,
@@ -91,21 +93,25 @@ def test_a_request_clone_copies_every_field() -> None:
         "_hashes": (11, 12),
     }
     values: dict[str, Any] = {}
-    for index, field in enumerate(dataclasses.fields(Request)):
-        if field.name in special:
-            values[field.name] = special[field.name]
-        elif field.type in (float, "float"):  # a string unless compiled
-            values[field.name] = 100.25 + index
+    for index, name in enumerate(REQUEST_FIELDS):
+        default = getattr(original, name)
+        if name in special:
+            values[name] = special[name]
+        elif isinstance(default, float):
+            values[name] = 100.25 + index
         else:
-            assert field.type in (int, "int"), field
-            values[field.name] = 100 + index
-    original = Request(**values)
-    copy = clone_request(original)
-    assert copy is not original
-    for name, value in values.items():
-        assert getattr(copy, name) == value, name
-    copy.num_output_tokens += 1
-    assert original.num_output_tokens == values["num_output_tokens"]
+            assert type(default) is int, name
+            values[name] = 100 + index
+        setattr(original, name, values[name])
+    for copy in (clone_request(original), pickle.loads(pickle.dumps(original))):
+        assert copy is not original
+        for name, value in values.items():
+            assert getattr(copy, name) == value, name
+        copy.num_output_tokens += 1
+        assert original.num_output_tokens == values["num_output_tokens"]
+    # REQUEST_FIELDS is every attribute: slots in pure Python, native attributes compiled.
+    attrs = getattr(Request, "__mypyc_attrs__", None) or Request.__slots__
+    assert set(attrs) - {"__dict__", "__weakref__"} == set(REQUEST_FIELDS)
 
 
 def _summary(sim: Simulation) -> dict[str, Any]:
