@@ -63,6 +63,10 @@ class TokenContent:
     tokens: np.ndarray | None = None
     segments: tuple[tuple[int, int], ...] | None = None
 
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        # Compiled, a frozen dataclass cannot be unpickled field by field.
+        return TokenContent, (self.tokens, self.segments)
+
     @property
     def num_tokens(self) -> int:
         """Tokens whose identity is known."""
