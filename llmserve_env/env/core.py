@@ -22,7 +22,6 @@ from llmserve_env.env.actions import (
     WeightRoutingHead,
 )
 from llmserve_env.env.observation import (
-    Ewma,
     Feature,
     features_for,
     observation_layout,
@@ -30,6 +29,7 @@ from llmserve_env.env.observation import (
 )
 from llmserve_env.sim.router import make_router
 from llmserve_env.sim.simulation import INSTANCE_STATE_FIELDS, Simulation
+from llmserve_env.sim.stats import MovingRates
 
 Mode = Literal["cluster", "routing"]
 _CLUSTER_RATES = 4  # arrivals, finished, SLO met, energy
@@ -68,7 +68,7 @@ class EnvState:
 
     sim: Simulation
     counters: dict[str, float]
-    rates: Ewma
+    rates: MovingRates
     last_time: float
     elapsed_steps: int
     episode_seed: int
@@ -289,7 +289,7 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self.episode_seed = cfg.seed
         self._done = True
         self._counters: dict[str, float] = dict.fromkeys(REWARD_TERMS, 0.0)
-        self._rates = Ewma(env_cfg.rate_window_s, _CLUSTER_RATES + 4 * self.num_instances)
+        self._rates = MovingRates(env_cfg.rate_window_s, _CLUSTER_RATES + 4 * self.num_instances)
         highs = {f.name: f.high for f in self.features}
         # Where each feature lies in the flat vector _observe builds: the per-instance
         # rows, then the cluster features, then (routing mode) the request's.
@@ -359,10 +359,10 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self._counters = self._read_counters()
         n = self.num_instances
         tau = self.scenario.env.rate_window_s
-        self._rates = Ewma(tau, _CLUSTER_RATES + 4 * n)
+        self._rates = MovingRates(tau, _CLUSTER_RATES + 4 * n)
         totals = self.sim.counters()
         totals[3] = self._total_energy()
-        self._rates.reset(np.array(totals))
+        self._rates.reset(totals)
         self._last_time = 0.0
         self._elapsed_steps = 0
         self._done = False
@@ -461,7 +461,7 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         sim.sync()
         totals = sim.counters()
         totals[3] = self._total_energy()  # settled once per decision
-        self._rates.update(np.array(totals), sim.now - self._last_time)
+        self._rates.update(totals, sim.now - self._last_time)
         self._last_time = sim.now
 
     def _observe(self) -> dict[str, np.ndarray]:
@@ -473,7 +473,7 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         sim = self.sim
         assert sim is not None
         n, m = self.num_instances, self.max_instances
-        rates = self._rates.values.tolist()
+        rates = self._rates.values
         c = _CLUSTER_RATES
         hits, queries = rates[c + n : c + 2 * n], rates[c + 2 * n : c + 3 * n]
         flat = self._valid_row + sim.instance_state()

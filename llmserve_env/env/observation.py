@@ -9,7 +9,6 @@ ranges; the environment's docstring documents the same table.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -148,46 +147,3 @@ def observation_layout(features: tuple[Feature, ...], max_instances: int) -> dic
         layout[name] = slice(start, start + sizes[name])
         start += sizes[name]
     return layout
-
-
-class Ewma:
-    """Exponentially weighted time averages of cumulative counters.
-
-    For a counter that grows by ``dn`` over ``dt`` seconds, the rate estimate decays by
-    ``exp(-dt / tau)`` and gains ``dn / tau``: an unbiased estimator of a Poisson rate,
-    independent of how often it is updated.
-
-    Args:
-        tau_s: Time constant.
-        size: Number of counters tracked.
-    """
-
-    __slots__ = ("_last", "tau_s", "values")
-
-    def __init__(self, tau_s: float, size: int) -> None:
-        self.tau_s = tau_s
-        self.values = np.zeros(size)
-        self._last = np.zeros(size)
-
-    def update(self, totals: np.ndarray, dt: float) -> np.ndarray:
-        """Fold in the counters' new cumulative values after ``dt`` seconds (``totals``
-        is kept: do not change it afterwards)."""
-        decay = math.exp(-dt / self.tau_s) if dt > 0 else 1.0
-        values = totals - self._last
-        values /= self.tau_s
-        values += self.values * decay
-        self.values = values
-        self._last = np.asarray(totals, dtype=np.float64)
-        return values
-
-    def reset(self, totals: np.ndarray) -> None:
-        """Start from these cumulative values with zero rates."""
-        self.values = np.zeros_like(self.values)
-        self._last = totals.astype(np.float64, copy=True)
-
-    def copy(self) -> Ewma:
-        """An independent copy."""
-        other = Ewma(self.tau_s, len(self.values))
-        other.values = self.values.copy()
-        other._last = self._last.copy()
-        return other

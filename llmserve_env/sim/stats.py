@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -47,7 +47,7 @@ class ItlHistogram:
     count and maximum are exact.
     """
 
-    __slots__ = ("_arrays", "_buffer", "_count", "_counts", "_max_s", "_total_s", "_weights")
+    __slots__ = ("_buffer", "_count", "_counts", "_max_s", "_total_s", "_wbuffer", "_weights")
 
     edges: ClassVar[NDArray[np.float64]] = _ITL_EDGES
 
@@ -56,8 +56,8 @@ class ItlHistogram:
         self._total_s = 0.0
         self._count = 0
         self._max_s = 0.0
-        self._buffer: list[float] = []
-        self._arrays: list[Sequence[float] | NDArray[np.float64]] = []
+        self._buffer: list[float] = []  # one token each
+        self._wbuffer: list[float] = []  # _weights[k] tokens each
         self._weights: list[int] = []
 
     def add_list(self, itl_s: list[float]) -> None:
@@ -66,35 +66,35 @@ class ItlHistogram:
         if len(self._buffer) >= 8192:
             self._flush()
 
-    def add_many(self, itl_s: Sequence[float] | NDArray[np.float64], weight: int) -> None:
+    def add_many(self, itl_s: list[float], weight: int) -> None:
         """Record ``weight`` tokens for each latency in ``itl_s``."""
-        self._arrays.append(itl_s)
-        self._weights.append(weight)
-        if len(self._arrays) >= 1024:
+        self._wbuffer.extend(itl_s)
+        self._weights.extend([weight] * len(itl_s))
+        if len(self._wbuffer) >= 8192:
             self._flush()
 
     def _flush(self) -> None:
         if self._buffer:
-            self._arrays.append(np.asarray(self._buffer, dtype=np.float64))
-            self._weights.append(1)
+            self._bin(np.asarray(self._buffer, dtype=np.float64), None)
             self._buffer = []
-        if not self._arrays:
-            return
-        values = np.concatenate(self._arrays)
-        weights = np.repeat(
-            np.asarray(self._weights, dtype=np.int64), [len(a) for a in self._arrays]
-        )
-        self._arrays, self._weights = [], []
-        if len(values) == 0:
-            return
+        if self._wbuffer:
+            weights = np.asarray(self._weights, dtype=np.int64)
+            self._bin(np.asarray(self._wbuffer, dtype=np.float64), weights)
+            self._wbuffer, self._weights = [], []
+
+    def _bin(self, values: NDArray[np.float64], weights: NDArray[np.int64] | None) -> None:
         idx = np.searchsorted(_ITL_EDGES, values)
-        self._counts += np.bincount(idx, weights=weights, minlength=len(self._counts)).astype(
-            np.int64
-        )
-        # Not np.dot: a BLAS call wakes OpenBLAS worker threads, which then spin on a
-        # second core for the rest of the run.
-        self._total_s += float((values * weights).sum())
-        self._count += int(weights.sum())
+        minlength = len(self._counts)
+        if weights is None:
+            self._counts += np.bincount(idx, minlength=minlength)
+            self._total_s += float(values.sum())
+            self._count += len(values)
+        else:
+            # Not np.dot: a BLAS call wakes OpenBLAS worker threads, which then spin on a
+            # second core for the rest of the run.
+            self._counts += np.bincount(idx, weights=weights, minlength=minlength).astype(np.int64)
+            self._total_s += float((values * weights).sum())
+            self._count += int(weights.sum())
         peak = float(values.max())
         if peak > self._max_s:
             self._max_s = peak
@@ -146,4 +146,48 @@ class ItlHistogram:
         other = ItlHistogram()
         other._counts = self._counts.copy()
         other._total_s, other._count, other._max_s = self._total_s, self._count, self._max_s
+        return other
+
+
+class MovingRates:
+    """Exponentially weighted time averages of the rates of cumulative counters.
+
+    For a counter that grows by ``dn`` over ``dt`` seconds, the rate estimate decays by
+    ``exp(-dt / tau)`` and gains ``dn / tau``: an unbiased estimator of a Poisson rate,
+    independent of how often it is updated.
+
+    Args:
+        tau_s: Time constant.
+        size: Number of counters tracked.
+    """
+
+    __slots__ = ("_last", "tau_s", "values")
+
+    def __init__(self, tau_s: float, size: int) -> None:
+        self.tau_s = tau_s
+        self.values: list[float] = [0.0] * size
+        self._last: list[float] = [0.0] * size
+
+    def update(self, totals: list[float], dt: float) -> list[float]:
+        """Fold in the counters' new cumulative values after ``dt`` seconds; returns the
+        rates (per second)."""
+        decay = math.exp(-dt / self.tau_s) if dt > 0 else 1.0
+        tau = self.tau_s
+        self.values = [
+            v * decay + (t - last) / tau
+            for v, t, last in zip(self.values, totals, self._last, strict=True)
+        ]
+        self._last = list(totals)
+        return self.values
+
+    def reset(self, totals: list[float]) -> None:
+        """Start from these cumulative values with zero rates."""
+        self.values = [0.0] * len(self.values)
+        self._last = list(totals)
+
+    def copy(self) -> MovingRates:
+        """An independent copy."""
+        other = MovingRates(self.tau_s, len(self.values))
+        other.values = list(self.values)
+        other._last = list(self._last)
         return other
