@@ -244,6 +244,14 @@ class Instance:
             self.waiting = queue
         if changes:
             self.params = dataclasses.replace(self.params, **changes)  # type: ignore[arg-type]
+            if (
+                self._run
+                and not self.waiting
+                and len(self._run) <= self.params.max_num_batched_tokens
+            ):
+                # A decode stretch with nothing to admit is what the scheduler would run
+                # under the new knobs too (lowering max_num_seqs preempts nothing).
+                return
             self.interrupt()
 
     def interrupt(self) -> None:

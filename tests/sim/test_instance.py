@@ -166,6 +166,30 @@ def test_decode_stretches_do_not_change_results() -> None:
         assert s1[key] == pytest.approx(s2[key], rel=1e-9), key
 
 
+def test_knob_changes_keep_a_stretch_with_nothing_to_admit() -> None:
+    # Two requests decode alone; a third arrives much later.
+    w = workload([0.0, 0.0, 5.0], [100, 120, 50], [300, 300, 20])
+    base, _ = make_sim(w, latency=LinearLatency(0.005, 1e-5, 2e-7))
+    base.run_until(0.5)
+    inst = base.instances[0]
+    assert inst._run and not inst.waiting  # mid-stretch
+    changed = base.clone()
+    other = changed.instances[0]
+    generation = other.generation
+    # Irrelevant while nothing waits: FCFS and priority order equal priorities alike,
+    # a lower max_num_seqs preempts nothing, the budget still covers the decodes.
+    other.set_knobs(max_num_seqs=2, max_num_batched_tokens=64, scheduling_policy="priority")
+    assert other.generation == generation, "the stretch was cut"
+    other.set_knobs(max_num_batched_tokens=1)  # fewer tokens than decodes: recompute
+    assert other.generation == generation + 1
+    other.set_knobs(max_num_batched_tokens=64)
+    base.run()
+    changed.run()
+    finish = _table(base)["finish_s"].astype(float)
+    assert len(finish) == 3 and not np.isnan(finish).any()
+    np.testing.assert_allclose(_table(changed)["finish_s"].astype(float), finish, rtol=1e-12)
+
+
 def test_itl_includes_gap_across_preemption() -> None:
     latency = LinearLatency(base_s=0.001)
     sim, _ = make_sim(
