@@ -68,7 +68,7 @@ class _BlockNeed:
     ``ceil((k - slack) / block_size)`` blocks once ``k`` exceeds them. With the slacks
     sorted, the common case (every request short of room needs one block) is a bisection.
 
-    Immutable after construction (forks share it).
+    Immutable after construction but for a cached copy of the slacks (forks share it).
     """
 
     __slots__ = ("_slack", "_slack_array", "block_size", "computed", "held")
@@ -77,8 +77,12 @@ class _BlockNeed:
         self.computed = computed
         self.held = held
         self.block_size = block_size
-        self._slack = sorted(h * block_size - c for c, h in zip(computed, held, strict=True))
-        self._slack_array = np.asarray(self._slack, dtype=np.int64) if len(computed) > 24 else None
+        slack: list[int] = []
+        for index in range(len(computed)):
+            slack.append(held[index] * block_size - computed[index])
+        slack.sort()
+        self._slack = slack
+        self._slack_array: np.ndarray | None = None  # made on first use (large batches)
 
     def __call__(self, k: int) -> int:
         slack = self._slack
@@ -86,7 +90,9 @@ class _BlockNeed:
         bs = self.block_size
         if short == 0 or k - slack[0] <= bs:
             return short  # none, or one block each
-        if self._slack_array is not None:
+        if short > 24:
+            if self._slack_array is None:
+                self._slack_array = np.asarray(slack, dtype=np.int64)
             lacking = k - self._slack_array[:short]
             return int(((lacking + bs - 1) // bs).sum())
         total = 0
@@ -132,6 +138,9 @@ class Instance:
         self.power = power
         self.kernel = kernel
         self.params = params
+        # Engine parameters by (max_num_seqs, max_num_batched_tokens, scheduling_policy)
+        # for knob changes; immutable values, shared by forks.
+        self._knob_params: dict[tuple[int, int, str], EngineParams] = {}
         self.latency = latency
         self.itl = itl
         self.on_finish: FinishCallback = on_finish or (lambda request: None)
@@ -228,31 +237,35 @@ class Instance:
         Lowering ``max_num_seqs`` below the running count preempts nothing; it only
         stops admissions until requests finish, as a restarted vLLM scheduler would.
         """
-        changes: dict[str, object] = {}
-        if max_num_seqs is not None and max_num_seqs != self.params.max_num_seqs:
-            changes["max_num_seqs"] = max_num_seqs
-        if (
-            max_num_batched_tokens is not None
-            and max_num_batched_tokens != self.params.max_num_batched_tokens
-        ):
-            changes["max_num_batched_tokens"] = max_num_batched_tokens
-        if scheduling_policy is not None and scheduling_policy != self.params.scheduling_policy:
-            changes["scheduling_policy"] = scheduling_policy
-            queue = make_waiting_queue(scheduling_policy)
+        params = self.params
+        key = (
+            params.max_num_seqs if max_num_seqs is None else max_num_seqs,
+            (
+                params.max_num_batched_tokens
+                if max_num_batched_tokens is None
+                else max_num_batched_tokens
+            ),
+            params.scheduling_policy if scheduling_policy is None else scheduling_policy,
+        )
+        if key == (params.max_num_seqs, params.max_num_batched_tokens, params.scheduling_policy):
+            return
+        changed = self._knob_params.get(key)
+        if changed is None:  # agents cycle through a few levels: made once each
+            changed = dataclasses.replace(
+                params, max_num_seqs=key[0], max_num_batched_tokens=key[1], scheduling_policy=key[2]
+            )
+            self._knob_params[key] = changed
+        if key[2] != params.scheduling_policy:
+            queue = make_waiting_queue(key[2])
             for request in self.waiting:
                 queue.push(request)
             self.waiting = queue
-        if changes:
-            self.params = dataclasses.replace(self.params, **changes)  # type: ignore[arg-type]
-            if (
-                self._run
-                and not self.waiting
-                and len(self._run) <= self.params.max_num_batched_tokens
-            ):
-                # A decode stretch with nothing to admit is what the scheduler would run
-                # under the new knobs too (lowering max_num_seqs preempts nothing).
-                return
-            self.interrupt()
+        self.params = changed
+        if self._run and not self.waiting and len(self._run) <= changed.max_num_batched_tokens:
+            # A decode stretch with nothing to admit is what the scheduler would run under
+            # the new knobs too (lowering max_num_seqs preempts nothing).
+            return
+        self.interrupt()
 
     def interrupt(self) -> None:
         """Something external changed: reconsider scheduling at the next boundary."""
@@ -553,23 +566,33 @@ class Instance:
         # reason, right after an arrival, to take the general path).
         if self.waiting and num < params.max_num_seqs and self._head_admissible():
             return False
+        # One pass: every request must be decoding; gather what the stretch needs.
         steps = params.max_decode_run
+        computed: list[int] = []
+        held: list[int] = []
+        last0: list[float] = []
+        kv_sum = kv_max = 0
+        kv_min = -1
         for request in running:
-            if (
-                request.num_prompt_tokens + request.num_output_tokens - request.num_computed_tokens
-                != 1
-            ):
+            c = request.num_computed_tokens
+            out = request.num_output_tokens
+            if request.num_prompt_tokens + out - c != 1:
                 return False
-            left = request.max_output_tokens - request.num_output_tokens
+            left = request.max_output_tokens - out
             if left < steps:
                 steps = left
+            computed.append(c)
+            held.append(request.num_blocks)
+            last0.append(request.last_token_s)
+            kv_sum += c
+            if c > kv_max:
+                kv_max = c
+            if kv_min < 0 or c < kv_min:
+                kv_min = c
         if steps < 2:
             return False  # a single iteration: the general path is as cheap
-        bs = params.block_size
-        computed = [r.num_computed_tokens for r in running]
-        held = [r.num_blocks for r in running]
         free = self.pool.num_free_blocks
-        need = _BlockNeed(computed, held, bs)
+        need = _BlockNeed(computed, held, params.block_size)
         if need(steps) > free:  # need(k) grows with k: check the whole stretch first
             if need(1) > free:
                 return False  # the general path preempts
@@ -583,9 +606,9 @@ class Instance:
             steps = lo
             if steps < 2:
                 return False
-        kv_sum0 = float(sum(computed))
-        kv_max0 = float(max(computed))
-        kv_min0 = float(min(computed))
+        kv_sum0 = float(kv_sum)
+        kv_max0 = float(kv_max)
+        kv_min0 = float(kv_min)
         line = self.latency.decode_line_s(num, kv_sum0, kv_max0, kv_min0, steps)
         durations: list[float]
         if line is None:
@@ -601,11 +624,14 @@ class Instance:
             durations, energy = self.power.stretch(num, kv_sum0, durations)
         self._run = list(running)
         self._run_need = need
-        self._run_last0 = [r.last_token_s for r in running]
+        self._run_last0 = last0
         self._run_blocks = 0
         self._run_materialized = 0
-        ends = list(itertools.accumulate(durations, initial=now))
-        del ends[0]
+        ends: list[float] = []
+        t = now
+        for duration in durations:
+            t += duration
+            ends.append(t)
         self._run_ends = ends
         if self.power is not None and energy is not None:
             self._run_energy = self.power.begin_stretch(now, self._run_ends, energy)
@@ -800,6 +826,7 @@ class Instance:
         other._run_materialized = self._run_materialized
         other._run_energy = self._run_energy
         other._iter_watts = self._iter_watts
+        other._knob_params = self._knob_params
         other._waiting_area = self._waiting_area
         other._waiting_t = self._waiting_t
 

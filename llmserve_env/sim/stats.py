@@ -173,12 +173,16 @@ class MovingRates:
         rates (per second)."""
         decay = math.exp(-dt / self.tau_s) if dt > 0 else 1.0
         tau = self.tau_s
-        self.values = [
-            v * decay + (t - last) / tau
-            for v, t, last in zip(self.values, totals, self._last, strict=True)
-        ]
+        values = self.values
+        last = self._last
+        if len(totals) != len(values):
+            raise ValueError(f"expected {len(values)} counters, got {len(totals)}")
+        rates: list[float] = []
+        for index in range(len(values)):
+            rates.append(values[index] * decay + (totals[index] - last[index]) / tau)
+        self.values = rates
         self._last = list(totals)
-        return self.values
+        return rates
 
     def reset(self, totals: list[float]) -> None:
         """Start from these cumulative values with zero rates."""
