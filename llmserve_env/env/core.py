@@ -33,24 +33,10 @@ from llmserve_env.sim.stats import MovingRates
 
 Mode = Literal["cluster", "routing"]
 _CLUSTER_RATES = 4  # arrivals, finished, SLO met, energy
-# Per-instance features in the order _observe fills them.
-_ROW_FEATURES = (
-    "instance_valid",
-    "num_waiting",
-    "num_running",
-    "scheduled_tokens",
-    "queue_delay_s",
-    "kv_usage_frac",
-    "free_kv_blocks",
-    "max_num_seqs",
-    "max_num_batched_tokens",
-    "power_state",
-    "clock_frac",
-    "power_w",
-    "time_to_wake_s",
-)
+# Per-instance features in the order _observe fills them: the validity mask, the
+# simulator's state (named as the observation features), then the moving rates.
+_ROW_FEATURES = ("instance_valid", *INSTANCE_STATE_FIELDS)
 _INSTANCE_KEYS = (*_ROW_FEATURES, "preemption_rate", "prefix_hit_rate", "generation_tok_s")
-assert _ROW_FEATURES[1:] == INSTANCE_STATE_FIELDS
 # Cluster features in the order _observe fills them (from the rates of _CLUSTER_RATES).
 _CLUSTER_KEYS = (
     "arrival_rate_rps",
