@@ -346,9 +346,7 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         n = self.num_instances
         tau = self.scenario.env.rate_window_s
         self._rates = MovingRates(tau, _CLUSTER_RATES + 4 * n)
-        totals = self.sim.counters()
-        totals[3] = self._total_energy()
-        self._rates.reset(totals)
+        self._rates.reset(self.sim.counters(self._total_energy()))
         self._last_time = 0.0
         self._elapsed_steps = 0
         self._done = False
@@ -445,9 +443,7 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         sim = self.sim
         assert sim is not None
         sim.sync()
-        totals = sim.counters()
-        totals[3] = self._total_energy()  # settled once per decision
-        self._rates.update(totals, sim.now - self._last_time)
+        self._rates.update(sim.counters(self._total_energy()), sim.now - self._last_time)
         self._last_time = sim.now
 
     def _observe(self) -> dict[str, np.ndarray]:

@@ -393,12 +393,13 @@ class Simulation:
                 out[11 * n + i] = power.wake_time_s()
         return out
 
-    def counters(self) -> list[float]:
-        """Cumulative counters now: arrivals, finished, finished within every SLO,
-        energy (J, :meth:`total_energy_j`), then per instance preemptions, then per
+    def counters(self, energy_j: float) -> list[float]:
+        """Cumulative counters now: arrivals, finished, finished within every SLO, the
+        caller's ``energy_j`` (its reading of :meth:`total_energy_j`, which settles every
+        instance's energy, so it is read once), then per instance preemptions, then per
         instance prefix-cache hit tokens, prefix query tokens and generated tokens."""
         m = self.metrics
-        out: list[float] = [self.num_arrived, m.num_finished, m.num_slo_met, self.total_energy_j()]
+        out: list[float] = [self.num_arrived, m.num_finished, m.num_slo_met, energy_j]
         instances = self.instances
         out += [inst.stats.num_preemptions for inst in instances]
         out += [inst.stats.prefix_hit_tokens for inst in instances]
