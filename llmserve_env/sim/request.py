@@ -265,16 +265,11 @@ class Request:
 _COMPILED = not __file__.endswith(".py")
 
 
-def _blank_request() -> Request:
-    """A request whose every field is about to be set."""
-    if _COMPILED:  # a native class: only its constructor makes one
-        return Request(0, 0.0, 0, 0)
-    return object.__new__(Request)  # pure Python: skip __init__ (twice as fast a clone)
-
-
 def clone_request(r: Request) -> Request:
     """An independent copy of ``r`` (immutable fields shared)."""
-    c = _blank_request()
+    # Compiled, a native class is made only by its constructor; in pure Python the
+    # constructor is skipped, since every field is set below (twice as fast a clone).
+    c = Request(0, 0.0, 0, 0) if _COMPILED else object.__new__(Request)
     c.request_id = r.request_id
     c.arrival_s = r.arrival_s
     c.num_prompt_tokens = r.num_prompt_tokens
@@ -304,7 +299,7 @@ def clone_request(r: Request) -> Request:
 
 def _restore(state: tuple[Any, ...]) -> Request:
     """Rebuild a pickled :class:`Request` from its fields in :data:`REQUEST_FIELDS` order."""
-    request = _blank_request()
+    request = Request(0, 0.0, 0, 0)
     for name, value in zip(REQUEST_FIELDS, state, strict=True):
         setattr(request, name, value)
     return request
