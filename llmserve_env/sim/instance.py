@@ -543,10 +543,22 @@ class Instance:
         if seen:
             del arrivals[:seen]
         hidden = [r for _, r in arrivals if r.status == RequestStatus.WAITING]
-        if not hidden and not freed_seqs and not freed_blocks:
-            self._start_iteration(now)
-            return
         params = self.params
+        pool = self.pool
+        num = len(self.running)
+        if (not hidden and not freed_seqs and not freed_blocks) or (
+            # Nothing can be admitted, now or during a stretch ...
+            (not self.waiting or num >= params.max_num_seqs)
+            # ... and the running requests cannot grow into the held blocks (a chunk of
+            # n tokens needs at most ceil(n / block_size) new blocks).
+            and (
+                not freed_blocks
+                or pool.num_free_blocks - freed_blocks
+                >= num + params.max_num_batched_tokens // params.block_size + 1
+            )
+        ):
+            self._start_iteration(now)  # the view of the step scheduled ahead is moot
+            return
         key = (
             max(params.max_num_seqs - freed_seqs, 0),
             params.max_num_batched_tokens,
@@ -559,11 +571,11 @@ class Instance:
         self._touch_waiting(now)  # before the queue shrinks for a moment
         if hidden:
             self.waiting.remove_many(hidden)
-        self.pool.set_aside(freed_blocks)
+        pool.set_aside(freed_blocks)
         self.params = ahead
         self._start_iteration(now)
         self.params = params
-        self.pool.put_back(freed_blocks)
+        pool.put_back(freed_blocks)
         for request in hidden:
             self.waiting.push(request)
         if not self.busy:
