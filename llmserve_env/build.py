@@ -215,6 +215,7 @@ def resolve_engine(
         scheduling_policy=engine.scheduling_policy,
         max_num_waiting=engine.max_num_waiting,
         max_decode_run=scenario.simulation.max_decode_run,
+        async_scheduling=engine.async_scheduling,
     )
 
 

@@ -6,11 +6,11 @@ Prints the markdown tables of VALIDATION.md ("Latency model vs real vLLM"). Need
     python benchmarks/validation/llmservingsim_bench.py            # the main table
     python benchmarks/validation/llmservingsim_bench.py --variants # + sensitivity runs
 
-Each variant changes one thing and is not a calibration: ``no-skew`` drops the decode
-skew correction; ``overhead-1ms`` adds 1 ms per iteration; ``async`` is a prototype of
-vLLM's async scheduling (a waiting request is admitted one iteration later; finished
-requests free their slot one iteration later), outside the engine; ``kv-0.88`` /
-``kv-0.92`` change ``gpu_memory_utilization``.
+The main table simulates each run with vLLM's async scheduling as ``meta.json`` says
+it ran (on for all four: vLLM 0.19.0). Each variant changes one thing and is not a
+calibration: ``no-skew`` drops the decode skew correction; ``overhead-1ms`` adds 1 ms
+per iteration; ``kv-0.88`` / ``kv-0.92`` change ``gpu_memory_utilization``;
+``no-async`` turns the engine's ``async_scheduling`` knob off.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from llmserve_env.interop.bench import (
     find_profiles_root,
     load_bench_run,
 )
-from llmserve_env.sim.events import IterationDone
 from llmserve_env.sim.instance import Instance
 from llmserve_env.sim.simulation import Simulation
 
@@ -41,60 +40,6 @@ RUNS = {
     "RTX PRO 6000, Qwen3-32B TP2": "bench/RTXPRO6000/Qwen3-32B",
     "RTX PRO 6000, Qwen3-30B-A3B DP2+EP (approx.)": "bench/RTXPRO6000/Qwen3-30B-A3B-Instruct-2507",
 }
-
-
-class _AsyncInstance(Instance):
-    """Prototype of vLLM's async scheduling (scheduling one step ahead)."""
-
-    def _init_async(self) -> None:
-        self._prev_start = -1.0
-        self._prev_end = -1.0
-        self._freed_at = -1.0
-        self._freed = 0
-
-    def on_iteration_done(self, event: IterationDone) -> None:
-        if event.generation == self.generation:
-            if self._run:
-                n = self._run_len
-                self._prev_start = float(self._run_ends[n - 2]) if n >= 2 else self._run_start
-            else:
-                self._prev_start = self._iter_start
-            self._prev_end = self.kernel.now
-        super().on_iteration_done(event)
-
-    def _finish(self, request: Any, now: float) -> None:
-        super()._finish(request, now)
-        if self._freed_at != now:
-            self._freed_at, self._freed = now, 0
-        self._freed += 1
-
-    def _start_iteration(self, now: float) -> None:
-        busy_before = self._prev_end == now
-        cutoff = self._prev_start if busy_before else now
-        items = self.waiting._items  # type: ignore[attr-defined]
-        held = []
-        while items and items[-1].arrival_s > cutoff and items[-1].num_preemptions == 0:
-            held.append(items.pop())
-        saved = self.params
-        if busy_before and self._freed_at == now:
-            self.params = dataclasses.replace(
-                saved, max_num_seqs=max(1, saved.max_num_seqs - self._freed)
-            )
-        try:
-            if held and not items and self.running:
-                batch = self._schedule(now)  # one general iteration, no stretch
-                if batch:
-                    self._batch, self._iter_start, self.busy = batch, now, True
-                    self.generation += 1
-                    duration = self.latency.iteration_time_s(self._shape(batch))
-                    self.kernel.schedule(
-                        now + duration, IterationDone(self.instance_id, self.generation)
-                    )
-                return
-            super()._start_iteration(now)
-        finally:
-            self.params = saved
-            items.extend(reversed(held))
 
 
 def _tables(inst: Instance, **changes: Any) -> None:
@@ -111,16 +56,8 @@ VARIANTS: dict[str, tuple[dict[str, Any], Callable[[Simulation], None] | None]] 
     ),
     "kv-0.88": ({"gpu_memory_utilization": 0.88}, None),
     "kv-0.92": ({"gpu_memory_utilization": 0.92}, None),
+    "no-async": ({"async_scheduling": False}, None),
 }
-
-
-def _async(sim: Simulation) -> None:
-    for inst in sim.instances:
-        inst.__class__ = _AsyncInstance
-        inst._init_async()  # type: ignore[attr-defined]
-
-
-VARIANTS["async"] = ({}, _async)
 
 
 def run(

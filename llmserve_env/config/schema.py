@@ -108,6 +108,12 @@ class EngineConfig(StrictModel):
     scheduling_policy: SchedulingPolicy = "fcfs"
     """Order of the waiting queue and of preemption victims."""
 
+    async_scheduling: bool = False
+    """Schedule step N+1 while step N runs, as vLLM's ``--async-scheduling`` (on by
+    default in vLLM since 0.14): a request arriving during step N starts at step N+2 at
+    the earliest, and slots and KV blocks freed by step N are reused from step N+2. Off
+    by default here so results stay comparable with earlier ones."""
+
     activation_reserve_gib: NonNegFloat | None = None
     """Device memory kept for activations, CUDA graphs and the runtime, per device.
     ``None``: estimated from the model and ``max_num_batched_tokens``."""

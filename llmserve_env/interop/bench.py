@@ -20,13 +20,18 @@ arrivals the engine saw: request ``i`` arrives at ``queued_ts[i] - t0`` with
 ``t0 = queued_ts[0] - arrival_time_ns[0]`` of the trace, which puts simulated time on
 the trace's clock; the bench's ``timeseries.csv`` ticks start at the client's start,
 which is the trace's time 0, so per-second bins line up to within milliseconds. The
-simulator's latencies use the same definitions (arrival = queued).
+simulator's latencies use the same definitions (arrival = queued). vLLM stamps
+``queued_ts`` when its busy loop takes the request in, once per step; under async
+scheduling (:meth:`BenchRun.async_scheduling`) that is as the step already queued
+starts, so a busy engine runs the request one full step later (VALIDATION.md discusses
+the bias this leaves).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +54,11 @@ from llmserve_env.sim.workload.base import WorkloadData
 from llmserve_env.sim.workload.traces import load_llmservingsim_jsonl
 
 FloatArray = NDArray[np.float64]
+
+ASYNC_SCHEDULING_DEFAULT_SINCE = (0, 14)
+"""First vLLM release (major, minor) with async scheduling on unless turned off (vLLM
+PR #27614: ``SchedulerConfig.async_scheduling`` ``None`` resolves to on when nothing
+incompatible, such as a pooling model, is configured)."""
 
 _REQUEST_KEYS = (
     "input_toks",
@@ -86,6 +96,25 @@ class BenchRun:
         """vLLM engine arguments of the run."""
         kwargs = self.meta.get("engine_kwargs") or {}
         return kwargs if isinstance(kwargs, dict) else {}
+
+    def async_scheduling(self) -> tuple[bool, str]:
+        """Whether vLLM scheduled asynchronously in this run, and what says so: the
+        resolved scheduler config when ``meta.json`` records it, else the engine
+        argument, else the default of the recorded vLLM version (off when unknown)."""
+        resolved = self.meta.get("resolved_config")
+        scheduler = resolved.get("scheduler_config") if isinstance(resolved, dict) else None
+        value = scheduler.get("async_scheduling") if isinstance(scheduler, dict) else None
+        if isinstance(value, bool):
+            return value, "meta.json resolved_config.scheduler_config.async_scheduling"
+        value = self.engine_kwargs.get("async_scheduling")
+        if isinstance(value, bool):
+            return value, "meta.json engine_kwargs.async_scheduling"
+        version = str(self.meta.get("vllm_version") or "")
+        match = re.match(r"v?(\d+)\.(\d+)", version)
+        if match is None:
+            return False, "meta.json records no vllm_version: assumed off"
+        on = (int(match[1]), int(match[2])) >= ASYNC_SCHEDULING_DEFAULT_SINCE
+        return on, f"the default of vLLM {version}"
 
     def latencies_ms(self) -> dict[str, FloatArray]:
         """TTFT, TPOT, e2e and queueing per request (ms), as the module defines them."""
@@ -266,7 +295,8 @@ def bench_setup(
     workload for a bench run.
 
     vLLM defaults fill what ``meta.json`` does not record: ``gpu_memory_utilization``
-    0.9, prefix caching on, chunked prefill on, block size 16.
+    0.9, prefix caching on, chunked prefill on, block size 16. ``async_scheduling``
+    follows :meth:`BenchRun.async_scheduling` (a note says which source decided).
 
     Args:
         run: The bench run.
@@ -291,6 +321,12 @@ def bench_setup(
     data["name"] = f"bench-{run.path.parent.name}-{run.path.name}"
     data["description"] = f"vLLM bench run {run.path}"
     data["engine"]["block_size"] = 16
+    async_on, source = run.async_scheduling()
+    data["engine"]["async_scheduling"] = async_on
+    note = f"vLLM async scheduling {'on' if async_on else 'off'} ({source})"
+    if overrides and "async_scheduling" in overrides:
+        note += f"; simulated with async_scheduling={overrides['async_scheduling']} (override)"
+    notes.append(note)
     groups = [g for node in data["cluster"]["nodes"] for g in node["instances"]]
     for index, group in enumerate(groups):
         if overrides:

@@ -17,6 +17,27 @@ before the first request finishes or the KV cache would run out, and is cut at t
 iteration boundary when anything external happens
 (an arrival, an action): :meth:`Instance.interrupt`. Observers call
 :meth:`Instance.advance_to` to see the state after every iteration that has ended.
+
+Async scheduling (``EngineParams.async_scheduling``, vLLM's ``--async-scheduling``, on by
+default since vLLM 0.14): vLLM's engine core keeps two steps in its batch queue, so it
+schedules step N+1 while step N runs and applies step N's output only after that
+(``EngineCore.step_with_batch_queue``; ``AsyncScheduler`` counts the token step N will
+sample as an output placeholder, so N+1 already decodes it, and skips a request that N
+brings to its ``max_tokens``). The engine here still schedules at the boundary after
+step N, but from the view vLLM had when N began: waiting requests that arrived after N
+began are hidden (they join step N+2 at the earliest, so a decode stretch is cut one
+iteration after an arrival instead of at it), and requests that finished at the end of
+N still hold their ``max_num_seqs`` slots and KV blocks for step N+1. A step that would
+be empty under that view is skipped (it costs vLLM no GPU time): the boundary then
+schedules with everything it knows, as without the knob, and so does an idle engine.
+Not modelled: the CPU time async scheduling hides (the latency model has no host
+overhead term, so the knob only adds the one-step lag); preemption, which happens after
+step N's output here but before it in vLLM (whose preempted request loses the token N
+sampled); the wasted extra step vLLM runs for a request that stops early on EOS (output
+lengths are known here); prefix-cache hits on blocks freed at the boundary, which count
+against the set-aside blocks although vLLM would share them; speculative decoding and
+pipeline-parallel batch queues deeper than two steps. Knob and clock changes still apply
+from the next iteration.
 """
 
 from __future__ import annotations
@@ -55,6 +76,8 @@ class EngineParams:
     scheduling_policy: str
     max_num_waiting: int | None
     max_decode_run: int = 4096
+    async_scheduling: bool = False
+    """Schedule one step ahead as vLLM's async scheduling does (see the module doc)."""
 
 
 FinishCallback = Callable[[Request], None]
@@ -169,6 +192,11 @@ class Instance:
         # Time integral of the waiting-queue length (request-seconds), kept lazily.
         self._waiting_area = 0.0
         self._waiting_t = 0.0
+        # Async scheduling: (time, request) of arrivals while busy, until an iteration
+        # that began after them ends; the restricted parameters of a step scheduled
+        # ahead, keyed like _knob_params (immutable values, shared by forks).
+        self._arrivals: list[tuple[float, Request]] = []
+        self._ahead_params: dict[tuple[int, int, str], EngineParams] = {}
 
     # ------------------------------------------------------------------ queries
 
@@ -224,7 +252,14 @@ class Instance:
         self.stats.num_routed += 1
         self._touch_waiting(self.kernel.now)
         self.waiting.push(request)
-        self.interrupt()
+        if self.params.async_scheduling and self.busy:
+            # The next step was scheduled when the one in flight began: this request can
+            # join the step after it, so a decode stretch runs one iteration more.
+            self._arrivals.append((self.kernel.now, request))
+            if self._run:
+                self._cut_run(1)
+        else:
+            self.interrupt()
 
     def set_knobs(
         self,
@@ -286,6 +321,9 @@ class Instance:
         """Handler of :class:`IterationDone`."""
         if event.generation != self.generation:
             return  # a stretch that was cut short; a newer event stands for it
+        if self.params.async_scheduling:
+            self._iteration_done_ahead()
+            return
         now = self.kernel.now
         if self._run:
             self._commit_run(self._run_len)
@@ -309,9 +347,10 @@ class Instance:
             if done > self._run_done:
                 self._account_run(done)
 
-    def _cut_run(self) -> None:
-        """End the decode stretch at the boundary of the iteration in flight now."""
-        in_flight = bisect.bisect_right(self._run_ends, self.kernel.now)
+    def _cut_run(self, later: int = 0) -> None:
+        """End the decode stretch at the boundary of the iteration in flight now, or
+        ``later`` iterations after it."""
+        in_flight = bisect.bisect_right(self._run_ends, self.kernel.now) + later
         if in_flight + 1 < self._run_len:
             self._run_len = in_flight + 1
             end = self._run_ends[in_flight]
@@ -463,6 +502,84 @@ class Instance:
             scheduled.append((request, num_new))
             budget -= num_new
         return scheduled
+
+    # ------------------------------------------------------------------ async scheduling
+
+    def _iteration_done_ahead(self) -> None:
+        """:meth:`on_iteration_done` under async scheduling: the same commit, noting what
+        the step scheduled ahead could not see (when the ended iteration began, and the
+        slots and blocks its finished requests freed)."""
+        now = self.kernel.now
+        pool = self.pool
+        num_running = len(self.running)
+        if self._run:
+            n = self._run_len
+            began = self._run_ends[n - 2] if n > 1 else self._run_start
+            self._account_run(n)  # the stretch's own blocks first: only frees count below
+            free = pool.num_free_blocks
+            self._commit_run(n)
+            self.stats.busy_s += now - self._run_start
+            self._run = []
+        else:
+            began = self._iter_start
+            free = pool.num_free_blocks
+            self._commit_iteration(now)
+            self.stats.busy_s += now - began
+        if self.power is not None:
+            self.power.end_busy(now)
+        self.busy = False
+        self._start_ahead(now, began, num_running - len(self.running), pool.num_free_blocks - free)
+
+    def _start_ahead(self, now: float, began: float, freed_seqs: int, freed_blocks: int) -> None:
+        """Start the step vLLM scheduled when the iteration that ended now ``began``:
+        waiting requests that arrived after that are hidden, and the ``freed_seqs``
+        slots and ``freed_blocks`` KV blocks freed now are still held. It runs as one
+        general iteration (the view lasts one step); if it would be empty, the boundary
+        schedules with everything, as without the knob."""
+        arrivals = self._arrivals
+        seen = 0
+        while seen < len(arrivals) and arrivals[seen][0] <= began:
+            seen += 1
+        if seen:
+            del arrivals[:seen]
+        hidden = [r for _, r in arrivals if r.status == RequestStatus.WAITING]
+        params = self.params
+        pool = self.pool
+        num = len(self.running)
+        if (not hidden and not freed_seqs and not freed_blocks) or (
+            # Nothing can be admitted, now or during a stretch ...
+            (not self.waiting or num >= params.max_num_seqs)
+            # ... and the running requests cannot grow into the held blocks (a chunk of
+            # n tokens needs at most ceil(n / block_size) new blocks).
+            and (
+                not freed_blocks
+                or pool.num_free_blocks - freed_blocks
+                >= num + params.max_num_batched_tokens // params.block_size + 1
+            )
+        ):
+            self._start_iteration(now)  # the view of the step scheduled ahead is moot
+            return
+        key = (
+            max(params.max_num_seqs - freed_seqs, 0),
+            params.max_num_batched_tokens,
+            params.scheduling_policy,
+        )
+        ahead = self._ahead_params.get(key)
+        if ahead is None:
+            ahead = dataclasses.replace(params, max_num_seqs=key[0], max_decode_run=1)
+            self._ahead_params[key] = ahead
+        self._touch_waiting(now)  # before the queue shrinks for a moment
+        if hidden:
+            self.waiting.remove_many(hidden)
+        pool.set_aside(freed_blocks)
+        self.params = ahead
+        self._start_iteration(now)
+        self.params = params
+        pool.put_back(freed_blocks)
+        for request in hidden:
+            self.waiting.push(request)
+        if not self.busy:
+            self._start_iteration(now)
 
     # ------------------------------------------------------------------ completion
 
@@ -742,6 +859,7 @@ class Instance:
             self.pool.free(request)
         self.running = []
         self.waiting = make_waiting_queue(self.params.scheduling_policy)
+        self._arrivals = []
         self._run = []
         self._batch = []
         self.busy = False
@@ -766,6 +884,7 @@ class Instance:
         live = running + list(self.waiting)
         self.running = []
         self.waiting = make_waiting_queue(self.params.scheduling_policy)
+        self._arrivals = []
         self._run = []
         self._batch = []
         if self.busy and self.power is not None:
@@ -827,6 +946,7 @@ class Instance:
         other._run_energy = self._run_energy
         other._iter_watts = self._iter_watts
         other._knob_params = self._knob_params
+        other._ahead_params = self._ahead_params
         other._waiting_area = self._waiting_area
         other._waiting_t = self._waiting_t
 
@@ -834,6 +954,8 @@ class Instance:
         _copy_requests(self.waiting, mapping)
         other.waiting = self.waiting.clone(mapping)
         other._run = _copy_requests(self._run, mapping)
+        arrived = _copy_requests([r for _, r in self._arrivals], mapping)
+        other._arrivals = [(t, r) for (t, _), r in zip(self._arrivals, arrived, strict=True)]
         batch = _copy_requests([r for r, _ in self._batch], mapping)
         other._batch = [(r, n) for r, (_, n) in zip(batch, self._batch, strict=True)]
         return other

@@ -219,6 +219,16 @@ class KVBlockPool:
         self._take(count)
         self.num_private_held += count
 
+    def set_aside(self, count: int) -> None:
+        """Hide ``count`` free blocks from allocation until :meth:`put_back` (async
+        scheduling: blocks freed at this boundary were still held when the next step was
+        scheduled). :meth:`check` fails in between."""
+        self.num_free_blocks -= count
+
+    def put_back(self, count: int) -> None:
+        """Return blocks hidden by :meth:`set_aside`."""
+        self.num_free_blocks += count
+
     def register_computed(self, request: Request) -> None:
         """Turn ``request``'s newly full, computed blocks into cached blocks."""
         if not self.enable_prefix_caching or request.content is None:

@@ -40,6 +40,12 @@ class WaitingQueue(Protocol):
         """Take a request out (rerouting, cancellation)."""
         ...
 
+    def remove_many(self, requests: list[Request]) -> None:
+        """Take several requests out, typically the latest arrivals in arrival order
+        (async scheduling hides them for one step; :meth:`push` in the same order
+        restores the queue)."""
+        ...
+
     def clone(self, mapping: dict[int, Request]) -> WaitingQueue:
         """A copy holding ``mapping[id(r)]`` for each request ``r``."""
         ...
@@ -73,6 +79,14 @@ class FCFSQueue:
 
     def remove(self, request: Request) -> None:
         self._items.remove(request)
+
+    def remove_many(self, requests: list[Request]) -> None:
+        items = self._items
+        for request in reversed(requests):
+            if items and items[-1] is request:
+                items.pop()  # the latest arrivals are at the back
+            else:
+                items.remove(request)
 
     def clone(self, mapping: dict[int, Request]) -> FCFSQueue:
         other = FCFSQueue()
@@ -125,6 +139,14 @@ class KeyedQueue:
                 heapq.heapify(self._heap)
                 return
         raise ValueError(f"request {request.request_id} is not waiting")
+
+    def remove_many(self, requests: list[Request]) -> None:
+        ids = {id(request) for request in requests}
+        heap = [item for item in self._heap if id(item[3]) not in ids]
+        if len(heap) + len(ids) != len(self._heap):
+            raise ValueError("some of these requests are not waiting")
+        heapq.heapify(heap)
+        self._heap = heap
 
     def clone(self, mapping: dict[int, Request]) -> KeyedQueue:
         other = KeyedQueue(self._by_prompt)

@@ -159,3 +159,26 @@ def test_bare_yaml_on_off_are_power_state_words() -> None:
     assert scenario.cluster.nodes[0].instances[0].initial_power_state == "on"
     with pytest.raises(ScenarioError, match=r"power\.sleep_level"):
         load_scenario("default", ["power.sleep_level=true"])
+
+
+def test_async_scheduling_knob_is_off_by_default_and_reaches_the_engine(tmp_path: Path) -> None:
+    from llmserve_env.build import plan_instances
+
+    default = load_scenario_file(_write(tmp_path, GOOD))
+    assert default.engine.async_scheduling is False
+    assert plan_instances(default)[0].params.async_scheduling is False
+    text = GOOD.replace("max_num_seqs: 64", "async_scheduling: true")
+    scenario = load_scenario_file(_write(tmp_path, text))
+    assert plan_instances(scenario)[0].params.async_scheduling is True
+    # A group can override the top-level engine section.
+    group = load_scenario_file(
+        _write(tmp_path, text), ["cluster.nodes.0.instances.0.engine.async_scheduling=false"]
+    )
+    assert plan_instances(group)[0].params.async_scheduling is False
+    bad = GOOD.replace("max_num_seqs: 64", "async_scheduling: sometimes")
+    with pytest.raises(ScenarioError) as info:
+        load_scenario_file(_write(tmp_path, bad))
+    message = str(info.value)
+    assert "engine.async_scheduling" in message and "s.yaml:8" in message
+    assert "valid boolean" in message and "sometimes" in message
+    assert "async" in json.dumps(scenario_json_schema()["$defs"]["EngineConfig"]["properties"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -11,7 +12,13 @@ import numpy as np
 import pytest
 
 from llmserve_env.config.errors import DataFileError
-from llmserve_env.interop.bench import bench_workload, load_bench_run, validate_run
+from llmserve_env.interop.bench import (
+    BenchRun,
+    bench_setup,
+    bench_workload,
+    load_bench_run,
+    validate_run,
+)
 
 RUN = Path("llmservingsim/current/bench/RTXPRO6000/Llama-3.1-8B")
 
@@ -71,3 +78,39 @@ def test_expert_parallel_run_is_refused_unless_approximated(shared: Path) -> Non
 
     with pytest.raises(UnsupportedFeatureError, match="expert parallelism"):
         validate_run(shared / "llmservingsim/current/bench/RTXPRO6000/Qwen3-30B-A3B-Instruct-2507")
+
+
+def test_async_scheduling_follows_what_the_run_recorded(shared: Path) -> None:
+    # This run's meta.json records only the vLLM version (0.19.0: on by default) ...
+    run = load_bench_run(shared / RUN)
+    assert run.async_scheduling() == (True, "the default of vLLM 0.19.0")
+    # ... the RTX 4090 one also vLLM's resolved config, which wins.
+    rtx4090 = load_bench_run(shared / "llmservingsim/current/bench/RTX4090/Llama-3.1-8B")
+    on, source = rtx4090.async_scheduling()
+    assert on and "resolved_config" in source
+
+    def meta(**fields: object) -> BenchRun:
+        return dataclasses.replace(run, meta=fields)
+
+    assert meta(vllm_version="0.11.1").async_scheduling()[0] is False
+    assert meta(vllm_version="v0.14.0rc1").async_scheduling()[0] is True
+    assert meta().async_scheduling() == (False, "meta.json records no vllm_version: assumed off")
+    asked_off = meta(vllm_version="0.19.0", engine_kwargs={"async_scheduling": False})
+    assert asked_off.async_scheduling() == (False, "meta.json engine_kwargs.async_scheduling")
+    resolved_off = meta(
+        vllm_version="0.19.0",
+        engine_kwargs={"async_scheduling": True},
+        resolved_config={"scheduler_config": {"async_scheduling": False}},
+    )
+    assert resolved_off.async_scheduling()[0] is False
+
+
+def test_bench_setup_turns_the_knob_on_where_vllm_had_it(shared: Path) -> None:
+    run = load_bench_run(shared / RUN)
+    setup = bench_setup(run, None)
+    assert setup.scenario.engine.async_scheduling is True
+    assert "vLLM async scheduling on (the default of vLLM 0.19.0)" in setup.notes
+    off = bench_setup(run, None, overrides={"async_scheduling": False})
+    group = off.scenario.cluster.nodes[0].instances[0]
+    assert group.engine.async_scheduling is False
+    assert any("override" in note for note in off.notes)
