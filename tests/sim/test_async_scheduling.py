@@ -118,28 +118,6 @@ def _results(sim: Simulation) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     return summary, {k: v[order] for k, v in table.items()}
 
 
-def test_decode_stretches_do_not_change_results_under_async_scheduling() -> None:
-    w = _random_workload(3, 200)
-    results = []
-    for run in (1, 4096):
-        sim, _ = make_sim(
-            w,
-            latency=LinearLatency(0.005, 1e-5, 2e-7),
-            num_blocks=300,
-            max_decode_run=run,
-            async_scheduling=True,
-        )
-        results.append(_results(sim))
-    (s1, t1), (s2, t2) = results
-    assert s1["num_preemptions"] > 0  # memory pressure exercised
-    for key in ("num_finished", "num_iterations", "num_preemptions", "num_generated_tokens"):
-        assert s1[key] == s2[key], key
-    for key in ("first_token_s", "last_token_s", "finish_s", "first_scheduled_s"):
-        np.testing.assert_allclose(t1[key].astype(float), t2[key].astype(float), rtol=0, atol=1e-9)
-    for key in ("p50_itl_ms", "p99_itl_ms", "mean_itl_ms", "max_itl_ms", "mean_tpot_ms"):
-        assert s1[key] == pytest.approx(s2[key], rel=1e-9), key
-
-
 @pytest.mark.parametrize("policy", ["fcfs", "priority"])
 def test_async_scheduling_delays_admissions_and_keeps_the_books(policy: str) -> None:
     w = _random_workload(5, 150)

@@ -140,7 +140,8 @@ def test_prefix_cache_hits_are_counted_and_capped() -> None:
     assert sim.summary()["prefix_hit_rate"] == pytest.approx(48 / 128)
 
 
-def test_decode_stretches_do_not_change_results() -> None:
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_decode_stretches_do_not_change_results(async_scheduling: bool) -> None:
     rng = np.random.default_rng(3)
     n = 200
     w = workload(
@@ -151,7 +152,11 @@ def test_decode_stretches_do_not_change_results() -> None:
     results = []
     for run in (1, 4096):
         sim, _ = make_sim(
-            w, latency=LinearLatency(0.005, 1e-5, 2e-7), num_blocks=300, max_decode_run=run
+            w,
+            latency=LinearLatency(0.005, 1e-5, 2e-7),
+            num_blocks=300,
+            max_decode_run=run,
+            async_scheduling=async_scheduling,
         )
         summary = sim.run()
         table = _table(sim)
