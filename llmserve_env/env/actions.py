@@ -77,7 +77,7 @@ class RequestRoutingHead:
         if not sim.pending:
             return 0
         request = sim.pending[0]
-        choice = int(action[0])
+        choice = action.item(0)
         if self.allow_reject and choice == self.max_instances:
             sim.reject(request, RejectReason.POLICY)
             return 0
@@ -117,8 +117,9 @@ class WeightRoutingHead:
         return out
 
     def apply(self, sim: Simulation, action: np.ndarray) -> int:
-        weights = [float(a) for a in action[: self.num_instances]]
-        illegal = int(np.count_nonzero(action[self.num_instances :]))
+        levels = action.tolist()
+        weights = [float(a) for a in levels[: self.num_instances]]
+        illegal = sum(1 for a in levels[self.num_instances :] if a)
         if isinstance(sim.router, WeightedRandom):
             sim.router.weights = weights
         else:
@@ -161,14 +162,14 @@ class BatchingHead:
         return out
 
     def apply(self, sim: Simulation, action: np.ndarray) -> int:
+        levels = action.tolist()
         for i, inst in enumerate(sim.instances):
-            a, b, c = (int(x) for x in action[3 * i : 3 * i + 3])
             inst.set_knobs(
-                max_num_seqs=self.seqs[a],
-                max_num_batched_tokens=self.tokens[b],
-                scheduling_policy=self.policies[c],
+                max_num_seqs=self.seqs[levels[3 * i]],
+                max_num_batched_tokens=self.tokens[levels[3 * i + 1]],
+                scheduling_policy=self.policies[levels[3 * i + 2]],
             )
-        return int(np.count_nonzero(action[3 * self.num_instances :]))
+        return sum(1 for a in levels[3 * self.num_instances :] if a)
 
     def describe(self) -> list[str]:
         lines = []
@@ -228,11 +229,12 @@ class PowerHead:
 
     def apply(self, sim: Simulation, action: np.ndarray) -> int:
         illegal = 0
+        levels = action.tolist()
         for i, inst in enumerate(sim.instances):
             power = inst.power
             assert power is not None
-            target = _TARGETS[int(action[2 * i])]
-            level = int(action[2 * i + 1])
+            target = _TARGETS[levels[2 * i]]
+            level = levels[2 * i + 1]
             if target in _LEGAL_TARGETS[power.state]:
                 sim.set_power_state(i, target)
             else:
@@ -241,7 +243,7 @@ class PowerHead:
                 sim.set_frequency(i, level)
             else:
                 illegal += 1
-        return illegal + int(np.count_nonzero(action[2 * self.num_instances :]))
+        return illegal + sum(1 for a in levels[2 * self.num_instances :] if a)
 
     def describe(self) -> list[str]:
         lines = []
