@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from llmserve_env.perf.base import BatchShape, FloatArray
@@ -90,6 +92,19 @@ def make_sim(
         sample_interval_s=1.0,
     )
     return sim, latency
+
+
+def run_accounted(sim: Simulation) -> dict[str, Any]:
+    """Run ``sim`` to the end, check its invariants and that every arrival ended in
+    exactly one terminal state; returns the summary."""
+    summary = sim.run()
+    sim.check_invariants()
+    assert summary["num_arrived"] > 0
+    assert (
+        summary["num_finished"] + summary["num_rejected"] + summary["num_unfinished"]
+        == summary["num_arrived"]
+    )
+    return summary
 
 
 def workload(

@@ -161,9 +161,9 @@ class Instance:
         self.power = power
         self.kernel = kernel
         self.params = params
-        # Engine parameters by (max_num_seqs, max_num_batched_tokens, scheduling_policy)
-        # for knob changes; immutable values, shared by forks.
-        self._knob_params: dict[tuple[int, int, str], EngineParams] = {}
+        # Variants of the parameters (knob changes, the step async scheduling runs
+        # ahead), see _params_with; immutable values, shared by forks.
+        self._derived_params: dict[tuple[int, int, str, int], EngineParams] = {}
         self.latency = latency
         self.itl = itl
         self.on_finish: FinishCallback = on_finish or (lambda request: None)
@@ -193,10 +193,8 @@ class Instance:
         self._waiting_area = 0.0
         self._waiting_t = 0.0
         # Async scheduling: (time, request) of arrivals while busy, until an iteration
-        # that began after them ends; the restricted parameters of a step scheduled
-        # ahead, keyed like _knob_params (immutable values, shared by forks).
+        # that began after them ends.
         self._arrivals: list[tuple[float, Request]] = []
-        self._ahead_params: dict[tuple[int, int, str], EngineParams] = {}
 
     # ------------------------------------------------------------------ queries
 
@@ -284,12 +282,7 @@ class Instance:
         )
         if key == (params.max_num_seqs, params.max_num_batched_tokens, params.scheduling_policy):
             return
-        changed = self._knob_params.get(key)
-        if changed is None:  # agents cycle through a few levels: made once each
-            changed = dataclasses.replace(
-                params, max_num_seqs=key[0], max_num_batched_tokens=key[1], scheduling_policy=key[2]
-            )
-            self._knob_params[key] = changed
+        changed = self._params_with(*key, params.max_decode_run)
         if key[2] != params.scheduling_policy:
             queue = make_waiting_queue(key[2])
             for request in self.waiting:
@@ -301,6 +294,28 @@ class Instance:
             # the new knobs too (lowering max_num_seqs preempts nothing).
             return
         self.interrupt()
+
+    def _params_with(
+        self,
+        max_num_seqs: int,
+        max_num_batched_tokens: int,
+        scheduling_policy: str,
+        max_decode_run: int,
+    ) -> EngineParams:
+        """The parameters with these four fields (the others never change): made once
+        per combination, since agents cycle through a few knob levels."""
+        key = (max_num_seqs, max_num_batched_tokens, scheduling_policy, max_decode_run)
+        params = self._derived_params.get(key)
+        if params is None:
+            params = dataclasses.replace(
+                self.params,
+                max_num_seqs=max_num_seqs,
+                max_num_batched_tokens=max_num_batched_tokens,
+                scheduling_policy=scheduling_policy,
+                max_decode_run=max_decode_run,
+            )
+            self._derived_params[key] = params
+        return params
 
     def interrupt(self) -> None:
         """Something external changed: reconsider scheduling at the next boundary."""
@@ -559,15 +574,12 @@ class Instance:
         ):
             self._start_iteration(now)  # the view of the step scheduled ahead is moot
             return
-        key = (
+        ahead = self._params_with(
             max(params.max_num_seqs - freed_seqs, 0),
             params.max_num_batched_tokens,
             params.scheduling_policy,
+            1,
         )
-        ahead = self._ahead_params.get(key)
-        if ahead is None:
-            ahead = dataclasses.replace(params, max_num_seqs=key[0], max_decode_run=1)
-            self._ahead_params[key] = ahead
         self._touch_waiting(now)  # before the queue shrinks for a moment
         if hidden:
             self.waiting.remove_many(hidden)
@@ -945,8 +957,7 @@ class Instance:
         other._run_materialized = self._run_materialized
         other._run_energy = self._run_energy
         other._iter_watts = self._iter_watts
-        other._knob_params = self._knob_params
-        other._ahead_params = self._ahead_params
+        other._derived_params = self._derived_params
         other._waiting_area = self._waiting_area
         other._waiting_t = self._waiting_t
 

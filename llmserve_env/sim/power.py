@@ -129,20 +129,22 @@ class NodePower:
     def energy_j(self, now: float) -> dict[str, float]:
         """Energy per component up to ``now``."""
         out = {name: watts * now for name, watts in self.spec.static_w.items()}
-        spec = self.spec
-        out["cpu"] += (spec.cpu_active_w - spec.cpu_idle_w) * spec.cpu_util * self.busy_time(now)
+        out["cpu"] += self._cpu_load_j(now)
         for name, joules in self._traffic_j.items():
             out[name] += joules
         return out
 
     def total_energy_j(self, now: float) -> float:
         """Energy of every component up to ``now`` (the sum of :meth:`energy_j`)."""
-        spec = self.spec
-        total = self._static_w * now
-        total += (spec.cpu_active_w - spec.cpu_idle_w) * spec.cpu_util * self.busy_time(now)
+        total = self._static_w * now + self._cpu_load_j(now)
         for joules in self._traffic_j.values():
             total += joules
         return total
+
+    def _cpu_load_j(self, now: float) -> float:
+        """Host CPU energy above idle up to ``now`` (its load while instances are busy)."""
+        spec = self.spec
+        return (spec.cpu_active_w - spec.cpu_idle_w) * spec.cpu_util * self.busy_time(now)
 
     def power_w(self) -> float:
         """Current draw of the node's components."""

@@ -10,7 +10,7 @@ import pytest
 
 from llmserve_env.build import build_simulation, load_scenario
 from llmserve_env.sim.simulation import Simulation
-from tests.helpers import LinearLatency, make_sim, workload
+from tests.helpers import LinearLatency, make_sim, run_accounted, workload
 
 # Iteration time: 10 ms + 10 us per scheduled token (no KV term), so a prefill of p
 # tokens takes 0.01 + p * 1e-5 s and a decode of n requests 0.01 + n * 1e-5 s.
@@ -184,13 +184,7 @@ def test_shipped_scenarios_run_and_fork_under_async_scheduling(
     assert all(inst.params.async_scheduling for inst in sim.instances)
     sim.run_until(sim.kernel.now + 5.0)
     fork = sim.clone()
-    summary = sim.run()
-    sim.check_invariants()
-    assert summary["num_arrived"] > 0
-    assert (
-        summary["num_finished"] + summary["num_rejected"] + summary["num_unfinished"]
-        == summary["num_arrived"]
-    )
+    summary = run_accounted(sim)
     replay = fork.run()
     for key in ("num_finished", "num_iterations", "mean_ttft_ms", "mean_tpot_ms"):
         assert replay[key] == summary[key], key

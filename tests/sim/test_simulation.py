@@ -11,7 +11,7 @@ from llmserve_env.perf.compiled import compile_profile
 from llmserve_env.perf.model_arch import load_model_arch
 from llmserve_env.perf.profile_model import ProfileLatencyModel, skew_rate
 from llmserve_env.sim.metrics import SLO
-from tests.helpers import make_sim, workload
+from tests.helpers import make_sim, run_accounted, workload
 from tests.perf.crafted import SKEW_BY_RATE, crafted_profile
 
 SMALL = ["workload.num_requests=300"]
@@ -147,14 +147,7 @@ def test_time_series_rows() -> None:
     "name", ["default", "cluster-4x-h100", "multi-turn-prefix", "benchmark/h100-llama3.1-8b-10k"]
 )
 def test_shipped_scenarios_run(name: str) -> None:
-    sim = build_simulation(load_scenario(name, ["simulation.horizon_s=15"]))
-    summary = sim.run()
-    sim.check_invariants()
-    assert summary["num_arrived"] > 0
-    assert (
-        summary["num_finished"] + summary["num_rejected"] + summary["num_unfinished"]
-        == summary["num_arrived"]
-    )
+    run_accounted(build_simulation(load_scenario(name, ["simulation.horizon_s=15"])))
 
 
 class _NoLine:
