@@ -30,9 +30,10 @@ class ActionHead(Protocol):
         """One boolean array per dimension: which choices are legal now."""
         ...
 
-    def apply(self, sim: Simulation, action: np.ndarray) -> int:
-        """Carry out this head's part of the action; returns the number of illegal
-        choices met (they are handled as documented, never silently ignored)."""
+    def apply(self, sim: Simulation, action: list[int]) -> int:
+        """Carry out this head's part of the action (one choice per dimension); returns
+        the number of illegal choices met (they are handled as documented, never
+        silently ignored)."""
         ...
 
     def describe(self) -> list[str]:
@@ -73,11 +74,11 @@ class RequestRoutingHead:
             mask[: self.num_instances] = True
         return [mask]
 
-    def apply(self, sim: Simulation, action: np.ndarray) -> int:
+    def apply(self, sim: Simulation, action: list[int]) -> int:
         if not sim.pending:
             return 0
         request = sim.pending[0]
-        choice = action.item(0)
+        choice = action[0]
         if self.allow_reject and choice == self.max_instances:
             sim.reject(request, RejectReason.POLICY)
             return 0
@@ -116,8 +117,7 @@ class WeightRoutingHead:
             out.append(mask)
         return out
 
-    def apply(self, sim: Simulation, action: np.ndarray) -> int:
-        levels = action.tolist()
+    def apply(self, sim: Simulation, levels: list[int]) -> int:
         weights = [float(a) for a in levels[: self.num_instances]]
         illegal = sum(1 for a in levels[self.num_instances :] if a)
         if isinstance(sim.router, WeightedRandom):
@@ -161,8 +161,7 @@ class BatchingHead:
                 out.append(mask)
         return out
 
-    def apply(self, sim: Simulation, action: np.ndarray) -> int:
-        levels = action.tolist()
+    def apply(self, sim: Simulation, levels: list[int]) -> int:
         for i, inst in enumerate(sim.instances):
             inst.set_knobs(
                 max_num_seqs=self.seqs[levels[3 * i]],
@@ -227,9 +226,8 @@ class PowerHead:
             out += [state_mask, level_mask]
         return out
 
-    def apply(self, sim: Simulation, action: np.ndarray) -> int:
+    def apply(self, sim: Simulation, levels: list[int]) -> int:
         illegal = 0
-        levels = action.tolist()
         for i, inst in enumerate(sim.instances):
             power = inst.power
             assert power is not None

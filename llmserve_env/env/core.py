@@ -21,6 +21,7 @@ from llmserve_env.env.actions import (
     RequestRoutingHead,
     WeightRoutingHead,
 )
+from llmserve_env.env.gather import CLUSTER_RATES, observation_buffer
 from llmserve_env.env.observation import (
     Feature,
     features_for,
@@ -32,12 +33,11 @@ from llmserve_env.sim.simulation import INSTANCE_STATE_FIELDS, Simulation
 from llmserve_env.sim.stats import MovingRates
 
 Mode = Literal["cluster", "routing"]
-_CLUSTER_RATES = 4  # arrivals, finished, SLO met, energy
 # Per-instance features in the order _observe fills them: the validity mask, the
 # simulator's state (named as the observation features), then the moving rates.
 _ROW_FEATURES = ("instance_valid", *INSTANCE_STATE_FIELDS)
 _INSTANCE_KEYS = (*_ROW_FEATURES, "preemption_rate", "prefix_hit_rate", "generation_tok_s")
-# Cluster features in the order _observe fills them (from the rates of _CLUSTER_RATES).
+# Cluster features in the order _observe fills them (from the rates of CLUSTER_RATES).
 _CLUSTER_KEYS = (
     "arrival_rate_rps",
     "slo_attainment",
@@ -275,7 +275,7 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self.episode_seed = cfg.seed
         self._done = True
         self._counters: dict[str, float] = dict.fromkeys(REWARD_TERMS, 0.0)
-        self._rates = MovingRates(env_cfg.rate_window_s, _CLUSTER_RATES + 4 * self.num_instances)
+        self._rates = MovingRates(env_cfg.rate_window_s, CLUSTER_RATES + 4 * self.num_instances)
         highs = {f.name: f.high for f in self.features}
         # Where each feature lies in the flat vector _observe builds: the per-instance
         # rows, then the cluster features, then (routing mode) the request's.
@@ -291,10 +291,11 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         for key in keys:
             self._obs_slices.append((key, slice(start, start + sizes[key])))
             start += sizes[key]
-        self._obs_highs = np.concatenate(
+        # float32 bounds as Python floats: clipping the float64 value to them and then
+        # rounding gives what rounding first and clipping in float32 gives.
+        self._obs_highs: list[float] = np.concatenate(
             [np.full(sizes[key], highs[key], dtype=np.float32) for key in keys]
-        )
-        self._valid_row = [1.0] * self.num_instances
+        ).tolist()
         self._last_time = 0.0
         self._elapsed_steps = 0
         self._start_s: float | None = None
@@ -345,7 +346,7 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self._counters = self._read_counters()
         n = self.num_instances
         tau = self.scenario.env.rate_window_s
-        self._rates = MovingRates(tau, _CLUSTER_RATES + 4 * n)
+        self._rates = MovingRates(tau, CLUSTER_RATES + 4 * n)
         self._rates.reset(self.sim.counters(self._total_energy()))
         self._last_time = 0.0
         self._elapsed_steps = 0
@@ -365,19 +366,20 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
                 "step() called before reset() or after the episode ended; call reset() first"
             )
         action = np.asarray(action)
+        choices: list[int] = action.tolist()
         if (
             action.shape != self._nvec.shape
             or action.dtype.kind not in "iu"
-            or not all(0 <= a < n for a, n in zip(action.tolist(), self._nvec_list, strict=True))
+            or not all(0 <= a < n for a, n in zip(choices, self._nvec_list, strict=True))
         ):
             raise ValueError(
-                f"action {action.tolist()} is outside the action space {self.action_space} "
+                f"action {choices} is outside the action space {self.action_space} "
                 f"(dimensions: {self.action_names})"
             )
         sim = self.sim
         illegal = 0
         for head, part in zip(self.heads, self._head_slices, strict=True):
-            illegal += head.apply(sim, action[part])
+            illegal += head.apply(sim, choices[part])
         if self.mode == "routing":
             if sim.pending and not any(h.name == "routing" for h in self.heads):
                 request = sim.pending[0]
@@ -449,42 +451,20 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     def _observe(self) -> dict[str, np.ndarray]:
         """The observation (call after :meth:`_update_rates`, which syncs the simulation).
 
-        Every feature is gathered into one flat list in :attr:`_obs_slices` order, made
-        into one float32 array, clipped to its bounds at once and handed out as views.
+        Every feature is gathered and clipped in one pass (:func:`observation_buffer`),
+        into one float32 buffer in :attr:`_obs_slices` order, handed out as views.
         """
         sim = self.sim
         assert sim is not None
-        n, m = self.num_instances, self.max_instances
-        rates = self._rates.values
-        c = _CLUSTER_RATES
-        hits, queries = rates[c + n : c + 2 * n], rates[c + 2 * n : c + 3 * n]
-        flat = self._valid_row + sim.instance_state()
-        flat += rates[c : c + n]  # preemption rate
-        flat += [h / q if q > 1e-12 else 0.0 for h, q in zip(hits, queries, strict=True)]
-        flat += rates[c + 3 * n : c + 4 * n]  # generation tokens/s
-        if m > n:  # pad every per-instance row
-            pad = [0.0] * (m - n)
-            flat = [x for k in range(0, len(flat), n) for x in (*flat[k : k + n], *pad)]
-        arrivals, finished, met, power = rates[:4]
-        now = sim.now
-        flat += (
-            arrivals,
-            met / finished if finished > 1e-12 else 1.0,  # SLO attainment
-            met,  # goodput
-            1.0 - now / self.horizon_s if self.horizon_s else 1.0,
-            power,
+        buffer = observation_buffer(
+            sim,
+            self._rates.values,
+            self._obs_highs,
+            self.max_instances,
+            self.horizon_s or 0.0,
+            self.mode == "routing",
         )
-        if self.mode == "routing":
-            request = sim.pending[0] if sim.pending else None
-            flat.append(request.num_prompt_tokens if request is not None else 0)
-            if request is not None and request.content is not None:
-                flat += [inst.pool.cached_prefix_tokens(request) for inst in sim.instances]
-                flat += [0.0] * (m - n)
-            else:
-                flat += [0.0] * m
-        values = np.array(flat, dtype=np.float32)
-        np.minimum(values, self._obs_highs, out=values)
-        np.maximum(values, 0.0, out=values)
+        values = np.frombuffer(buffer, dtype=np.float32)
         return {key: values[part] for key, part in self._obs_slices}
 
     # ------------------------------------------------------------------ reward

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from llmserve_env.sim.request import Request, RequestStatus
+from llmserve_env.sim.request import RejectReason, Request, RequestStatus
 from llmserve_env.sim.stats import InstanceStats, ItlHistogram
 
 REQUEST_COLUMNS = (
@@ -57,6 +57,12 @@ TIMESERIES_COLUMNS = (
     "power_state",
     "clock_frac",
 )
+
+
+# Lower-case names of the enums' members, looked up per recorded request (an enum's
+# ``name`` is a Python-level property, slow from compiled code).
+_STATUS_NAMES: dict[RequestStatus, str] = {s: s.name.lower() for s in RequestStatus}
+_REASON_NAMES: dict[RejectReason, str] = {r: r.name.lower() for r in RejectReason}
 
 
 def _ms(value: float) -> float:
@@ -129,8 +135,8 @@ class MetricsRecorder:
         self.rows.append(
             (
                 request.request_id,
-                status.name.lower(),
-                request.reject_reason.name.lower(),
+                _STATUS_NAMES[status],
+                _REASON_NAMES[request.reject_reason],
                 request.instance_id,
                 request.session_id,
                 request.priority,
