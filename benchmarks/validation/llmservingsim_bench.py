@@ -10,7 +10,10 @@ The main table simulates each run with vLLM's async scheduling as ``meta.json`` 
 it ran (on for all four: vLLM 0.19.0). Each variant changes one thing and is not a
 calibration: ``no-skew`` drops the decode skew correction; ``overhead-1ms`` adds 1 ms
 per iteration; ``kv-0.88`` / ``kv-0.92`` change ``gpu_memory_utilization``;
-``no-async`` turns the engine's ``async_scheduling`` knob off.
+``no-async`` turns the engine's ``async_scheduling`` knob off; ``link-collectives`` (the
+TP2 run only: the others have no collectives) takes the tensor-parallel all-reduce from
+the cluster config's link (16 GB/s, 20 us per ring step) instead of aiconfigurator's
+measured vLLM 0.19.0 table (``llmserve validate --collectives link``).
 """
 
 from __future__ import annotations
@@ -48,28 +51,41 @@ def _tables(inst: Instance, **changes: Any) -> None:
     latency._decode_cache.clear()
 
 
-VARIANTS: dict[str, tuple[dict[str, Any], Callable[[Simulation], None] | None]] = {
-    "no-skew": ({}, lambda sim: [_tables(i, skew=None) for i in sim.instances] and None),
-    "overhead-1ms": (
-        {},
-        lambda sim: [_tables(i, overhead_us=1000.0) for i in sim.instances] and None,
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One sensitivity run: engine overrides, a hook on the built simulation, where the
+    collectives come from, and the runs it applies to (``None``: the first three)."""
+
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    hook: Callable[[Simulation], None] | None = None
+    collectives: str = "measured"
+    runs: tuple[str, ...] | None = None
+
+
+VARIANTS: dict[str, Variant] = {
+    "no-skew": Variant(hook=lambda sim: [_tables(i, skew=None) for i in sim.instances] and None),
+    "overhead-1ms": Variant(
+        hook=lambda sim: [_tables(i, overhead_us=1000.0) for i in sim.instances] and None
     ),
-    "kv-0.88": ({"gpu_memory_utilization": 0.88}, None),
-    "kv-0.92": ({"gpu_memory_utilization": 0.92}, None),
-    "no-async": ({"async_scheduling": False}, None),
+    "kv-0.88": Variant({"gpu_memory_utilization": 0.88}),
+    "kv-0.92": Variant({"gpu_memory_utilization": 0.92}),
+    "no-async": Variant({"async_scheduling": False}),
+    "link-collectives": Variant(collectives="link", runs=("RTX PRO 6000, Qwen3-32B TP2",)),
 }
 
 
-def run(
-    path: Path, overrides: dict[str, Any], hook: Callable[[Simulation], None] | None
-) -> tuple[ValidationReport, float]:
+def run(path: Path, variant: Variant) -> tuple[ValidationReport, float]:
     bench = load_bench_run(path)
     setup = bench_setup(
-        bench, find_profiles_root(path), allow_unsupported=True, overrides=overrides or None
+        bench,
+        find_profiles_root(path),
+        allow_unsupported=True,
+        overrides=variant.overrides or None,
+        collectives=variant.collectives,
     )
     sim = build_simulation(setup.scenario, workload=setup.workload)
-    if hook is not None:
-        hook(sim)
+    if variant.hook is not None:
+        variant.hook(sim)
     start = time.perf_counter()
     sim.run()
     wall = time.perf_counter() - start
@@ -105,15 +121,17 @@ def main() -> None:
     )
     print(head)
     for name, rel in RUNS.items():
-        rep, wall = run(ROOT / rel, {}, None)
+        rep, wall = run(ROOT / rel, Variant())
         print(_row(name, rep, wall))
     if args.variants:
         print()
         print(head.replace("| run |", "| run, variant |"))
         for name, rel in list(RUNS.items())[:3]:
-            for variant, (overrides, hook) in VARIANTS.items():
-                rep, wall = run(ROOT / rel, overrides, hook)
-                print(_row(f"{name}, {variant}", rep, wall))
+            for label, variant in VARIANTS.items():
+                if variant.runs is not None and name not in variant.runs:
+                    continue
+                rep, wall = run(ROOT / rel, variant)
+                print(_row(f"{name}, {label}", rep, wall))
 
 
 if __name__ == "__main__":

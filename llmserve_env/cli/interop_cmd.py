@@ -15,6 +15,17 @@ from rich.table import Table
 
 _err = Console(stderr=True)
 
+_collectives_option = click.option(
+    "--collectives",
+    type=click.Choice(["measured", "link"]),  # llmservingsim_import.COLLECTIVE_SOURCES
+    default="measured",
+    show_default=True,
+    help="Tensor-parallel collectives: NVIDIA's measured tables (aiconfigurator-core: "
+    "vLLM's all-reduce, NCCL) where they cover the device and tp, the config's link "
+    "(link_bw, link_latency) as a ring alpha-beta model for the rest; 'link' uses the "
+    "link for all (LLMServingSim's model).",
+)
+
 
 @click.group("import")
 def import_group() -> None:
@@ -45,6 +56,7 @@ def import_group() -> None:
     help="Second-tier prefix store (not supported: refused).",
 )
 @click.option("--enable-prefix-sharing", is_flag=True, help="Not supported: refused.")
+@_collectives_option
 @click.option("--max-num-batched-tokens", type=int, default=None)
 @click.option("--max-num-seqs", type=int, default=None)
 @click.option("--block-size", type=int, default=None)
@@ -63,6 +75,7 @@ def import_llmservingsim(
     enable_prefix_caching: bool,
     prefix_storage: str | None,
     enable_prefix_sharing: bool,
+    collectives: str,
     max_num_batched_tokens: int | None,
     max_num_seqs: int | None,
     block_size: int | None,
@@ -81,7 +94,7 @@ def import_llmservingsim(
         max_num_seqs=max_num_seqs,
         block_size=block_size,
     )
-    setup = import_llmservingsim_setup(cluster, dataset, output, options, profiles)
+    setup = import_llmservingsim_setup(cluster, dataset, output, options, profiles, collectives)
     for warning in setup.warnings:
         _err.print(f"[yellow]warning:[/] {warning}", highlight=False)
     for folder in setup.profile_dirs:
@@ -220,6 +233,7 @@ def write_plots(report: Any, directory: Path) -> list[Path]:
     help="Simulate data-parallel MoE ranks as independent instances with every expert "
     "(expert parallelism is not supported; without this flag such runs are refused).",
 )
+@_collectives_option
 @click.option(
     "--set",
     "overrides",
@@ -234,6 +248,7 @@ def validate(
     output: Path | None,
     as_json: bool,
     approximate_ep: bool,
+    collectives: str,
     overrides: tuple[str, ...],
 ) -> None:
     """Simulate a real vLLM run (LLMServingSim bench layout) and report the error."""
@@ -251,6 +266,7 @@ def validate(
         dataset=dataset,
         allow_unsupported=approximate_ep,
         overrides=engine or None,
+        collectives=collectives,
     )
     data = report.as_dict()
     if output is not None:

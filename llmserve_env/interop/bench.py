@@ -43,7 +43,12 @@ from llmserve_env.config.errors import DataFileError
 from llmserve_env.config.loader import validate_scenario
 from llmserve_env.config.schema import Scenario
 from llmserve_env.interop.llmservingsim_config import ImportOptions, convert_cluster
-from llmserve_env.interop.llmservingsim_import import convert_profile, find_llmservingsim_profile
+from llmserve_env.interop.llmservingsim_import import (
+    COLLECTIVE_SOURCES,
+    convert_profile,
+    find_llmservingsim_profile,
+)
+from llmserve_env.perf.aiconfig import aiconfigurator_version
 from llmserve_env.perf.compiled import cache_dir
 from llmserve_env.perf.csv_table import read_csv_columns
 from llmserve_env.perf.importers import llmservingsim, llmservingsim_paper
@@ -271,12 +276,19 @@ def bench_workload(run: BenchRun) -> tuple[WorkloadData, list[str]]:
     return workload, notes
 
 
-def _bench_profile(run: BenchRun, profiles: Path, converted: Any, index: int) -> Path:
-    """Convert the run's LLMServingSim profile into the cache (keyed by its files)."""
+def _bench_profile(
+    run: BenchRun, profiles: Path, converted: Any, index: int, collectives: str
+) -> Path:
+    """Convert the run's LLMServingSim profile into the cache (keyed by its files, the
+    link and where the collectives come from)."""
     _, arch, _, tp, dtype, hardware = converted.instances[index]
     folder = find_llmservingsim_profile(profiles, hardware, arch.name, dtype, tp)
-    result = convert_profile(folder, converted, index)
-    tag = f"{llmservingsim.TAG}:{llmservingsim_paper.TAG}:{converted.link_bw_gbps}:{converted.link_latency_us}"
+    result = convert_profile(folder, converted, index, collectives)
+    tag = (
+        f"{llmservingsim.TAG}:{llmservingsim_paper.TAG}:{converted.link_bw_gbps}:"
+        f"{converted.link_latency_us}:{result.profile.meta.provenance.get('collectives')}:"
+        f"{aiconfigurator_version()}"
+    )
     key = files_digest(result.source_files, tag)
     target = cache_dir() / "imported" / key[:24]
     if not (target / "meta.yaml").is_file():
@@ -290,6 +302,7 @@ def bench_setup(
     *,
     allow_unsupported: bool = False,
     overrides: dict[str, Any] | None = None,
+    collectives: str = "measured",
 ) -> SimSetup:
     """The scenario (cluster from ``config.json``, engine knobs from ``meta.json``) and
     workload for a bench run.
@@ -304,7 +317,16 @@ def bench_setup(
             for ``perf: auto``.
         allow_unsupported: Approximate expert parallelism (see :class:`ImportOptions`).
         overrides: Engine keys to override (e.g. ``{"gpu_memory_utilization": 0.85}``).
+        collectives: Where tensor-parallel collectives come from (``measured`` or
+            ``link``, see :data:`~llmserve_env.interop.llmservingsim_import.COLLECTIVE_SOURCES`).
+
+    Raises:
+        ValueError: an unknown ``collectives`` choice.
     """
+    if collectives not in COLLECTIVE_SOURCES:
+        raise ValueError(
+            f"collectives must be one of {', '.join(COLLECTIVE_SOURCES)}; got {collectives!r}"
+        )
     kwargs = run.engine_kwargs
     dataset = run.dataset or (run.path / "vllm" / "requests.jsonl")
     options = ImportOptions(
@@ -332,7 +354,7 @@ def bench_setup(
         if overrides:
             group["engine"].update(overrides)  # group keys win over top-level ones
         if profiles is not None:
-            group["perf"] = str(_bench_profile(run, Path(profiles), converted, index))
+            group["perf"] = str(_bench_profile(run, Path(profiles), converted, index, collectives))
     data["workload"] = {"kind": "trace", "path": str(dataset), "format": "llmservingsim"}
     scenario = validate_scenario(data, source=str(run.config_path))
     workload, wl_notes = bench_workload(run)
@@ -540,6 +562,7 @@ def validate_run(
     dataset: str | Path | None = None,
     allow_unsupported: bool = False,
     overrides: dict[str, Any] | None = None,
+    collectives: str = "measured",
 ) -> ValidationReport:
     """Simulate a bench run and compare (see the module doc).
 
@@ -550,12 +573,20 @@ def validate_run(
         dataset: The trace; default: ``meta.json``'s.
         allow_unsupported: Approximate expert parallelism instead of refusing.
         overrides: Engine keys to override.
+        collectives: Where tensor-parallel collectives come from (see
+            :func:`bench_setup`).
     """
     from llmserve_env.build import build_simulation
 
     run = load_bench_run(path, dataset)
     root = Path(profiles) if profiles is not None else find_profiles_root(run.path)
-    setup = bench_setup(run, root, allow_unsupported=allow_unsupported, overrides=overrides)
+    setup = bench_setup(
+        run,
+        root,
+        allow_unsupported=allow_unsupported,
+        overrides=overrides,
+        collectives=collectives,
+    )
     notes = list(setup.notes)
     if root is None:
         notes.append("no LLMServingSim profiles found: perf: auto")

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from llmserve_env.config.errors import DataFileError
@@ -17,10 +18,17 @@ from llmserve_env.interop.llmservingsim_config import (
     ImportOptions,
     convert_cluster,
 )
+from llmserve_env.perf.aiconfig import (
+    aiconfigurator_system,
+    aiconfigurator_version,
+    vllm_collective_table,
+)
+from llmserve_env.perf.base import FloatArray
 from llmserve_env.perf.compiled import analytical_collectives
+from llmserve_env.perf.hardware import DeviceSpec
 from llmserve_env.perf.importers import llmservingsim, llmservingsim_paper
 from llmserve_env.perf.importers.common import ImportResult
-from llmserve_env.perf.profile_format import write_profile
+from llmserve_env.perf.profile_format import COLLECTIVE_OPS, Curve, Profile, write_profile
 
 
 @dataclass
@@ -67,28 +75,95 @@ def find_llmservingsim_profile(
     )
 
 
-def convert_profile(folder: Path, converted: ConvertedCluster, index: int) -> ImportResult:
-    """Convert one foreign profile folder, adding the config's link as collectives."""
-    _, arch, _, tp, _, _ = converted.instances[index]
+COLLECTIVE_SOURCES = ("measured", "link")
+"""Where an imported tensor-parallel profile's collectives come from: ``measured`` takes
+NVIDIA's measured tables (aiconfigurator-core: vLLM's all-reduce of the profile's vLLM
+release, NCCL for the other collectives) where they cover the device and ``tp``, and the
+cluster config's link (``link_bw``, ``link_latency``) as a ring alpha-beta model for the
+rest; ``link`` takes the config's link for all of them (LLMServingSim's own model)."""
+
+_SIZES: FloatArray = np.array([2.0**k for k in range(8, 31)], dtype=np.float64)
+"""Message sizes (bytes) a measured table is sampled at: aiconfigurator's grid (128 to
+512 Mi BF16 elements), so the profile's curve passes through every measured point."""
+
+
+def _measured_collectives(
+    profile: Profile, device: DeviceSpec, tp: int
+) -> tuple[dict[tuple[str, int], Curve], str]:
+    """The collectives of ``tp`` devices that aiconfigurator measured on ``device`` (none
+    without aiconfigurator-core or data for it), and a provenance line."""
+    if aiconfigurator_version() is None:
+        return {}, "aiconfigurator-core is not installed"
+    if aiconfigurator_system(device) is None:
+        return {}, f"aiconfigurator-core has no measurements for {device.name}"
+    version = profile.meta.provenance.get("vllm_version")
+    table = vllm_collective_table(device, None if version is None else str(version))
+    if table is None:
+        return {}, f"aiconfigurator-core has no collectives of {device.name} by vLLM {version}"
+    curves = {
+        (op, tp): Curve(_SIZES, table.times_s(op, _SIZES, tp) * 1e6)
+        for op in COLLECTIVE_OPS
+        if table.has(op, tp)
+    }
+    if not curves:
+        return {}, f"aiconfigurator-core measured no collectives over {tp} {device.name}"
+    ops = ", ".join(op for op, _ in curves)
+    return curves, f"measured ({ops}): {table.source}"
+
+
+def convert_profile(
+    folder: Path, converted: ConvertedCluster, index: int, collectives: str = "measured"
+) -> ImportResult:
+    """Convert one foreign profile folder and give it collectives for its ``tp``.
+
+    Args:
+        folder: The LLMServingSim profile folder (either layout).
+        converted: The converted cluster (its link, and the instance's device).
+        index: The instance group the profile is for.
+        collectives: One of :data:`COLLECTIVE_SOURCES`; the choice is recorded in the
+            profile's provenance (``collectives``).
+
+    Raises:
+        ValueError: an unknown ``collectives`` choice.
+    """
+    if collectives not in COLLECTIVE_SOURCES:
+        raise ValueError(
+            f"collectives must be one of {', '.join(COLLECTIVE_SOURCES)}; got {collectives!r}"
+        )
+    _, arch, device, tp, _, _ = converted.instances[index]
     if llmservingsim.is_tp_folder(folder):
         result = llmservingsim.read_tp_folder(folder, arch)
     else:
         result = llmservingsim_paper.read_tp_folder(folder, arch)
-    if tp > 1 and converted.link_bw_gbps > 0:
-        fill = analytical_collectives(tp, converted.link_bw_gbps, converted.link_latency_us)
-        profile = result.profile.with_collectives(fill)
-        prov = dict(profile.meta.provenance)
-        prov["collectives"] = (
-            f"ring alpha-beta from the cluster config: link_bw {converted.link_bw_gbps:g} GB/s, "
-            f"link_latency {converted.link_latency_us * 1e3:g} ns"
+    if tp == 1:
+        return result
+    profile = result.profile
+    fill: dict[tuple[str, int], Curve] = {}
+    lines = []
+    if collectives == "measured":
+        fill, line = _measured_collectives(profile, device, tp)
+        lines.append(line)
+    missing = [op for op in COLLECTIVE_OPS if (op, tp) not in fill]
+    if missing and converted.link_bw_gbps > 0:
+        link = analytical_collectives(
+            tp, converted.link_bw_gbps, converted.link_latency_us, tuple(missing)
         )
-        result = ImportResult(
-            replace(profile, meta=replace(profile.meta, provenance=prov)),
-            result.relative_dir,
-            result.warnings,
-            result.source_files,
+        fill.update(link)
+        lines.append(
+            f"ring alpha-beta ({', '.join(missing)}) from the cluster config: link_bw "
+            f"{converted.link_bw_gbps:g} GB/s, link_latency {converted.link_latency_us * 1e3:g} ns"
         )
-    return result
+    if not fill:
+        return result
+    profile = profile.with_collectives(fill)
+    prov = dict(profile.meta.provenance)
+    prov["collectives"] = f"{collectives}: " + "; ".join(lines)
+    return ImportResult(
+        replace(profile, meta=replace(profile.meta, provenance=prov)),
+        result.relative_dir,
+        result.warnings,
+        result.source_files,
+    )
 
 
 def import_llmservingsim_setup(
@@ -97,15 +172,19 @@ def import_llmservingsim_setup(
     output: str | Path,
     options: ImportOptions,
     profiles: str | Path | None = None,
+    collectives: str = "measured",
 ) -> ImportedSetup:
     """Write ``output`` (scenario YAML) and, with ``profiles``, converted profiles in
     ``<output folder>/profiles/``; every instance's ``perf`` points at its profile
-    (``auto`` without ``profiles``).
+    (``auto`` without ``profiles``). ``collectives`` (one of
+    :data:`COLLECTIVE_SOURCES`) says where tensor-parallel profiles' collectives come
+    from.
 
     Raises:
         UnsupportedFeatureError: listing unsupported features with their config keys.
         DataFileError: malformed inputs or a missing profile.
         ScenarioError: when the resulting scenario does not validate.
+        ValueError: an unknown ``collectives`` choice.
     """
     out_path = Path(output)
     out_dir = out_path.parent
@@ -123,7 +202,7 @@ def import_llmservingsim_setup(
             continue
         folder = find_llmservingsim_profile(profiles, hardware, arch.name, dtype, tp)
         if folder not in written:
-            result = convert_profile(folder, converted, index)
+            result = convert_profile(folder, converted, index, collectives)
             target = out_dir / "profiles" / result.relative_dir
             write_profile(result.profile, target)
             written[folder] = target

@@ -36,6 +36,7 @@ import contextlib
 import datetime as _dt
 import functools
 import hashlib
+import itertools
 import json
 import logging
 from collections.abc import Iterator
@@ -554,3 +555,69 @@ def collective_table(device: DeviceSpec | str) -> CollectiveTable | None:
         return None
     source = f"aiconfigurator:{system}/nccl/{path.parent.name}"
     return CollectiveTable(curves, fallback=alpha_beta_for(device), source=source)
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """``"0.19.0"`` -> ``(0, 19, 0)`` (pre-release tags and unparsable parts are dropped)."""
+    parts = []
+    for piece in version.lstrip("v").split("."):
+        digits = "".join(itertools.takewhile(str.isdigit, piece))
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+@functools.cache
+def vllm_collective_table(
+    device: DeviceSpec | str, vllm_version: str | None = None
+) -> CollectiveTable | None:
+    """Collectives as vLLM runs them on ``device``, from aiconfigurator's measurements.
+
+    All-reduce comes from aiconfigurator's timing of vLLM's own
+    ``tensor_model_parallel_all_reduce`` (``comm/vllm/<release>/custom_allreduce_perf``,
+    BF16, CUDA-graph rows): whatever path vLLM takes there, its custom all-reduce where
+    it applies and NCCL otherwise. The release is ``vllm_version`` when measured, else the
+    newest measured one before it (``None``: the newest). Other collectives, and device
+    counts that table lacks, come from the NCCL tables (:func:`collective_table`), the
+    rest from the device's alpha-beta model. :attr:`CollectiveTable.source` says which
+    file each measured collective comes from.
+
+    Returns:
+        The table, or ``None`` without aiconfigurator-core, without measurements for the
+        device, or without a vLLM release at or before ``vllm_version``.
+    """
+    device = resolve_device(device) if isinstance(device, str) else device
+    nccl = collective_table(device)
+    if nccl is None:
+        return None
+    system = SYSTEMS[device.name]
+    database, _, _ = _engine(system)
+    import pandas as pd  # present: collective_table() needed it
+
+    root = Path(database.systems_root) / database.system_spec["data_dir"] / "comm" / "vllm"
+    measured = {_release(p.parent.name): p for p in root.glob("*/custom_allreduce_perf.parquet")}
+    wanted = _release(vllm_version) if vllm_version else None
+    usable = sorted(r for r in measured if wanted is None or r <= wanted)
+    if not usable:
+        return None
+    path = measured[usable[-1]]
+    frame = pd.read_parquet(path, columns=["backend", "num_gpus", "message_size", "latency"])
+    frame = frame[frame["backend"] == "vllm_graph"]
+    curves: dict[tuple[str, int], tuple[FloatArray, FloatArray]] = {}
+    for n, group in frame.groupby("num_gpus"):
+        by_size = group.groupby("message_size")["latency"].median().sort_index()
+        # message_size counts BF16 elements; latency is in ms.
+        sizes = by_size.index.to_numpy(dtype=np.float64) * DTYPE_BYTES["bf16"]
+        curves[("all_reduce", int(n))] = (sizes, by_size.to_numpy(dtype=np.float64) * 1e-3)
+    if not curves:
+        return None
+    vllm_keys = set(curves)
+    for op, n in nccl.keys():  # noqa: SIM118 (a CollectiveTable, not a dict)
+        curves.setdefault((op, n), nccl.points(op, n))
+    vllm_part = ", ".join(f"{op} x{n}" for op, n in sorted(vllm_keys))
+    source = (
+        f"aiconfigurator:{system}/vllm/{path.parent.name} ({vllm_part}: vLLM's all-reduce "
+        f"under CUDA graphs) + {nccl.source} (the rest)"
+    )
+    return CollectiveTable(curves, fallback=nccl.fallback, source=source)

@@ -189,6 +189,15 @@ class CollectiveTable:
         """Whether a measured curve covers ``op`` over ``num_devices``."""
         return (op, num_devices) in self._curves
 
+    def points(self, op: str, num_devices: int) -> tuple[FloatArray, FloatArray]:
+        """The measured ``(bytes, seconds)`` of one curve (noise cleaned: non-decreasing).
+
+        Raises:
+            KeyError: no measured curve for ``op`` over ``num_devices``.
+        """
+        x, _, log_y = self._curves[(op, num_devices)]
+        return x.copy(), np.exp(log_y)
+
     def times_s(self, op: str, nbytes: FloatArray, num_devices: int) -> FloatArray:
         """Vectorised lookup in seconds."""
         _check(op, num_devices)

@@ -78,3 +78,20 @@ def test_validate_json_and_plots(shared: Path, tmp_path: Path) -> None:
     assert (tmp_path / "v/report.json").is_file()
     pytest.importorskip("matplotlib")
     assert (tmp_path / "v/throughput.png").is_file() and (tmp_path / "v/latency_cdf.png").is_file()
+
+
+@pytest.mark.parametrize("command", ["validate", "import"])
+def test_collectives_choice_is_checked(shared: Path, tmp_path: Path, command: str) -> None:
+    if command == "validate":
+        args = ["validate", str(shared / "llmservingsim/current/bench/RTXPRO6000/Qwen3-32B")]
+    else:
+        args = [
+            "import", "llmservingsim",
+            str(shared / PAPER / "evaluation/figure_6/config/power_config_tp2.json"),
+            "--dataset", str(shared / PAPER / "dataset/sharegpt_req300_rate10_llama.jsonl"),
+            "-o", str(tmp_path / "s.yaml"),
+        ]  # fmt: skip
+    result = CliRunner().invoke(main, [*args, "--collectives", "nvlink"])
+    assert result.exit_code == 2
+    assert "Invalid value for '--collectives'" in result.output
+    assert "'nvlink' is not one of 'measured', 'link'" in result.output

@@ -144,3 +144,46 @@ def test_aiconfigurator_nccl_table() -> None:
     small, large = table.time_s("all_reduce", 16e3, 8), table.time_s("all_reduce", 512e6, 8)
     assert 1e-6 < small < 1e-4 < large
     assert collective_table("MI300X") is None
+
+
+def test_table_points_are_the_cleaned_measurements() -> None:
+    sizes = np.array([1e3, 2e3, 4e3])
+    table = CollectiveTable({("all_reduce", 2): (sizes, np.array([2e-6, 1e-6, 3e-6]))})
+    x, t = table.points("all_reduce", 2)
+    assert x.tolist() == sizes.tolist()
+    assert t == pytest.approx([2e-6, 2e-6, 3e-6])  # a dip in the measurements is levelled
+    with pytest.raises(KeyError):
+        table.points("all_gather", 2)
+
+
+def test_aiconfigurator_vllm_all_reduce_table() -> None:
+    pytest.importorskip("aiconfigurator_core", reason="aiconfigurator-core is not installed")
+    import pandas as pd
+
+    from llmserve_env.perf.aiconfig import SYSTEMS, _engine, vllm_collective_table
+
+    table = vllm_collective_table("RTX PRO 6000 Blackwell Server", "0.19.0")
+    assert table is not None
+    assert "rtx_pro_6000_server/vllm/0.19.0 (all_reduce x2" in table.source
+    assert "/nccl/" in table.source  # the other collectives and device counts
+    database, _, _ = _engine(SYSTEMS["RTX-PRO-6000"])
+    path = (
+        Path(database.systems_root)
+        / database.system_spec["data_dir"]
+        / "comm/vllm/0.19.0/custom_allreduce_perf.parquet"
+    )
+    frame = pd.read_parquet(path)
+    rows = frame[(frame.backend == "vllm_graph") & (frame.num_gpus == 2)]
+    rows = rows.sort_values("message_size")
+    # BF16 elements -> bytes, ms -> s; the table passes through every measured point.
+    sizes = rows.message_size.to_numpy(dtype=float) * 2
+    expected = np.maximum.accumulate(rows.latency.to_numpy(dtype=float) * 1e-3)
+    assert table.times_s("all_reduce", sizes, 2) == pytest.approx(expected, rel=1e-9)
+    assert table.has("all_gather", 2) and table.has("all_reduce", 8)
+    # The newest release at or before the one asked for; none before the first.
+    newer = vllm_collective_table("RTX-PRO-6000", "0.20.1")
+    assert newer is not None and "/vllm/0.19.0 " in newer.source
+    newest = vllm_collective_table("RTX-PRO-6000")
+    assert newest is not None and "/vllm/0.19.0 " not in newest.source
+    assert vllm_collective_table("RTX-PRO-6000", "0.10.2") is None
+    assert vllm_collective_table("RTX4090", "0.19.0") is None

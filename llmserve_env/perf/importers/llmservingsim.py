@@ -320,6 +320,7 @@ def read_tp_folder(tp_dir: str | Path, arch: ModelArch | None = None) -> ImportR
         provenance=provenance(
             tool=f"LLMServingSim profiler {raw.get('profiler_version', '?')}",
             engine=f"vLLM {raw.get('vllm_version', '?')}",
+            vllm_version=None if raw.get("vllm_version") is None else str(raw["vllm_version"]),
             gpu=raw.get("gpu"),
             measured_at=raw.get("profiled_at"),
             original_files=file_records(files, tp_dir.parent.parent),
