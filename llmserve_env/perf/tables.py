@@ -198,19 +198,22 @@ class Grid:
             x0 = axis[i]
             base += i * stride
             fractions.append((value - x0) / (axis[i + 1] - x0))
-        last = len(strides)
+        return _lerp(flat, strides, fractions, 0, base)
 
-        def lerp(k: int, offset: int) -> float:
-            # Interpolate along axis k, then recurse into the remaining axes.
-            if k == last:
-                return flat[offset]
-            low = lerp(k + 1, offset)
-            t = fractions[k]
-            if t == 0.0:
-                return low
-            return low + t * (lerp(k + 1, offset + strides[k]) - low)
 
-        return lerp(0, base)
+def _lerp(
+    flat: list[float], strides: list[int], fractions: list[float], k: int, offset: int
+) -> float:
+    """Interpolate along axis ``k`` of a flattened grid, then recurse into the remaining
+    axes (a module function, not a closure: a recursive closure is a reference cycle,
+    garbage for the cyclic collector on every lookup)."""
+    if k == len(strides):
+        return flat[offset]
+    low = _lerp(flat, strides, fractions, k + 1, offset)
+    t = fractions[k]
+    if t == 0.0:
+        return low
+    return low + t * (_lerp(flat, strides, fractions, k + 1, offset + strides[k]) - low)
 
 
 def _fill_line(x: FloatArray, y: FloatArray) -> FloatArray:

@@ -62,28 +62,39 @@ class Kernel:
         """
         time, _, _, event = heapq.heappop(self._heap)
         self.now = time
-        self._handlers[type(event)](event)
+        self._fire(event)
         return event
+
+    def _fire(self, event: Event) -> None:
+        """Call the handler registered for ``event``'s type."""
+        self._handlers[type(event)](event)
 
     def halt(self) -> None:
         """Make the running :meth:`run_until` return after the current event."""
         self._halted = True
 
-    def run_until(self, until: float) -> bool:
+    def run_until(self, until: float, dispatch: Handler | None = None) -> bool:
         """Fire every event with ``time <= until``; resumable.
+
+        Args:
+            until: Time to run to.
+            dispatch: Called with every event instead of the handlers registered with
+                :meth:`on`. An owner that passes its dispatch method per call, rather
+                than registering bound methods, keeps the kernel from referring back to
+                it: no reference cycle, so a dropped copy is freed at once.
 
         Returns:
             ``True`` if it stopped early because a handler called :meth:`halt` (the
             clock then stands at that event's time), ``False`` if it reached ``until``.
         """
         heap = self._heap
-        handlers = self._handlers
+        fire = self._fire if dispatch is None else dispatch
         pop = heapq.heappop
         self._halted = False
         while heap and heap[0][0] <= until:
             time, _, _, event = pop(heap)
             self.now = time
-            handlers[type(event)](event)
+            fire(event)
             if self._halted:
                 self._halted = False
                 return True

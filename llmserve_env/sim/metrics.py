@@ -99,6 +99,10 @@ class MetricsRecorder:
 
     Args:
         slo: Latency objectives for attainment and goodput.
+
+    Attributes:
+        recent_tpot_s: Per instance id, a moving average (weight 0.2 for the newest) of
+            the TPOT of the requests that finished there (what TPOT governors read).
     """
 
     def __init__(self, slo: SLO) -> None:
@@ -113,11 +117,19 @@ class MetricsRecorder:
         self.num_ttft_violations = 0
         self.num_tpot_violations = 0
         self.num_e2e_violations = 0
+        self.recent_tpot_s: dict[int, float] = {}
 
     def record(self, request: Request) -> None:
-        """Record a request that reached a terminal state."""
+        """Record a request that reached a terminal state (a finished one also updates
+        its instance's moving TPOT, :attr:`recent_tpot_s`)."""
         status = request.status
         if status == RequestStatus.FINISHED:
+            tpot = request.tpot_s
+            if tpot == tpot:  # not NaN: a moving average per instance for governors
+                prev = self.recent_tpot_s.get(request.instance_id)
+                self.recent_tpot_s[request.instance_id] = (
+                    tpot if prev is None else 0.8 * prev + 0.2 * tpot
+                )
             self.num_finished += 1
             slo = self.slo
             ttft_ok = slo.ttft_ok(request.ttft_s)
@@ -229,6 +241,7 @@ class MetricsRecorder:
         other.num_ttft_violations = self.num_ttft_violations
         other.num_tpot_violations = self.num_tpot_violations
         other.num_e2e_violations = self.num_e2e_violations
+        other.recent_tpot_s = dict(self.recent_tpot_s)
         return other
 
     def request_table(self) -> dict[str, np.ndarray]:

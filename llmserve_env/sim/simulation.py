@@ -18,6 +18,7 @@ from llmserve_env.sim.events import (
     Arrival,
     DecisionPoint,
     EngineWake,
+    Event,
     IterationDone,
     PowerTick,
     PowerTransitionDone,
@@ -119,7 +120,6 @@ class Simulation:
         self.governor = governor
         self.power_interval_s = power_interval_s
         self.power_wake_on_demand = wake_on_demand
-        self.recent_tpot_s: dict[int, float] = {}
         self._wake_generation: dict[int, int] = {}
         self.pending: list[Request] = []
         self.num_arrived = 0
@@ -127,9 +127,11 @@ class Simulation:
         self.finalized = False
         self.wall_time_s = 0.0
         self._next_sample = 0.0
+        # No handler or callback refers back to the simulation (events go through
+        # _dispatch, passed per run), so a dropped copy is freed at once, without the
+        # cyclic garbage collector.
         for inst in instances:
-            inst.on_finish = self._on_finish
-        self._register_handlers()
+            inst.on_finish = metrics.record
         if start:
             self._schedule_next_arrival()
             if sample_interval_s is not None:
@@ -137,16 +139,30 @@ class Simulation:
             if governor is not None:
                 kernel.schedule(0.0, PowerTick())
 
-    def _register_handlers(self) -> None:
-        """The dispatch table: one handler per event type."""
-        kernel = self.kernel
-        kernel.on(Arrival, self._on_arrival)
-        kernel.on(IterationDone, self._on_iteration_done)
-        kernel.on(EngineWake, self._on_wake)
-        kernel.on(Sample, self._on_sample)
-        kernel.on(DecisionPoint, self._on_decision)
-        kernel.on(PowerTransitionDone, self._on_power_done)
-        kernel.on(PowerTick, self._on_power_tick)
+    def _dispatch(self, event: Event) -> None:
+        """Call the handler of ``event``'s type (the most frequent first)."""
+        if isinstance(event, IterationDone):
+            self._on_iteration_done(event)
+        elif isinstance(event, Arrival):
+            self._on_arrival(event)
+        elif isinstance(event, EngineWake):
+            self._on_wake(event)
+        elif isinstance(event, Sample):
+            self._on_sample(event)
+        elif isinstance(event, DecisionPoint):
+            self._on_decision(event)
+        elif isinstance(event, PowerTransitionDone):
+            self._on_power_done(event)
+        elif isinstance(event, PowerTick):
+            self._on_power_tick(event)
+        else:
+            raise TypeError(f"the simulation has no handler for {type(event).__name__} events")
+
+    @property
+    def recent_tpot_s(self) -> dict[int, float]:
+        """Per instance id, a moving average of recent TPOT (see
+        :attr:`MetricsRecorder.recent_tpot_s`)."""
+        return self.metrics.recent_tpot_s
 
     # ------------------------------------------------------------------ state
 
@@ -461,15 +477,6 @@ class Simulation:
         request.finish_s = self.kernel.now
         self.metrics.record(request)
 
-    def _on_finish(self, request: Request) -> None:
-        self.metrics.record(request)
-        tpot = request.tpot_s
-        if tpot == tpot:  # not NaN: a moving average per instance for governors
-            prev = self.recent_tpot_s.get(request.instance_id)
-            self.recent_tpot_s[request.instance_id] = (
-                tpot if prev is None else 0.8 * prev + 0.2 * tpot
-            )
-
     # ------------------------------------------------------------------ running
 
     def run_until(self, until: float) -> bool:
@@ -481,7 +488,7 @@ class Simulation:
         if self.horizon_s is not None:
             until = min(until, self.horizon_s)
         start = time.perf_counter()
-        halted = self.kernel.run_until(until)
+        halted = self.kernel.run_until(until, self._dispatch)
         self.wall_time_s += time.perf_counter() - start
         return halted
 
@@ -566,7 +573,7 @@ class Simulation:
         mapping: dict[int, Request] = {}
         nodes = [node.clone() for node in self.nodes]
         node_map = {id(old): new for old, new in zip(self.nodes, nodes, strict=True)}
-        # The constructor registers the handlers and the instances' finish callback.
+        # The constructor sets the instances' finish callback.
         other = Simulation(
             kernel,
             [inst.clone(kernel, itl, mapping, node_map) for inst in self.instances],
@@ -583,7 +590,6 @@ class Simulation:
             wake_on_demand=self.power_wake_on_demand,
             start=False,
         )
-        other.recent_tpot_s = dict(self.recent_tpot_s)
         other._wake_generation = dict(self._wake_generation)
         other.pending = [mapping.get(id(r)) or clone_request(r) for r in self.pending]
         other.num_arrived = self.num_arrived

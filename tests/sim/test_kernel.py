@@ -111,3 +111,23 @@ def test_snapshot_restore_replays() -> None:
     kernel.run_until(10.0)
     assert log == first
     assert kernel.peek() == float("inf")
+
+
+def test_a_dispatch_function_replaces_the_registered_handlers() -> None:
+    registered: list[tuple[float, str]] = []
+    kernel = _kernel(registered)
+    passed: list[tuple[float, str]] = []
+    kernel.schedule(1.0, Late("x"))
+    kernel.schedule(2.0, Early("y"))
+    kernel.schedule(3.0, Late("z"))
+    assert kernel.run_until(1.5, lambda e: passed.append((kernel.now, e.tag))) is False
+    assert passed == [(1.0, "x")] and not registered
+
+    def halt_after(e: Early) -> None:
+        passed.append((kernel.now, e.tag))
+        kernel.halt()
+
+    assert kernel.run_until(5.0, halt_after) is True
+    assert passed == [(1.0, "x"), (2.0, "y")] and kernel.now == 2.0
+    kernel.run_until(5.0)  # back to the registered handlers
+    assert registered == [(3.0, "z")] and not registered[1:]
