@@ -29,6 +29,7 @@ the bias this leaves).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -87,6 +88,8 @@ class BenchRun:
             ``scheduled_ts``, ``first_token_ts``, ``last_token_ts``), bench order.
         timeseries: ``vllm/timeseries.csv`` columns.
         dataset: The trace named in ``meta.json``, when found.
+        dataset_note: How the trace was found when not by its recorded name (a note
+            for the report), else empty.
     """
 
     path: Path
@@ -95,6 +98,7 @@ class BenchRun:
     requests: dict[str, FloatArray]
     timeseries: dict[str, FloatArray]
     dataset: Path | None
+    dataset_note: str = ""
 
     @property
     def engine_kwargs(self) -> dict[str, Any]:
@@ -148,13 +152,44 @@ def _find_dataset(run_dir: Path, name: str) -> Path | None:
     return None
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _find_dataset_by_hash(run_dir: Path, name: str, sha256: str) -> Path | None:
+    """A trace whose SHA-256 is ``sha256``, in the folder the named one would be in.
+
+    ``meta.json``'s ``dataset_hash`` is the SHA-256 of the trace file, so a file under
+    another name with that digest holds the same bytes. Only ``*.jsonl`` files in the
+    named file's folder (``workloads/``), looked up from the run folder upwards, are
+    hashed.
+    """
+    folder = Path(name).parent
+    if folder.is_absolute():
+        candidates = [folder]
+    else:
+        candidates = [parent / folder for parent in (run_dir, *run_dir.parents)]
+    for directory in candidates:
+        if not directory.is_dir():
+            continue
+        for path in sorted(directory.glob("*.jsonl")):
+            if path.is_file() and _sha256(path) == sha256.lower():
+                return path
+    return None
+
+
 def load_bench_run(path: str | Path, dataset: str | Path | None = None) -> BenchRun:
     """Read a bench run folder.
 
     Args:
         path: The run folder (``config.json`` and ``vllm/``).
         dataset: The trace; default: ``meta.json``'s ``dataset_path``, looked up from the
-            run folder upwards.
+            run folder upwards; when no file has that name, a ``*.jsonl`` file in the
+            same folder whose SHA-256 is ``meta.json``'s ``dataset_hash``.
 
     Raises:
         DataFileError: missing or malformed files (file and line named).
@@ -198,12 +233,22 @@ def load_bench_run(path: str | Path, dataset: str | Path | None = None) -> Bench
         numeric=("t", "prompt_throughput", "gen_throughput", "running", "waiting"),
     )
     found = None
+    note = ""
     if dataset is not None:
         found = Path(dataset)
         if not found.is_file():
             raise DataFileError(found, "trace file not found")
     elif meta.get("dataset_path"):
-        found = _find_dataset(run_dir, str(meta["dataset_path"]))
+        name = str(meta["dataset_path"])
+        found = _find_dataset(run_dir, name)
+        sha256 = meta.get("dataset_hash")
+        if found is None and isinstance(sha256, str) and sha256:
+            found = _find_dataset_by_hash(run_dir, name, sha256)
+            if found is not None:
+                note = (
+                    f"trace {name} not found; {found.name} has its dataset_hash "
+                    f"(SHA-256 {sha256[:12]}...), so it is the same file"
+                )
     return BenchRun(
         path=run_dir,
         config_path=config_path,
@@ -211,6 +256,7 @@ def load_bench_run(path: str | Path, dataset: str | Path | None = None) -> Bench
         requests={k: np.asarray(v, dtype=np.float64) for k, v in requests.items()},
         timeseries=ts.numbers,
         dataset=found,
+        dataset_note=note,
     )
 
 
@@ -257,6 +303,8 @@ def bench_workload(run: BenchRun) -> tuple[WorkloadData, list[str]]:
         offset = float(first_ns) * 1e-9
         if data.contents is not None:
             contents = list(data.contents[:n])
+        if run.dataset_note:
+            notes.append(run.dataset_note)
     else:
         notes.append(
             "trace file not found: lengths from requests.jsonl, no token ids (so no "

@@ -47,6 +47,35 @@ def test_workload_uses_engine_arrivals_on_the_trace_clock(shared: Path) -> None:
     assert workload.contents is not None
 
 
+def test_trace_found_by_its_recorded_hash(shared: Path) -> None:
+    # The Qwen3-32B run names workloads/sharegpt-qwen3-32b-300-sps10.jsonl, which is not
+    # shipped; its dataset_hash is the SHA-256 of the Qwen3-30B-A3B trace (same
+    # tokenizer, same 300 requests), so that file is the trace and brings token ids.
+    run = load_bench_run(shared / "llmservingsim/current/bench/RTXPRO6000/Qwen3-32B")
+    assert run.dataset is not None
+    assert run.dataset.name == "sharegpt-qwen3-30b-a3b-300-sps10.jsonl"
+    assert "dataset_hash" in run.dataset_note
+    workload, notes = bench_workload(run)
+    assert workload.contents is not None and run.dataset_note in notes
+
+
+def test_trace_under_another_name_needs_the_same_hash(shared: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "bench/GPU/model"
+    shutil.copytree(shared / RUN, run_dir)
+    named = json.loads((run_dir / "vllm/meta.json").read_text())["dataset_path"]
+    workloads = tmp_path / Path(named).parent
+    workloads.mkdir(parents=True)
+    trace = (shared / "llmservingsim/current" / named).read_bytes()
+    (workloads / "changed.jsonl").write_bytes(trace.replace(b"}", b" }", 1))
+    assert load_bench_run(run_dir).dataset is None  # named file absent, no digest matches
+    (workloads / "renamed.jsonl").write_bytes(trace)
+    run = load_bench_run(run_dir)
+    assert run.dataset == workloads / "renamed.jsonl" and run.dataset_note
+    (workloads / Path(named).name).write_bytes(trace)
+    run = load_bench_run(run_dir)  # the named file wins, without a note
+    assert run.dataset == workloads / Path(named).name and not run.dataset_note
+
+
 def test_malformed_requests_file(shared: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     shutil.copytree(shared / RUN, run_dir)

@@ -58,7 +58,7 @@ from llmserve_env.perf.profile_format import (
     SkewTable,
 )
 
-TAG = "llmservingsim-current-3"
+TAG = "llmservingsim-current-4"
 """Importer identity for cache keys (bump when the conversion changes)."""
 
 _CATEGORY_FILES = ("dense.csv", "per_sequence.csv", "attention.csv", "moe.csv", "skew_fit.csv")

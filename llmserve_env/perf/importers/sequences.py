@@ -5,14 +5,20 @@ e.g. ``LlamaDecoderLayer`` runs ``input_layernorm`` (RMSNorm), ``self_attn`` (QK
 projection, rotary embedding, attention, O projection) then ``post_attention_layernorm``
 and the gated MLP (``gate_up_proj``, ``SiluAndMul``, ``down_proj``). With tensor
 parallelism the row-parallel linears (``o_proj``, ``down_proj``) and the MoE block end
-in an all-reduce. The names match LLMServingSim's vLLM-0.19 profiler tables.
+in an all-reduce, and so does the input embedding: ``VocabParallelEmbedding`` looks up
+the tokens in its shard of the vocabulary (zeros for the others) and all-reduces the
+``num_tokens x hidden`` result (``tensor_model_parallel_all_reduce`` in its
+``forward``), the same size as the layers' all-reduces. LLMServingSim's layer sequence
+attaches all-reduces only after ``o_proj`` and ``down_proj``; a single GPU has nothing to
+reduce, so the extra entry costs nothing at ``tp`` 1. The names match LLMServingSim's
+vLLM-0.19 profiler tables.
 """
 
 from __future__ import annotations
 
 from llmserve_env.perf.profile_format import LayerSequence
 
-_PROLOGUE = ("embedding",)
+_PROLOGUE = ("embedding", "all_reduce")
 _HEAD = ("final_layernorm", "lm_head", "sampler")
 _ATTN = ("layernorm", "qkv_proj", "rotary_emb", "attention", "o_proj", "all_reduce", "layernorm")
 _ATTN_QK_NORM = (

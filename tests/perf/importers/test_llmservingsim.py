@@ -32,14 +32,44 @@ def test_dense_llama(shared: Path) -> None:
         "layernorm", "qkv_proj", "rotary_emb", "attention", "o_proj", "all_reduce",
         "layernorm", "gate_up_proj", "act_fn", "down_proj", "all_reduce",
     )  # fmt: skip
+    # VocabParallelEmbedding all-reduces its output under tensor parallelism
+    assert p.meta.sequence.prologue == ("embedding", "all_reduce")
     counts = p.meta.sequence.counts(32)
     assert counts["layernorm"] == 64 and counts["lm_head"] == 1 and counts["attention"] == 32
+    assert counts["all_reduce"] == 2 * 32 + 1
     assert p.dense["qkv_proj"].time_us[0] == pytest.approx(35.8297)  # tokens=1 row
     assert p.attention is not None and len(p.attention) == 19364
     assert p.attention_skew is not None
     assert p.meta.skew_alpha_default == pytest.approx(0.0543)
     assert result.relative_dir == Path("RTX-PRO-6000/meta-llama/Llama-3.1-8B/bf16/tp1")
     assert not result.warnings
+
+
+def test_embedding_all_reduce_is_charged_only_with_tensor_parallelism(shared: Path) -> None:
+    from llmserve_env.perf.compiled import analytical_collectives
+
+    link = analytical_collectives(2, 16.0, 20.0)
+    tp2 = read_tp_folder(shared / LLAMA / "tp2").profile.with_collectives(link)
+    compiled = compile_profile(tp2)
+    layers = tp2.meta.num_layers
+    for tokens in (1, 128, 2048):
+        dense = sum(
+            count * float(np.interp(tokens, tp2.dense[op].x, tp2.dense[op].time_us))
+            for op, count in tp2.meta.sequence.counts(layers).items()
+            if op in tp2.dense
+        )
+        size = tokens * tp2.meta.collective_bytes_per_token
+        curve = link[("all_reduce", 2)]
+        one = float(np.interp(size, curve.x, curve.time_us))
+        assert compiled.per_token(tokens) == pytest.approx(dense + (2 * layers + 1) * one)
+    # a single GPU reduces nothing: the extra entry costs nothing at tp 1
+    tp1 = read_tp_folder(shared / LLAMA / "tp1").profile
+    dense1 = sum(
+        count * float(np.interp(2048, tp1.dense[op].x, tp1.dense[op].time_us))
+        for op, count in tp1.meta.sequence.counts(layers).items()
+        if op in tp1.dense
+    )
+    assert compile_profile(tp1).per_token(2048) == pytest.approx(dense1)
 
 
 def test_skew_keeps_every_skew_rate_bucket(shared: Path, tmp_path: Path) -> None:
