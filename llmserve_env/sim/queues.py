@@ -115,7 +115,8 @@ class KeyedQueue:
         return len(self._heap)
 
     def __iter__(self) -> Iterator[Request]:
-        return (item[3] for item in sorted(self._heap, key=lambda item: item[:3]))
+        # Request ids are unique, so tuples never compare their requests.
+        return (item[3] for item in sorted(self._heap))
 
     def push(self, request: Request) -> None:
         heapq.heappush(self._heap, self._key(request))
