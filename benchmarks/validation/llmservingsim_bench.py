@@ -13,7 +13,9 @@ per iteration; ``kv-0.88`` / ``kv-0.92`` change ``gpu_memory_utilization``;
 ``no-async`` turns the engine's ``async_scheduling`` knob off; ``link-collectives`` (the
 TP2 run only: the others have no collectives) takes the tensor-parallel all-reduce from
 the cluster config's link (16 GB/s, 20 us per ring step) instead of aiconfigurator's
-measured vLLM 0.19.0 table (``llmserve validate --collectives link``).
+measured vLLM 0.19.0 table (``llmserve validate --collectives link``); ``recorded-kv``
+(the RTX 4090 run only: the one whose ``meta.json`` records it) sets the KV blocks to
+vLLM's own ``kv_cache.num_gpu_blocks`` instead of the memory model's.
 """
 
 from __future__ import annotations
@@ -54,12 +56,14 @@ def _tables(inst: Instance, **changes: Any) -> None:
 @dataclasses.dataclass(frozen=True)
 class Variant:
     """One sensitivity run: engine overrides, a hook on the built simulation, where the
-    collectives come from, and the runs it applies to (``None``: the first three)."""
+    collectives come from, the runs it applies to (``None``: the first three), and
+    whether the KV blocks are the ones ``meta.json`` records."""
 
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
     hook: Callable[[Simulation], None] | None = None
     collectives: str = "measured"
     runs: tuple[str, ...] | None = None
+    recorded_kv: bool = False
 
 
 VARIANTS: dict[str, Variant] = {
@@ -71,16 +75,20 @@ VARIANTS: dict[str, Variant] = {
     "kv-0.92": Variant({"gpu_memory_utilization": 0.92}),
     "no-async": Variant({"async_scheduling": False}),
     "link-collectives": Variant(collectives="link", runs=("RTX PRO 6000, Qwen3-32B TP2",)),
+    "recorded-kv": Variant(recorded_kv=True, runs=("RTX 4090, Llama-3.1-8B",)),
 }
 
 
 def run(path: Path, variant: Variant) -> tuple[ValidationReport, float]:
     bench = load_bench_run(path)
+    overrides = dict(variant.overrides)
+    if variant.recorded_kv:
+        overrides["num_gpu_blocks_override"] = int(bench.meta["kv_cache"]["num_gpu_blocks"])
     setup = bench_setup(
         bench,
         find_profiles_root(path),
         allow_unsupported=True,
-        overrides=variant.overrides or None,
+        overrides=overrides or None,
         collectives=variant.collectives,
     )
     sim = build_simulation(setup.scenario, workload=setup.workload)

@@ -115,8 +115,10 @@ class EngineConfig(StrictModel):
     by default here so results stay comparable with earlier ones."""
 
     activation_reserve_gib: NonNegFloat | None = None
-    """Device memory kept for activations, CUDA graphs and the runtime, per device.
-    ``None``: estimated from the model and ``max_num_batched_tokens``."""
+    """Device memory charged besides the weights, per device: vLLM's profiled peak
+    activation and non-torch increase (CUDA graphs and the CUDA context are not charged,
+    as in vLLM 0.19). ``None``: estimated from the model, ``max_num_batched_tokens`` and
+    ``max_num_seqs`` (``llmserve_env/perf/memory.py``)."""
 
     num_gpu_blocks_override: PositiveInt | None = None
     """Force the number of KV blocks (as vLLM's option of the same name)."""

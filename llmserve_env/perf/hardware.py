@@ -31,6 +31,9 @@ class DeviceSpec:
         tdp_w: Board power limit (W).
         idle_w: Idle power with a model loaded (W).
         aliases: Other names that resolve to this device.
+        cuda_mem_gib: Total memory the CUDA driver reports (``cudaMemGetInfo``, what
+            vLLM's ``gpu_memory_utilization`` applies to), where measured; it is below
+            ``mem_gib`` by the driver's reservation. ``None``: ``mem_gib``.
     """
 
     name: str
@@ -44,11 +47,18 @@ class DeviceSpec:
     tdp_w: float
     idle_w: float
     aliases: tuple[str, ...] = field(default=())
+    cuda_mem_gib: float | None = None
 
     @property
     def mem_bytes(self) -> float:
         """Device memory in bytes."""
         return self.mem_gib * GIB
+
+    @property
+    def cuda_mem_bytes(self) -> float:
+        """Total device memory as CUDA reports it, in bytes (``mem_bytes`` where not
+        measured)."""
+        return (self.mem_gib if self.cuda_mem_gib is None else self.cuda_mem_gib) * GIB
 
     def peak_flops(self, dtype: str) -> float:
         """Dense peak FLOP/s for ``dtype`` (FP8 falls back to BF16 where absent)."""
@@ -68,12 +78,13 @@ _FIELDS = (
     "tdp_w",
     "idle_w",
 )
+_OPTIONAL_FIELDS = ("aliases", "cuda_mem_gib")
 
 
 def _parse_device(name: str, raw: Any, path: Path) -> DeviceSpec:
     if not isinstance(raw, dict):
         raise DataFileError(path, f"{name}: expected a mapping of device figures")
-    unknown = set(raw) - {*_FIELDS, "aliases"}
+    unknown = set(raw) - {*_FIELDS, *_OPTIONAL_FIELDS}
     if unknown:
         raise DataFileError(path, f"{name}: unknown keys {sorted(unknown)}; allowed: {_FIELDS}")
     missing = [key for key in _FIELDS if key not in raw]
@@ -92,6 +103,7 @@ def _parse_device(name: str, raw: Any, path: Path) -> DeviceSpec:
             tdp_w=float(raw["tdp_w"]),
             idle_w=float(raw["idle_w"]),
             aliases=tuple(str(a) for a in raw.get("aliases") or ()),
+            cuda_mem_gib=None if raw.get("cuda_mem_gib") is None else float(raw["cuda_mem_gib"]),
         )
     except (TypeError, ValueError) as exc:
         raise DataFileError(path, f"{name}: {exc}") from exc
