@@ -10,7 +10,9 @@ The main table simulates each run with vLLM's async scheduling as ``meta.json`` 
 it ran (on for all four: vLLM 0.19.0). Each variant changes one thing and is not a
 calibration: ``no-skew`` drops the decode skew correction; ``overhead-1ms`` adds 1 ms
 per iteration; ``kv-0.88`` / ``kv-0.92`` change ``gpu_memory_utilization``;
-``no-async`` turns the engine's ``async_scheduling`` knob off; ``link-collectives`` (the
+``no-async`` turns the engine's ``async_scheduling`` knob off; ``cudagraph`` pads the
+token-parallel operators to vLLM 0.19's default CUDA-graph capture sizes
+(``llmserve validate --cudagraph-padding``); ``link-collectives`` (the
 TP2 run only: the others have no collectives) takes the tensor-parallel all-reduce from
 the cluster config's link (16 GB/s, 20 us per ring step) instead of aiconfigurator's
 measured vLLM 0.19.0 table (``llmserve validate --collectives link``).
@@ -54,12 +56,14 @@ def _tables(inst: Instance, **changes: Any) -> None:
 @dataclasses.dataclass(frozen=True)
 class Variant:
     """One sensitivity run: engine overrides, a hook on the built simulation, where the
-    collectives come from, and the runs it applies to (``None``: the first three)."""
+    collectives come from, the runs it applies to (``None``: the first three), and
+    whether vLLM's CUDA-graph padding is modelled."""
 
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
     hook: Callable[[Simulation], None] | None = None
     collectives: str = "measured"
     runs: tuple[str, ...] | None = None
+    cudagraph_padding: bool = False
 
 
 VARIANTS: dict[str, Variant] = {
@@ -70,6 +74,7 @@ VARIANTS: dict[str, Variant] = {
     "kv-0.88": Variant({"gpu_memory_utilization": 0.88}),
     "kv-0.92": Variant({"gpu_memory_utilization": 0.92}),
     "no-async": Variant({"async_scheduling": False}),
+    "cudagraph": Variant(cudagraph_padding=True),
     "link-collectives": Variant(collectives="link", runs=("RTX PRO 6000, Qwen3-32B TP2",)),
 }
 
@@ -82,6 +87,7 @@ def run(path: Path, variant: Variant) -> tuple[ValidationReport, float]:
         allow_unsupported=True,
         overrides=variant.overrides or None,
         collectives=variant.collectives,
+        cudagraph_padding=variant.cudagraph_padding,
     )
     sim = build_simulation(setup.scenario, workload=setup.workload)
     if variant.hook is not None:

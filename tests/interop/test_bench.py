@@ -143,3 +143,31 @@ def test_bench_setup_turns_the_knob_on_where_vllm_had_it(shared: Path) -> None:
     group = off.scenario.cluster.nodes[0].instances[0]
     assert group.engine.async_scheduling is False
     assert any("override" in note for note in off.notes)
+
+
+def test_cudagraph_padding_follows_the_run(shared: Path) -> None:
+    run = load_bench_run(shared / RUN)
+    assert run.cudagraph_capture_sizes() == (
+        "auto",
+        "the default capture sizes of vLLM 0.19.0",
+    )
+
+    def meta(**fields: object) -> BenchRun:
+        return dataclasses.replace(run, meta=fields)
+
+    eager = meta(vllm_version="0.19.0", engine_kwargs={"enforce_eager": True})
+    assert eager.cudagraph_capture_sizes() == (None, "meta.json engine_kwargs.enforce_eager")
+    listed = meta(
+        vllm_version="0.19.0",
+        engine_kwargs={"compilation_config": {"cudagraph_capture_sizes": [1, 8, 32]}},
+    )
+    assert listed.cudagraph_capture_sizes()[0] == [1, 8, 32]
+    none_mode = meta(engine_kwargs={"compilation_config": {"cudagraph_mode": "NONE"}})
+    assert none_mode.cudagraph_capture_sizes()[0] is None
+    assert meta(vllm_version="0.11.1").cudagraph_capture_sizes()[0] is None
+    assert meta().cudagraph_capture_sizes()[0] is None
+    # off unless asked for; asked for, the engine gets the run's sizes and a note
+    assert bench_setup(run, None).scenario.engine.cudagraph_capture_sizes is None
+    setup = bench_setup(run, None, cudagraph_padding=True)
+    assert setup.scenario.engine.cudagraph_capture_sizes == "auto"
+    assert any(note.startswith("CUDA-graph padding auto") for note in setup.notes)
