@@ -135,8 +135,19 @@ class BenchRun:
     def cudagraph_capture_sizes(self) -> tuple[str | list[int] | None, str]:
         """The CUDA-graph capture sizes vLLM padded its batches to in this run (an
         ``engine.cudagraph_capture_sizes`` value: ``auto``, a list, or ``None`` for an
-        eager run), and what says so: ``enforce_eager`` or ``compilation_config`` in the
-        engine arguments, else the default of the recorded vLLM version."""
+        eager run), and what says so: vLLM's resolved config when ``meta.json`` records
+        it, else ``enforce_eager`` or ``compilation_config`` in the engine arguments, else
+        the default of the recorded vLLM version."""
+        resolved = self.meta.get("resolved_config")
+        if isinstance(resolved, dict):
+            model = resolved.get("model_config")
+            if isinstance(model, dict) and model.get("enforce_eager") is True:
+                return None, "meta.json resolved_config.model_config.enforce_eager"
+            compiled = resolved.get("compilation_config")
+            sizes = compiled.get("cudagraph_capture_sizes") if isinstance(compiled, dict) else None
+            if isinstance(sizes, list) and all(isinstance(n, int) for n in sizes):
+                where = "meta.json resolved_config.compilation_config.cudagraph_capture_sizes"
+                return (sizes or None), where
         kwargs = self.engine_kwargs
         if kwargs.get("enforce_eager") is True:
             return None, "meta.json engine_kwargs.enforce_eager"

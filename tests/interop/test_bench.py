@@ -155,6 +155,15 @@ def test_cudagraph_padding_follows_the_run(shared: Path) -> None:
     def meta(**fields: object) -> BenchRun:
         return dataclasses.replace(run, meta=fields)
 
+    # the RTX 4090 run records vLLM's resolved sizes: the default list for 256 sequences
+    from llmserve_env.perf.cudagraph import default_capture_sizes
+
+    rtx4090 = load_bench_run(shared / "llmservingsim/current/bench/RTX4090/Llama-3.1-8B")
+    sizes, source = rtx4090.cudagraph_capture_sizes()
+    assert tuple(sizes or ()) == default_capture_sizes(256, 2048)
+    assert source == "meta.json resolved_config.compilation_config.cudagraph_capture_sizes"
+    eager_resolved = meta(resolved_config={"model_config": {"enforce_eager": True}})
+    assert eager_resolved.cudagraph_capture_sizes()[0] is None
     eager = meta(vllm_version="0.19.0", engine_kwargs={"enforce_eager": True})
     assert eager.cudagraph_capture_sizes() == (None, "meta.json engine_kwargs.enforce_eager")
     listed = meta(
