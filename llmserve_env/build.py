@@ -21,6 +21,7 @@ from llmserve_env.config.loader import load_scenario_file
 from llmserve_env.config.schema import EngineConfig, InstanceGroup, Scenario, TraceWorkload
 from llmserve_env.paths import scenarios_dir
 from llmserve_env.perf.base import LatencyModel
+from llmserve_env.perf.cudagraph import default_capture_sizes
 from llmserve_env.perf.hardware import GIB, DeviceSpec, device_catalog, resolve_device
 from llmserve_env.perf.memory import num_kv_blocks
 from llmserve_env.perf.model_arch import DTYPE_BYTES, ModelArch, load_model_arch
@@ -256,15 +257,33 @@ def plan_instances(scenario: Scenario) -> list[InstancePlan]:
     return plans
 
 
+def cudagraph_capture_sizes(engine: EngineConfig, params: EngineParams) -> tuple[int, ...]:
+    """The CUDA-graph capture sizes an instance pads its token count to (empty: none),
+    resolved from ``engine.cudagraph_capture_sizes`` and the resolved scheduler limits;
+    sizes above ``max_num_batched_tokens`` are dropped, as vLLM does."""
+    sizes = engine.cudagraph_capture_sizes
+    if sizes is None:
+        return ()
+    if sizes == "auto":
+        return default_capture_sizes(params.max_num_seqs, params.max_num_batched_tokens)
+    return tuple(sorted({n for n in sizes if n <= params.max_num_batched_tokens}))
+
+
 def make_latency_model(plan: InstancePlan) -> LatencyModel:
     """The latency model of an instance, by its ``perf`` setting
-    (:func:`llmserve_env.perf.factory.make_latency_model`)."""
+    (:func:`llmserve_env.perf.factory.make_latency_model`), padding its token counts to
+    the instance's CUDA-graph capture sizes (:func:`cudagraph_capture_sizes`)."""
     from llmserve_env.perf import factory as perf_factory
 
     group = plan.group
     try:
         return perf_factory.make_latency_model(
-            plan.arch, plan.device, group.tp, group.dtype, group.perf
+            plan.arch,
+            plan.device,
+            group.tp,
+            group.dtype,
+            group.perf,
+            capture_sizes=cudagraph_capture_sizes(group.engine, plan.params),
         )
     except (DataFileError, ValueError) as exc:
         raise ScenarioError([(f"{plan.key}.perf", str(exc))]) from exc

@@ -10,12 +10,15 @@ The main table simulates each run with vLLM's async scheduling as ``meta.json`` 
 it ran (on for all four: vLLM 0.19.0). Each variant changes one thing and is not a
 calibration: ``no-skew`` drops the decode skew correction; ``overhead-1ms`` adds 1 ms
 per iteration; ``kv-0.88`` / ``kv-0.92`` change ``gpu_memory_utilization``;
-``no-async`` turns the engine's ``async_scheduling`` knob off; ``link-collectives`` (the
+``no-async`` turns the engine's ``async_scheduling`` knob off; ``cudagraph`` pads the
+token-parallel operators to vLLM 0.19's default CUDA-graph capture sizes
+(``llmserve validate --cudagraph-padding``); ``link-collectives`` (the
 TP2 run only: the others have no collectives) takes the tensor-parallel all-reduce from
 the cluster config's link (16 GB/s, 20 us per ring step) instead of aiconfigurator's
-measured vLLM 0.19.0 table (``llmserve validate --collectives link``); ``recorded-kv``
-(the RTX 4090 run only: the one whose ``meta.json`` records it) sets the KV blocks to
-vLLM's own ``kv_cache.num_gpu_blocks`` instead of the memory model's.
+measured vLLM 0.19.0 table (``llmserve validate --collectives link``); ``model-kv``
+(the RTX 4090 run only: the one whose ``meta.json`` records vLLM's ``num_gpu_blocks``,
+which the main table uses) sizes the KV cache with the memory model instead
+(``llmserve validate --set num_gpu_blocks_override=null``).
 """
 
 from __future__ import annotations
@@ -57,13 +60,13 @@ def _tables(inst: Instance, **changes: Any) -> None:
 class Variant:
     """One sensitivity run: engine overrides, a hook on the built simulation, where the
     collectives come from, the runs it applies to (``None``: the first three), and
-    whether the KV blocks are the ones ``meta.json`` records."""
+    whether vLLM's CUDA-graph padding is modelled."""
 
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
     hook: Callable[[Simulation], None] | None = None
     collectives: str = "measured"
     runs: tuple[str, ...] | None = None
-    recorded_kv: bool = False
+    cudagraph_padding: bool = False
 
 
 VARIANTS: dict[str, Variant] = {
@@ -74,22 +77,22 @@ VARIANTS: dict[str, Variant] = {
     "kv-0.88": Variant({"gpu_memory_utilization": 0.88}),
     "kv-0.92": Variant({"gpu_memory_utilization": 0.92}),
     "no-async": Variant({"async_scheduling": False}),
+    "cudagraph": Variant(cudagraph_padding=True),
     "link-collectives": Variant(collectives="link", runs=("RTX PRO 6000, Qwen3-32B TP2",)),
-    "recorded-kv": Variant(recorded_kv=True, runs=("RTX 4090, Llama-3.1-8B",)),
+    "model-kv": Variant({"num_gpu_blocks_override": None}, runs=("RTX 4090, Llama-3.1-8B",)),
 }
 
 
 def run(path: Path, variant: Variant) -> tuple[ValidationReport, float]:
     bench = load_bench_run(path)
     overrides = dict(variant.overrides)
-    if variant.recorded_kv:
-        overrides["num_gpu_blocks_override"] = int(bench.meta["kv_cache"]["num_gpu_blocks"])
     setup = bench_setup(
         bench,
         find_profiles_root(path),
         allow_unsupported=True,
         overrides=overrides or None,
         collectives=variant.collectives,
+        cudagraph_padding=variant.cudagraph_padding,
     )
     sim = build_simulation(setup.scenario, workload=setup.workload)
     if variant.hook is not None:

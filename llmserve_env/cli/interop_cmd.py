@@ -235,6 +235,12 @@ def write_plots(report: Any, directory: Path) -> list[Path]:
 )
 @_collectives_option
 @click.option(
+    "--cudagraph-padding",
+    is_flag=True,
+    help="Pad token counts to the CUDA-graph capture sizes vLLM ran with (vLLM 0.19's "
+    "defaults unless meta.json says otherwise); off by default, see VALIDATION.md.",
+)
+@click.option(
     "--set",
     "overrides",
     multiple=True,
@@ -249,6 +255,7 @@ def validate(
     as_json: bool,
     approximate_ep: bool,
     collectives: str,
+    cudagraph_padding: bool,
     overrides: tuple[str, ...],
 ) -> None:
     """Simulate a real vLLM run (LLMServingSim bench layout) and report the error."""
@@ -267,6 +274,7 @@ def validate(
         allow_unsupported=approximate_ep,
         overrides=engine or None,
         collectives=collectives,
+        cudagraph_padding=cudagraph_padding,
     )
     data = report.as_dict()
     if output is not None:

@@ -114,6 +114,28 @@ class EngineConfig(StrictModel):
     the earliest, and slots and KV blocks freed by step N are reused from step N+2. Off
     by default here so results stay comparable with earlier ones."""
 
+    cudagraph_capture_sizes: Literal["auto"] | tuple[PositiveInt, ...] | None = None
+    """Token counts vLLM captures CUDA graphs for (its
+    ``compilation_config.cudagraph_capture_sizes``): a batch of at most the largest runs
+    its token-parallel operators (linear layers, norms, MoE, tensor-parallel
+    collectives) at the smallest of them at or above its token count; attention, the LM
+    head and the sampler stay at the real batch. ``None``: no padding (an eager run, as
+    profiles are measured). ``auto``: vLLM 0.19's default list for this engine's
+    ``max_num_seqs`` and ``max_num_batched_tokens`` (``[1, 2, 4]``, multiples of 8 below
+    256, multiples of 16 from 256, up to ``min(2 * max_num_seqs, 512,
+    max_num_batched_tokens)``). Sizes above ``max_num_batched_tokens`` are dropped, as
+    vLLM does. Applied by profile latency models only (``perf`` a profile folder, or
+    ``auto`` finding a measured one)."""
+
+    @field_validator("cudagraph_capture_sizes")
+    @classmethod
+    def _some_sizes(
+        cls, value: Literal["auto"] | tuple[int, ...] | None
+    ) -> Literal["auto"] | tuple[int, ...] | None:
+        if isinstance(value, tuple) and not value:
+            raise ValueError("list at least one size, or leave the key out for no padding")
+        return value
+
     activation_reserve_gib: NonNegFloat | None = None
     """Device memory charged besides the weights, per device: vLLM's profiled peak
     activation and non-torch increase (CUDA graphs and the CUDA context are not charged,

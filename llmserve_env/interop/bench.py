@@ -66,6 +66,13 @@ ASYNC_SCHEDULING_DEFAULT_SINCE = (0, 14)
 PR #27614: ``SchedulerConfig.async_scheduling`` ``None`` resolves to on when nothing
 incompatible, such as a pooling model, is configured)."""
 
+CUDAGRAPH_DEFAULT_RULE = (0, 19)
+"""The vLLM release (major, minor) whose default CUDA-graph capture sizes
+:func:`~llmserve_env.perf.cudagraph.default_capture_sizes` reproduces (checked in its
+source): with CUDA-graph padding asked for, runs of it and later releases are simulated
+with them unless ``meta.json`` says otherwise, runs of earlier releases without padding
+(a note says so)."""
+
 _REQUEST_KEYS = (
     "input_toks",
     "output_toks",
@@ -124,6 +131,60 @@ class BenchRun:
             return False, "meta.json records no vllm_version: assumed off"
         on = (int(match[1]), int(match[2])) >= ASYNC_SCHEDULING_DEFAULT_SINCE
         return on, f"the default of vLLM {version}"
+
+    def num_gpu_blocks(self) -> tuple[int | None, str]:
+        """The KV-cache blocks vLLM allocated in this run (its ``num_gpu_blocks``, the
+        outcome of its memory profiling on that machine) and where ``meta.json`` records
+        it, or ``None`` when it does not."""
+        resolved = self.meta.get("resolved_config")
+        cache = resolved.get("cache_config") if isinstance(resolved, dict) else None
+        value = cache.get("num_gpu_blocks") if isinstance(cache, dict) else None
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value, "meta.json resolved_config.cache_config.num_gpu_blocks"
+        kv = self.meta.get("kv_cache")
+        value = kv.get("num_gpu_blocks") if isinstance(kv, dict) else None
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value, "meta.json kv_cache.num_gpu_blocks"
+        return None, "meta.json records no num_gpu_blocks"
+
+    def cudagraph_capture_sizes(self) -> tuple[str | list[int] | None, str]:
+        """The CUDA-graph capture sizes vLLM padded its batches to in this run (an
+        ``engine.cudagraph_capture_sizes`` value: ``auto``, a list, or ``None`` for an
+        eager run), and what says so: vLLM's resolved config when ``meta.json`` records
+        it, else ``enforce_eager`` or ``compilation_config`` in the engine arguments, else
+        the default of the recorded vLLM version."""
+        resolved = self.meta.get("resolved_config")
+        if isinstance(resolved, dict):
+            model = resolved.get("model_config")
+            if isinstance(model, dict) and model.get("enforce_eager") is True:
+                return None, "meta.json resolved_config.model_config.enforce_eager"
+            compiled = resolved.get("compilation_config")
+            sizes = compiled.get("cudagraph_capture_sizes") if isinstance(compiled, dict) else None
+            if isinstance(sizes, list) and all(isinstance(n, int) for n in sizes):
+                where = "meta.json resolved_config.compilation_config.cudagraph_capture_sizes"
+                return (sizes or None), where
+        kwargs = self.engine_kwargs
+        if kwargs.get("enforce_eager") is True:
+            return None, "meta.json engine_kwargs.enforce_eager"
+        compilation = kwargs.get("compilation_config")
+        if isinstance(compilation, dict):
+            mode = str(compilation.get("cudagraph_mode") or "").upper()
+            if mode == "NONE":
+                return None, "meta.json engine_kwargs.compilation_config.cudagraph_mode"
+            sizes = compilation.get("cudagraph_capture_sizes")
+            if isinstance(sizes, list) and sizes and all(isinstance(n, int) for n in sizes):
+                return sizes, "meta.json engine_kwargs.compilation_config.cudagraph_capture_sizes"
+        version = str(self.meta.get("vllm_version") or "")
+        match = re.match(r"v?(\d+)\.(\d+)", version)
+        if match is None:
+            return None, "meta.json records no vllm_version: no padding assumed"
+        if (int(match[1]), int(match[2])) >= CUDAGRAPH_DEFAULT_RULE:
+            return "auto", f"the default capture sizes of vLLM {version}"
+        return None, (
+            f"vLLM {version}: the default capture sizes of releases before "
+            f"{CUDAGRAPH_DEFAULT_RULE[0]}.{CUDAGRAPH_DEFAULT_RULE[1]} are not modelled, "
+            "no padding assumed"
+        )
 
     def latencies_ms(self) -> dict[str, FloatArray]:
         """TTFT, TPOT, e2e and queueing per request (ms), as the module defines them."""
@@ -351,13 +412,19 @@ def bench_setup(
     allow_unsupported: bool = False,
     overrides: dict[str, Any] | None = None,
     collectives: str = "measured",
+    cudagraph_padding: bool = False,
 ) -> SimSetup:
     """The scenario (cluster from ``config.json``, engine knobs from ``meta.json``) and
     workload for a bench run.
 
     vLLM defaults fill what ``meta.json`` does not record: ``gpu_memory_utilization``
     0.9, prefix caching on, chunked prefill on, block size 16. ``async_scheduling``
-    follows :meth:`BenchRun.async_scheduling` (a note says which source decided).
+    follows :meth:`BenchRun.async_scheduling` (a note says which source decided). The
+    KV cache has the blocks vLLM allocated where ``meta.json`` records them
+    (:meth:`BenchRun.num_gpu_blocks`, as ``num_gpu_blocks_override``), else the memory
+    model's; overriding ``num_gpu_blocks_override`` (``None``: the memory model) wins.
+    vLLM's CUDA-graph padding is left out unless asked for (it moves these runs by
+    less than half a point; VALIDATION.md's finding on it).
 
     Args:
         run: The bench run.
@@ -367,6 +434,8 @@ def bench_setup(
         overrides: Engine keys to override (e.g. ``{"gpu_memory_utilization": 0.85}``).
         collectives: Where tensor-parallel collectives come from (``measured`` or
             ``link``, see :data:`~llmserve_env.interop.llmservingsim_import.COLLECTIVE_SOURCES`).
+        cudagraph_padding: Pad token counts to the CUDA-graph capture sizes the run had
+            (:meth:`BenchRun.cudagraph_capture_sizes`; a note says which source decided).
 
     Raises:
         ValueError: an unknown ``collectives`` choice.
@@ -397,6 +466,20 @@ def bench_setup(
     if overrides and "async_scheduling" in overrides:
         note += f"; simulated with async_scheduling={overrides['async_scheduling']} (override)"
     notes.append(note)
+    blocks, source = run.num_gpu_blocks()
+    if blocks is not None:
+        data["engine"]["num_gpu_blocks_override"] = blocks
+    note = (
+        f"KV cache: {blocks} blocks ({source})" if blocks else f"KV cache: memory model ({source})"
+    )
+    if overrides and "num_gpu_blocks_override" in overrides:
+        value = overrides["num_gpu_blocks_override"]
+        note += f"; simulated with {'the memory model' if value is None else value} (override)"
+    notes.append(note)
+    if cudagraph_padding:
+        sizes, source = run.cudagraph_capture_sizes()
+        data["engine"]["cudagraph_capture_sizes"] = sizes
+        notes.append(f"CUDA-graph padding {'off' if sizes is None else sizes} ({source})")
     groups = [g for node in data["cluster"]["nodes"] for g in node["instances"]]
     for index, group in enumerate(groups):
         if overrides:
@@ -611,6 +694,7 @@ def validate_run(
     allow_unsupported: bool = False,
     overrides: dict[str, Any] | None = None,
     collectives: str = "measured",
+    cudagraph_padding: bool = False,
 ) -> ValidationReport:
     """Simulate a bench run and compare (see the module doc).
 
@@ -623,6 +707,7 @@ def validate_run(
         overrides: Engine keys to override.
         collectives: Where tensor-parallel collectives come from (see
             :func:`bench_setup`).
+        cudagraph_padding: Model vLLM's CUDA-graph padding (see :func:`bench_setup`).
     """
     from llmserve_env.build import build_simulation
 
@@ -634,6 +719,7 @@ def validate_run(
         allow_unsupported=allow_unsupported,
         overrides=overrides,
         collectives=collectives,
+        cudagraph_padding=cudagraph_padding,
     )
     notes = list(setup.notes)
     if root is None:

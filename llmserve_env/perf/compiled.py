@@ -7,7 +7,9 @@ figures, so the operators of the layer sequence are folded at compile time:
 - every dense operator and every collective depends only on ``num_tokens``: their
   counts times their curves sum into one piecewise-linear function of ``num_tokens``
   (collectives at ``num_tokens * collective_bytes_per_token`` bytes);
-- every per-sequence operator depends only on ``num_seqs``: one function of it;
+- every per-sequence operator, and every collective whose message is per sequence
+  (``all_gather@seq``, at ``num_seqs * collective_bytes_per_seq`` bytes), depends only on
+  ``num_seqs``: one function of it;
 - attention is a 4-D grid, times its count; MoE a 2-D grid, times its count;
 - the skew factor is a 5-D bucket table, whose last axis (the skew rate of the decode
   lengths) has one bucket when the profile does not key by it.
@@ -31,6 +33,7 @@ from llmserve_env.perf.profile_format import (
     COLLECTIVE_OPS,
     Curve,
     Profile,
+    collective_of,
 )
 from llmserve_env.perf.tables import (
     BucketTable,
@@ -58,7 +61,8 @@ class CompiledProfile:
 
     Attributes:
         per_token: Dense operators and collectives of one iteration vs ``num_tokens``.
-        per_seq: Per-sequence operators of one iteration vs ``num_seqs``.
+        per_seq: Per-sequence operators and per-sequence collectives of one iteration vs
+            ``num_seqs``.
         attention: One attention call on axes (prefill chunk, prefill context, decodes,
             decode context).
         attention_count: Attention calls per iteration.
@@ -250,15 +254,21 @@ def compile_profile(profile: Profile) -> CompiledProfile:
         elif table == "collectives":
             if meta.tp == 1:
                 continue  # a single GPU has nothing to reduce
-            curve = profile.collectives.get((op, meta.tp))
+            name, per_seq = collective_of(op) or (op, False)
+            curve = profile.collectives.get((name, meta.tp))
             if curve is None:
                 raise ValueError(
-                    f"collective {op!r} has no measurements for {meta.tp} GPUs "
+                    f"collective {name!r} has no measurements for {meta.tp} GPUs "
                     f"(collectives.csv or an analytical fill is needed)"
                 )
-            token_terms.append(
-                (float(count), _curve(curve), float(meta.collective_bytes_per_token))
-            )
+            if per_seq:
+                seq_terms.append(
+                    (float(count), _curve(curve), float(meta.collective_bytes_per_seq))
+                )
+            else:
+                token_terms.append(
+                    (float(count), _curve(curve), float(meta.collective_bytes_per_token))
+                )
         else:
             raise ValueError(f"operator {op!r} of the layer sequence is in no table")
     return CompiledProfile(

@@ -27,14 +27,15 @@ from llmserve_env.config.errors import DataFileError
 from llmserve_env.paths import profiles_dir
 from llmserve_env.perf.base import LatencyModel
 from llmserve_env.perf.compiled import CompiledProfile, analytical_collectives, cached_compile
+from llmserve_env.perf.cudagraph import TokenPadding
 from llmserve_env.perf.hardware import DeviceSpec, resolve_device
 from llmserve_env.perf.importers import llmservingsim, llmservingsim_paper
 from llmserve_env.perf.importers.common import files_digest
 from llmserve_env.perf.model_arch import ModelArch
 from llmserve_env.perf.profile_format import (
-    COLLECTIVE_OPS,
     Profile,
     ProfileMeta,
+    collective_of,
     is_profile_folder,
     profile_digest,
     read_meta,
@@ -84,11 +85,13 @@ def _check_meta(
 
 def _with_collectives(profile: Profile, device: DeviceSpec) -> Profile:
     tp = profile.meta.tp
-    needed = [
-        op
-        for op in dict.fromkeys(profile.meta.sequence.layer + profile.meta.sequence.head)
-        if op in COLLECTIVE_OPS and (op, tp) not in profile.collectives
-    ]
+    sequence = profile.meta.sequence
+    names = [collective_of(op) for op in sequence.prologue + sequence.layer + sequence.head]
+    needed = list(
+        dict.fromkeys(
+            c[0] for c in names if c is not None and (c[0], tp) not in profile.collectives
+        )
+    )
     if tp == 1 or not needed:
         return profile
     cal = RooflineCalibration()
@@ -163,26 +166,55 @@ def _aiconfigurator(
     return model
 
 
+def _unpadded(
+    model: LatencyModel, perf_setting: str, capture_sizes: tuple[int, ...]
+) -> LatencyModel:
+    if capture_sizes:
+        raise ValueError(
+            f"engine.cudagraph_capture_sizes is applied by profile latency models only; "
+            f"perf {perf_setting!r} resolved to {type(model).__name__} (name a profile "
+            "folder, or leave cudagraph_capture_sizes out)"
+        )
+    return model
+
+
 def make_latency_model(
-    arch: ModelArch, device: DeviceSpec, tp: int, dtype: str, perf_setting: str
+    arch: ModelArch,
+    device: DeviceSpec,
+    tp: int,
+    dtype: str,
+    perf_setting: str,
+    capture_sizes: tuple[int, ...] = (),
 ) -> LatencyModel:
     """The latency model for an instance, by its ``perf`` setting (see the module doc).
 
+    Args:
+        arch: The model.
+        device: The accelerator.
+        tp: Tensor-parallel degree.
+        dtype: Weight and activation type.
+        perf_setting: ``analytical``, ``auto`` or a profile folder.
+        capture_sizes: vLLM's CUDA-graph capture sizes the token-parallel operators pad
+            to (:mod:`llmserve_env.perf.cudagraph`); empty for none.
+
     Raises:
         DataFileError: a profile folder that is malformed or describes another instance.
+        ValueError: capture sizes for a model that is not profile-driven.
     """
+    padding = TokenPadding(capture_sizes) if capture_sizes else None
     match perf_setting:
         case "analytical":
-            return RooflineModel(arch, device, tp=tp, dtype=dtype)
+            roofline = RooflineModel(arch, device, tp=tp, dtype=dtype)
+            return _unpadded(roofline, perf_setting, capture_sizes)
         case "auto":
             folder = find_measured_profile(device, arch.name, dtype, tp)
             if folder is not None:
                 tables = load_profile_tables(folder, arch, device, tp, dtype)
-                return ProfileLatencyModel(tables, arch, name=str(folder))
+                return ProfileLatencyModel(tables, arch, name=str(folder), padding=padding)
             model = _aiconfigurator(arch, device, tp, dtype)
-            if model is not None:
-                return model
-            return RooflineModel(arch, device, tp=tp, dtype=dtype)
+            if model is None:
+                model = RooflineModel(arch, device, tp=tp, dtype=dtype)
+            return _unpadded(model, perf_setting, capture_sizes)
         case _:
             tables = load_profile_tables(perf_setting, arch, device, tp, dtype)
-            return ProfileLatencyModel(tables, arch, name=str(perf_setting))
+            return ProfileLatencyModel(tables, arch, name=str(perf_setting), padding=padding)

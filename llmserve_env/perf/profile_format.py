@@ -31,6 +31,21 @@ SECTIONS = ("prologue", "layer", "head")
 COLLECTIVE_OPS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "send_recv")
 """Operator names that are looked up in ``collectives.csv``."""
 
+PER_SEQ_SUFFIX = "@seq"
+"""Suffix of a collective in the layer sequence whose message scales with the number of
+sequences (``num_seqs * collective_bytes_per_seq`` bytes, e.g. ``all_gather@seq`` for
+the vocabulary-parallel logits) instead of the number of tokens."""
+
+
+def collective_of(op: str) -> tuple[str, bool] | None:
+    """The ``collectives.csv`` name of a sequence operator and whether its message is
+    per sequence (:data:`PER_SEQ_SUFFIX`), or ``None`` for an operator that is not a
+    collective."""
+    per_seq = op.endswith(PER_SEQ_SUFFIX)
+    name = op[: -len(PER_SEQ_SUFFIX)] if per_seq else op
+    return (name, per_seq) if name in COLLECTIVE_OPS else None
+
+
 SOURCES = (
     "llmserve-profiler",
     "llmservingsim-current",
@@ -185,6 +200,7 @@ class ProfileMeta:
     collective_bytes_per_token: int = 0
     overhead_us: float = 0.0
     kv_dtype: str | None = None
+    collective_bytes_per_seq: int = 0
     skew_alpha_default: float = 0.0
     provenance: Mapping[str, Any] = field(default_factory=dict)
 
@@ -203,6 +219,10 @@ class ProfileMeta:
             "tp": self.tp,
             "num_layers": self.num_layers,
             "collective_bytes_per_token": self.collective_bytes_per_token,
+        }
+        if self.collective_bytes_per_seq:
+            data["collective_bytes_per_seq"] = self.collective_bytes_per_seq
+        data |= {
             "overhead_us": float(self.overhead_us),
             "source": self.source,
             "provenance": _plain(self.provenance),
@@ -244,7 +264,7 @@ class Profile:
             return "attention" if self.attention is not None else None
         if op == "moe":
             return "moe" if self.moe is not None else None
-        if op in COLLECTIVE_OPS:
+        if collective_of(op) is not None:
             return "collectives"
         if op in self.dense:
             return "dense"
@@ -272,16 +292,16 @@ class Profile:
                         f"(dense.csv, per_sequence.csv, attention.csv, moe.csv)"
                     )
                 elif table == "collectives":
-                    if meta.tp > 1 and (op, meta.tp) not in self.collectives:
+                    name, per_seq = collective_of(op) or (op, False)
+                    if meta.tp > 1 and (name, meta.tp) not in self.collectives:
                         out.append(
-                            f"sequence.{section}: collective {op!r} has no rows for "
+                            f"sequence.{section}: collective {name!r} has no rows for "
                             f"num_gpus={meta.tp} in collectives.csv"
                         )
-                    if meta.collective_bytes_per_token <= 0:
-                        out.append(
-                            "collective_bytes_per_token must be > 0 when the sequence has "
-                            "collectives"
-                        )
+                    key = "collective_bytes_per_seq" if per_seq else "collective_bytes_per_token"
+                    if getattr(meta, key) <= 0:
+                        what = "per-sequence collectives" if per_seq else "collectives"
+                        out.append(f"{key} must be > 0 when the sequence has {what}")
         if "attention" not in seen:
             out.append("the sequence has no 'attention' operator")
         return out
@@ -317,6 +337,7 @@ _META_KEYS = {
     "tp",
     "num_layers",
     "collective_bytes_per_token",
+    "collective_bytes_per_seq",
     "overhead_us",
     "source",
     "provenance",
@@ -369,7 +390,7 @@ def read_meta(path: str | Path) -> ProfileMeta:
     if data["source"] not in SOURCES:
         raise fail("source", f"unknown source {data['source']!r}; allowed: {', '.join(SOURCES)}")
     ints: dict[str, int] = {}
-    for key in ("tp", "num_layers", "collective_bytes_per_token"):
+    for key in ("tp", "num_layers", "collective_bytes_per_token", "collective_bytes_per_seq"):
         value = data.get(key, 0)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise fail(key, f"expected a whole number >= 0, got {value!r}")
@@ -397,6 +418,7 @@ def read_meta(path: str | Path) -> ProfileMeta:
         tp=ints["tp"],
         num_layers=ints["num_layers"],
         collective_bytes_per_token=ints["collective_bytes_per_token"],
+        collective_bytes_per_seq=ints["collective_bytes_per_seq"],
         overhead_us=float(overhead),
         source=str(data["source"]),
         provenance=provenance,

@@ -3,16 +3,19 @@ sequence (``profiles/README.md`` defines the tables and the composition).
 
 For a batch with ``T`` tokens and ``S`` sequences, one iteration takes::
 
-    overhead + per_token(T) + per_seq(S)
+    overhead + per_token(T') + per_seq(S)
       + n_attn * attention(prefill chunk, its context, decodes, mean decode context)
-      + n_moe * moe(T, expected distinct experts hit by T tokens)
+      + n_moe * moe(T', expected distinct experts hit by T' tokens)
 
-with the skew correction ``alpha * (attention at the longest decode - at the mean)``
+where ``T'`` is ``T`` padded to the engine's CUDA-graph capture sizes when the model is
+given a :class:`~llmserve_env.perf.cudagraph.TokenPadding` (else ``T``: the eager run the
+profiles measure), with the skew correction ``alpha * (attention at the longest decode - at the mean)``
 when the profile has one, ``alpha`` looked up by the batch and the skew rate of its
 decode lengths (:func:`skew_rate`). Decode-only stretches are evaluated with numpy over
 all their iterations at once, or as a line in the iteration index when no knot of the
 curves falls inside the stretch (the usual case: knots double in KV length); the skew
-rate is constant over a stretch, so its bucket is too.
+rate is constant over a stretch, so its bucket is too, and so is the padded token count
+(the number of decodes is).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import numpy as np
 
 from llmserve_env.perf.base import BatchShape, FloatArray
 from llmserve_env.perf.compiled import CompiledProfile
+from llmserve_env.perf.cudagraph import TokenPadding
 from llmserve_env.perf.model_arch import ModelArch
 from llmserve_env.perf.tables import PiecewiseLinear
 
@@ -85,12 +89,22 @@ class ProfileLatencyModel:
         tables: The compiled profile.
         arch: The model (its expert count and top-k for MoE profiles).
         name: A label for reports (the profile folder).
+        padding: vLLM's CUDA-graph padding of the token count, applied to the
+            token-parallel operators and the MoE blocks (``None``: none, as measured).
     """
 
-    def __init__(self, tables: CompiledProfile, arch: ModelArch, name: str = "") -> None:
+    def __init__(
+        self,
+        tables: CompiledProfile,
+        arch: ModelArch,
+        name: str = "",
+        padding: TokenPadding | None = None,
+    ) -> None:
         self.tables = tables
         self.arch = arch
         self.name = name
+        self.padding = padding
+        self._pad = padding.table if padding is not None else [0]
         self._pc_min = tables.min_prefill_chunk
         self._decode_cache: dict[int, tuple[float, PiecewiseLinear, SkewFactors | None]] = {}
 
@@ -122,6 +136,9 @@ class ProfileLatencyModel:
 
     def _fixed_us(self, num_tokens: int, num_seqs: int) -> float:
         t = self.tables
+        pad = self._pad
+        if num_tokens < len(pad):
+            num_tokens = pad[num_tokens]
         return (
             t.overhead_us + t.per_token(num_tokens) + t.per_seq(num_seqs) + self._moe_us(num_tokens)
         )

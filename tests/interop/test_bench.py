@@ -143,3 +143,71 @@ def test_bench_setup_turns_the_knob_on_where_vllm_had_it(shared: Path) -> None:
     group = off.scenario.cluster.nodes[0].instances[0]
     assert group.engine.async_scheduling is False
     assert any("override" in note for note in off.notes)
+
+
+def test_cudagraph_padding_follows_the_run(shared: Path) -> None:
+    run = load_bench_run(shared / RUN)
+    assert run.cudagraph_capture_sizes() == (
+        "auto",
+        "the default capture sizes of vLLM 0.19.0",
+    )
+
+    def meta(**fields: object) -> BenchRun:
+        return dataclasses.replace(run, meta=fields)
+
+    # the RTX 4090 run records vLLM's resolved sizes: the default list for 256 sequences
+    from llmserve_env.perf.cudagraph import default_capture_sizes
+
+    rtx4090 = load_bench_run(shared / "llmservingsim/current/bench/RTX4090/Llama-3.1-8B")
+    sizes, source = rtx4090.cudagraph_capture_sizes()
+    assert tuple(sizes or ()) == default_capture_sizes(256, 2048)
+    assert source == "meta.json resolved_config.compilation_config.cudagraph_capture_sizes"
+    eager_resolved = meta(resolved_config={"model_config": {"enforce_eager": True}})
+    assert eager_resolved.cudagraph_capture_sizes()[0] is None
+    eager = meta(vllm_version="0.19.0", engine_kwargs={"enforce_eager": True})
+    assert eager.cudagraph_capture_sizes() == (None, "meta.json engine_kwargs.enforce_eager")
+    listed = meta(
+        vllm_version="0.19.0",
+        engine_kwargs={"compilation_config": {"cudagraph_capture_sizes": [1, 8, 32]}},
+    )
+    assert listed.cudagraph_capture_sizes()[0] == [1, 8, 32]
+    none_mode = meta(engine_kwargs={"compilation_config": {"cudagraph_mode": "NONE"}})
+    assert none_mode.cudagraph_capture_sizes()[0] is None
+    assert meta(vllm_version="0.11.1").cudagraph_capture_sizes()[0] is None
+    assert meta().cudagraph_capture_sizes()[0] is None
+    # off unless asked for; asked for, the engine gets the run's sizes and a note
+    assert bench_setup(run, None).scenario.engine.cudagraph_capture_sizes is None
+    setup = bench_setup(run, None, cudagraph_padding=True)
+    assert setup.scenario.engine.cudagraph_capture_sizes == "auto"
+    assert any(note.startswith("CUDA-graph padding auto") for note in setup.notes)
+
+
+def test_kv_cache_has_the_blocks_vllm_recorded(shared: Path) -> None:
+    rtx4090 = load_bench_run(shared / "llmservingsim/current/bench/RTX4090/Llama-3.1-8B")
+    assert rtx4090.num_gpu_blocks() == (
+        2588,
+        "meta.json resolved_config.cache_config.num_gpu_blocks",
+    )
+    setup = bench_setup(rtx4090, None)
+    assert setup.scenario.engine.num_gpu_blocks_override == 2588
+    assert (
+        "KV cache: 2588 blocks (meta.json resolved_config.cache_config.num_gpu_blocks)"
+        in setup.notes
+    )
+    # An override of None goes back to the memory model, and the note says so.
+    modelled = bench_setup(rtx4090, None, overrides={"num_gpu_blocks_override": None})
+    assert modelled.scenario.cluster.nodes[0].instances[0].engine.num_gpu_blocks_override is None
+    assert any("the memory model (override)" in note for note in modelled.notes)
+    # The RTX PRO 6000 runs record nothing: the memory model sizes their caches.
+    run = load_bench_run(shared / RUN)
+    assert run.num_gpu_blocks() == (None, "meta.json records no num_gpu_blocks")
+    assert bench_setup(run, None).scenario.engine.num_gpu_blocks_override is None
+
+    def meta(**fields: object) -> BenchRun:
+        return dataclasses.replace(run, meta=fields)
+
+    assert meta(kv_cache={"num_gpu_blocks": 100}).num_gpu_blocks()[0] == 100
+    assert meta(kv_cache={"num_gpu_blocks": None}).num_gpu_blocks()[0] is None
+    assert (
+        meta(resolved_config={"cache_config": {"num_gpu_blocks": True}}).num_gpu_blocks()[0] is None
+    )

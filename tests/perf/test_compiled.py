@@ -87,3 +87,56 @@ def test_analytical_collectives_ring_formula() -> None:
     assert np.interp(size, ar.x, ar.time_us) == pytest.approx(2 * 3 / 4 * size / 100e3 + 6 * 5.0)
     sr = table[("send_recv", 4)]
     assert sr.time_us[0] == pytest.approx(1024 / 100e3 + 5.0)
+
+
+def _with_logits_gather(profile: Profile, bytes_per_seq: int) -> Profile:
+    """The crafted profile with the LM head's all-gather (per sequence) in its head."""
+    import dataclasses
+
+    from llmserve_env.perf.profile_format import LayerSequence
+    from tests.perf.crafted import line
+
+    seq = profile.meta.sequence
+    meta = dataclasses.replace(
+        profile.meta,
+        sequence=LayerSequence(seq.prologue, seq.layer, (*seq.head, "all_gather@seq")),
+        collective_bytes_per_seq=bytes_per_seq,
+    )
+    collectives = dict(profile.collectives)
+    if profile.meta.tp > 1:
+        collectives[("all_gather", profile.meta.tp)] = line([1024, 1 << 24], 5.0, 1e-4)
+    return dataclasses.replace(profile, meta=meta, collectives=collectives)
+
+
+def test_per_sequence_collective_scales_with_sequences() -> None:
+    base = crafted_profile(tp=2)
+    gathered = compile_profile(_with_logits_gather(base, 256_000))
+    plain = compile_profile(base)
+    for seqs in (1, 4, 128):
+        # all_gather at 2 GPUs: 5 + bytes / 10_000 us, with 256_000 bytes per sequence
+        expected = 5.0 + seqs * 256_000 * 1e-4
+        assert gathered.per_seq(seqs) - plain.per_seq(seqs) == pytest.approx(expected)
+    # the token-parallel part does not move
+    for tokens in (1, 100, 2048):
+        assert gathered.per_token(tokens) == pytest.approx(plain.per_token(tokens))
+    # at tp 1 there is nothing to gather
+    one = compile_profile(_with_logits_gather(crafted_profile(), 256_000))
+    assert one.per_seq(64) == pytest.approx(compile_profile(crafted_profile()).per_seq(64))
+
+
+def test_per_sequence_collective_needs_its_rows_and_bytes() -> None:
+    import dataclasses
+
+    profile = _with_logits_gather(crafted_profile(tp=2), 256_000)
+    missing = dataclasses.replace(
+        profile, collectives={("all_reduce", 2): profile.collectives[("all_reduce", 2)]}
+    )
+    assert any("collective 'all_gather' has no rows" in p for p in missing.problems())
+    with pytest.raises(ValueError, match="collective 'all_gather' has no measurements"):
+        compile_profile(missing)
+    no_bytes = _with_logits_gather(crafted_profile(tp=2), 0)
+    assert (
+        "collective_bytes_per_seq must be > 0 when the sequence has per-sequence collectives"
+        in (no_bytes.problems())
+    )
+    assert not profile.problems()

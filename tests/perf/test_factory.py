@@ -126,3 +126,35 @@ def test_scenario_with_a_bad_profile_names_the_key(tmp_path: Path) -> None:
     scenario = validate_scenario(_scenario("empty", tmp_path), base_dir=tmp_path)
     with pytest.raises(ScenarioError, match=r"cluster\.nodes\[0\]\.instances\[0\]\.perf"):
         build_simulation(scenario)
+
+
+def test_cudagraph_capture_sizes_reach_the_profile_model(tmp_path: Path) -> None:
+    from llmserve_env.build import SimulationFactory
+    from llmserve_env.perf.cudagraph import default_capture_sizes
+
+    write_profile(crafted_profile(), tmp_path / "prof")
+    data = _scenario("prof", tmp_path)
+    data["engine"] = {"max_num_seqs": 64, "cudagraph_capture_sizes": "auto"}
+    model = SimulationFactory(validate_scenario(data, base_dir=tmp_path)).latency_models[0]
+    assert isinstance(model, ProfileLatencyModel) and model.padding is not None
+    assert model.padding.capture_sizes == default_capture_sizes(64, 8192)
+    # an explicit list drops sizes above the token budget, as vLLM does
+    data["engine"] = {"max_num_batched_tokens": 256, "cudagraph_capture_sizes": [512, 8, 1, 64]}
+    model = SimulationFactory(validate_scenario(data, base_dir=tmp_path)).latency_models[0]
+    assert isinstance(model, ProfileLatencyModel) and model.padding is not None
+    assert model.padding.capture_sizes == (1, 8, 64)
+    # off by default
+    model = SimulationFactory(validate_scenario(_scenario("prof", tmp_path), base_dir=tmp_path))
+    assert isinstance(model.latency_models[0], ProfileLatencyModel)
+    assert model.latency_models[0].padding is None
+
+
+def test_cudagraph_capture_sizes_need_a_profile_model(tmp_path: Path) -> None:
+    data = _scenario("analytical", tmp_path)
+    data["engine"] = {"cudagraph_capture_sizes": "auto"}
+    scenario = validate_scenario(data, base_dir=tmp_path)
+    with pytest.raises(ScenarioError, match="applied by profile latency models only"):
+        build_simulation(scenario)
+    data["engine"] = {"cudagraph_capture_sizes": []}
+    with pytest.raises(ScenarioError, match="at least one size"):
+        validate_scenario(data, base_dir=tmp_path)

@@ -159,3 +159,38 @@ def test_not_a_profile_folder(tmp_path: Path) -> None:
     with pytest.raises(DataFileError, match=r"meta\.yaml not found"):
         read_profile(tmp_path)
     assert not is_profile_folder(tmp_path)
+
+
+def test_per_sequence_collective_round_trip(tmp_path: Path) -> None:
+    import dataclasses
+
+    import yaml
+
+    from llmserve_env.perf.profile_format import LayerSequence, collective_of
+    from tests.perf.crafted import line
+
+    base = crafted_profile(tp=2)
+    seq = base.meta.sequence
+    profile = dataclasses.replace(
+        base,
+        meta=dataclasses.replace(
+            base.meta,
+            sequence=LayerSequence(seq.prologue, seq.layer, ("lm_head", "all_gather@seq")),
+            collective_bytes_per_seq=303_872,
+        ),
+        collectives={**base.collectives, ("all_gather", 2): line([1024, 1 << 24], 5.0, 1e-4)},
+    )
+    folder = write_profile(profile, tmp_path / "p")
+    meta = yaml.safe_load((folder / "meta.yaml").read_text())
+    assert meta["collective_bytes_per_seq"] == 303_872
+    back = read_profile(folder)
+    assert back.meta.collective_bytes_per_seq == 303_872
+    assert back.meta.sequence.head == ("lm_head", "all_gather@seq")
+    assert back.table_of("all_gather@seq") == "collectives"
+    assert collective_of("all_gather@seq") == ("all_gather", True)
+    assert collective_of("all_reduce") == ("all_reduce", False)
+    assert collective_of("lm_head") is None and collective_of("lm_head@seq") is None
+    # profiles without the key do not write it
+    plain = write_profile(crafted_profile(tp=2), tmp_path / "plain")
+    assert "collective_bytes_per_seq" not in yaml.safe_load((plain / "meta.yaml").read_text())
+    assert read_profile(plain).meta.collective_bytes_per_seq == 0

@@ -200,3 +200,52 @@ def test_decode_line_refuses_a_stretch_across_a_knot() -> None:
     # the mean decode context at iteration i is kv_sum0 / 4 - 1 + i: crossing the knot
     assert m.decode_line_s(4, 4 * (knot - 5.0), knot - 4.0, knot - 6.0, 20) is None
     assert m.decode_line_s(4, 4 * (knot + 1.0), knot + 2.0, knot, 20) is not None
+
+
+def test_cudagraph_padding_pads_only_the_token_parallel_operators() -> None:
+    from llmserve_env.perf.cudagraph import TokenPadding
+
+    padded = ProfileLatencyModel(
+        compile_profile(crafted_profile()), ARCH, padding=TokenPadding([1, 2, 4, 8])
+    )
+    # three decodes run the token-parallel operators at 4 tokens; attention and the LM
+    # head stay at the three real sequences
+    batch = BatchShape((), (), 3, 3 * 101, 101, 101)
+    expected = fixed_us(4, 3) + 2 * attention_us(0, 0, 3, 100)
+    assert padded.iteration_time_s(batch) == pytest.approx(expected * 1e-6)
+    assert model().iteration_time_s(batch) == pytest.approx(
+        (fixed_us(3, 3) + 2 * attention_us(0, 0, 3, 100)) * 1e-6
+    )
+    # a prefill chunk of 5 plus one decode: 6 tokens padded to 8
+    mixed = BatchShape((5,), (0,), 1, 41, 41, 41)
+    assert padded.iteration_time_s(mixed) == pytest.approx(
+        (fixed_us(8, 2) + 2 * attention_us(16, 0, 1, 40)) * 1e-6
+    )
+    # above the largest captured size nothing is padded
+    big = BatchShape((64,), (0,))
+    assert padded.iteration_time_s(big) == pytest.approx(model().iteration_time_s(big))
+
+
+def test_cudagraph_padding_in_decode_stretches() -> None:
+    from llmserve_env.perf.cudagraph import TokenPadding
+
+    m = ProfileLatencyModel(
+        compile_profile(crafted_profile(skew_alpha=0.4)), ARCH, padding=TokenPadding([1, 2, 4])
+    )
+    n, steps = 3, 50
+    sum0, max0, min0 = 3 * 100.0, 120.0, 80.0
+    i = np.arange(1, steps + 1, dtype=float)
+    times = m.decode_times_s(n, sum0 + n * i, max0 + i, min0 + i)
+    singles = [
+        m.iteration_time_s(BatchShape((), (), n, int(sum0 + n * k), int(max0 + k), int(min0 + k)))
+        for k in range(1, steps + 1)
+    ]
+    assert times == pytest.approx(singles)
+    line = m.decode_line_s(n, sum0, max0, min0, steps)
+    assert line is not None
+    assert line[0] + line[1] * i == pytest.approx(times)
+    # the padded count is constant over the stretch: the fixed part moved by 1 token
+    unpadded = model(skew_alpha=0.4).decode_times_s(n, sum0 + n * i, max0 + i, min0 + i)
+    assert times - unpadded == pytest.approx(
+        np.full(steps, (fixed_us(4, 3) - fixed_us(3, 3)) * 1e-6)
+    )

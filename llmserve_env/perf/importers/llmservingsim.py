@@ -44,6 +44,7 @@ from llmserve_env.perf.importers.common import (
     device_name,
     file_records,
     find_folders,
+    logits_bytes_per_seq,
     model_arch_for,
     provenance,
 )
@@ -58,7 +59,7 @@ from llmserve_env.perf.profile_format import (
     SkewTable,
 )
 
-TAG = "llmservingsim-current-4"
+TAG = "llmservingsim-current-5"
 """Importer identity for cache keys (bump when the conversion changes)."""
 
 _CATEGORY_FILES = ("dense.csv", "per_sequence.csv", "attention.csv", "moe.csv", "skew_fit.csv")
@@ -315,6 +316,7 @@ def read_tp_folder(tp_dir: str | Path, arch: ModelArch | None = None) -> ImportR
         sequence=sequence,
         source="llmservingsim-current",
         collective_bytes_per_token=bytes_per_token(arch, dtype),
+        collective_bytes_per_seq=logits_bytes_per_seq(arch, dtype),
         overhead_us=0.0,
         skew_alpha_default=alpha_default,
         provenance=provenance(

@@ -8,18 +8,22 @@ parallelism the row-parallel linears (``o_proj``, ``down_proj``) and the MoE blo
 in an all-reduce, and so does the input embedding: ``VocabParallelEmbedding`` looks up
 the tokens in its shard of the vocabulary (zeros for the others) and all-reduces the
 ``num_tokens x hidden`` result (``tensor_model_parallel_all_reduce`` in its
-``forward``), the same size as the layers' all-reduces. LLMServingSim's layer sequence
-attaches all-reduces only after ``o_proj`` and ``down_proj``; a single GPU has nothing to
-reduce, so the extra entry costs nothing at ``tp`` 1. The names match LLMServingSim's
-vLLM-0.19 profiler tables.
+``forward``), the same size as the layers' all-reduces. The LM head is
+vocabulary-parallel too: ``LogitsProcessor._gather_logits`` all-gathers each GPU's
+``num_seqs x vocab / tp`` logits (``tensor_model_parallel_all_gather``; vLLM 0.19 gathers
+with an all-gather on every platform, ``Platform.use_all_gather``), a collective whose
+message scales with the sequences sampled, not the tokens: ``all_gather@seq`` after
+``lm_head``. LLMServingSim's layer sequence attaches all-reduces only after ``o_proj``
+and ``down_proj``; a single GPU has nothing to reduce or gather, so the extra entries
+cost nothing at ``tp`` 1. The names match LLMServingSim's vLLM-0.19 profiler tables.
 """
 
 from __future__ import annotations
 
-from llmserve_env.perf.profile_format import LayerSequence
+from llmserve_env.perf.profile_format import LayerSequence, collective_of
 
 _PROLOGUE = ("embedding", "all_reduce")
-_HEAD = ("final_layernorm", "lm_head", "sampler")
+_HEAD = ("final_layernorm", "lm_head", "all_gather@seq", "sampler")
 _ATTN = ("layernorm", "qkv_proj", "rotary_emb", "attention", "o_proj", "all_reduce", "layernorm")
 _ATTN_QK_NORM = (
     "layernorm",
@@ -77,8 +81,9 @@ def restrict(sequence: LayerSequence, available: set[str]) -> tuple[LayerSequenc
     Returns:
         The sequence and the names dropped (for the importer's warnings).
     """
-    keep = {"attention", "moe", "all_reduce", *available}
-    dropped = sorted({op for op in sequence.prologue + sequence.layer + sequence.head} - keep)
+    ops = set(sequence.prologue + sequence.layer + sequence.head)
+    keep = {"attention", "moe", *available} | {op for op in ops if collective_of(op)}
+    dropped = sorted(ops - keep)
     return (
         LayerSequence(
             tuple(op for op in sequence.prologue if op in keep),

@@ -72,6 +72,35 @@ def test_embedding_all_reduce_is_charged_only_with_tensor_parallelism(shared: Pa
     assert compile_profile(tp1).per_token(2048) == pytest.approx(dense1)
 
 
+def test_logits_all_gather_is_charged_per_sequence_only_with_tensor_parallelism(
+    shared: Path,
+) -> None:
+    from llmserve_env.perf.compiled import analytical_collectives
+
+    link = analytical_collectives(2, 16.0, 20.0)
+    tp2 = read_tp_folder(shared / LLAMA / "tp2").profile
+    # LogitsProcessor all-gathers num_seqs x vocab logits (Llama-3.1: 128,256, BF16)
+    assert tp2.meta.sequence.head == ("final_layernorm", "lm_head", "all_gather@seq", "sampler")
+    assert tp2.meta.collective_bytes_per_seq == 128_256 * 2
+    compiled = compile_profile(tp2.with_collectives(link))
+    gather = link[("all_gather", 2)]
+    for seqs in (1, 64, 128):
+        per_seq = sum(
+            float(np.interp(seqs, tp2.per_sequence[op].x, tp2.per_sequence[op].time_us))
+            for op in ("lm_head", "sampler")
+        )
+        size = seqs * tp2.meta.collective_bytes_per_seq
+        one = float(np.interp(size, gather.x, gather.time_us))
+        assert compiled.per_seq(seqs) == pytest.approx(per_seq + one)
+    tp1 = read_tp_folder(shared / LLAMA / "tp1").profile
+    lm_head = tp1.per_sequence["lm_head"]
+    sampler = tp1.per_sequence["sampler"]
+    expected = float(np.interp(64, lm_head.x, lm_head.time_us)) + float(
+        np.interp(64, sampler.x, sampler.time_us)
+    )
+    assert compile_profile(tp1).per_seq(64) == pytest.approx(expected)
+
+
 def test_skew_keeps_every_skew_rate_bucket(shared: Path, tmp_path: Path) -> None:
     profile = read_tp_folder(shared / LLAMA / "tp1").profile
     skew = profile.attention_skew
