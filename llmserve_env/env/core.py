@@ -291,11 +291,9 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         for key in keys:
             self._obs_slices.append((key, slice(start, start + sizes[key])))
             start += sizes[key]
-        # float32 bounds as Python floats: clipping the float64 value to them and then
-        # rounding gives what rounding first and clipping in float32 gives.
-        self._obs_highs: list[float] = np.concatenate(
+        self._obs_highs = np.concatenate(
             [np.full(sizes[key], highs[key], dtype=np.float32) for key in keys]
-        ).tolist()
+        )
         self._last_time = 0.0
         self._elapsed_steps = 0
         self._start_s: float | None = None
@@ -451,20 +449,22 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     def _observe(self) -> dict[str, np.ndarray]:
         """The observation (call after :meth:`_update_rates`, which syncs the simulation).
 
-        Every feature is gathered and clipped in one pass (:func:`observation_buffer`),
-        into one float32 buffer in :attr:`_obs_slices` order, handed out as views.
+        Every feature is gathered in one pass (:func:`observation_buffer`) into one
+        float32 buffer in :attr:`_obs_slices` order, clipped to its bounds at once and
+        handed out as views.
         """
         sim = self.sim
         assert sim is not None
         buffer = observation_buffer(
             sim,
             self._rates.values,
-            self._obs_highs,
             self.max_instances,
             self.horizon_s or 0.0,
             self.mode == "routing",
         )
         values = np.frombuffer(buffer, dtype=np.float32)
+        np.minimum(values, self._obs_highs, out=values)
+        np.maximum(values, 0.0, out=values)
         return {key: values[part] for key, part in self._obs_slices}
 
     # ------------------------------------------------------------------ reward

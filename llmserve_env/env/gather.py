@@ -1,10 +1,10 @@
-"""The numbers of one observation, gathered and clipped in one pass.
+"""The numbers of one observation, gathered in one pass.
 
 Part of the compiled core (pyproject.toml's mypyc list): the environment calls it once
 per step, so it reads the simulator and the moving rates without building numpy
-arrays, clips every value to its feature's bounds and hands back one float32 buffer,
-which :class:`~llmserve_env.env.core.LLMServeEnv` turns into the observation's arrays
-without copying.
+arrays and hands back one float32 buffer, which
+:class:`~llmserve_env.env.core.LLMServeEnv` views with numpy without copying (and clips
+there: two ufunc calls beat a Python loop in the pure-Python build).
 """
 
 from __future__ import annotations
@@ -22,20 +22,17 @@ preemptions, prefix-cache hit tokens, prefix query tokens, generated tokens."""
 def observation_buffer(
     sim: Simulation,
     rates: list[float],
-    highs: list[float],
     max_instances: int,
     horizon_s: float,
     routing: bool,
 ) -> array[float]:
-    """Every feature in the layout's order, clipped to ``[0, highs[k]]``, as float32.
+    """Every feature in the layout's order, as float32 (not clipped to its bounds).
 
     Args:
         sim: The simulation, synced to now.
         rates: The moving rates' values (:data:`CLUSTER_RATES` layout).
-        highs: Upper bound of each value, in order (the layout's per-instance rows are
-            ``max_instances`` long).
-        max_instances: Rows of each per-instance feature; rows past the cluster's
-            instances are zero (and invalid).
+        max_instances: Rows of each per-instance feature (the layout's per-instance
+            rows); rows past the cluster's instances are zero (and invalid).
         horizon_s: Episode horizon, or 0 when the episode has none.
         routing: Whether to append the pending request's features.
     """
@@ -76,11 +73,4 @@ def observation_buffer(
         else:
             flat.append(0.0)
             flat += [0.0] * max_instances
-    for k in range(len(flat)):
-        value = flat[k]
-        high = highs[k]
-        if value > high:
-            flat[k] = high
-        elif value < 0.0:
-            flat[k] = 0.0
     return array("f", flat)
