@@ -20,7 +20,7 @@ models a router GEMM and the fused-experts kernel (aiconfigurator's MoE tables a
 measured per token count under a routing distribution, so the experts are a dense
 operator here); under tensor parallelism an all-reduce after the O and down projections
 (and the vocabulary-parallel embedding), measured as vLLM's custom all-reduce; then the
-final norm, the LM head on one row per sequence and the gather of the logits shards.
+final norm, the LM head on one row per sequence and the all-gather of the logits shards.
 
 Attention comes as two measured families, prefill (one chunk after a cached context)
 and decode (a batch of equal lengths). Mixed batches are charged the sum of both parts:
@@ -85,8 +85,10 @@ and the kernel tables, timed one kernel at a time, already carry per-kernel floo
 CUDA graphs partly hide, so any added overhead raised the TPOT error (0 ms: 18.7 %,
 1 ms: 19.6 %, 2 ms: 23.0 % mean absolute error over 279 cases)."""
 
-QUERY_VERSION = 1
-"""Bumped when the operator list or the grids change (invalidates cached answers)."""
+QUERY_VERSION = 2
+"""Bumped when the operator list, the grids or how an operator is charged change
+(invalidates cached answers and compiled profiles). 2: the logits all-gather moves
+16-bit logits, not FP32."""
 
 # Grids: token counts, sequence counts, chunk x cached context, decodes x KV length.
 TOKENS = (
@@ -414,9 +416,11 @@ def aiconfigurator_profile(
     if tp > 1:
         ar = ("all_reduce",)
         collectives[("all_reduce", tp)] = Curve(tokens * bytes_per_token, raw["all_reduce_us"])
-        # Logits shards (fp32, vocab/tp per row) are gathered on one rank.
+        # The logits shards (vocab/tp per row, in the 16-bit activation dtype: vLLM's
+        # LogitsProcessor all-gathers the LM head's output before the sampler's float
+        # cast) are all-gathered, num_seqs x vocab x 2 bytes in all.
         comm = collective_table(device) or alpha_beta_for(device)
-        gather = comm.times_s("all_gather", seqs * arch.vocab_size * 4.0, tp) * 1e6
+        gather = comm.times_s("all_gather", seqs * arch.vocab_size * 2.0, tp) * 1e6
         per_seq["logits_gather"] = Curve(seqs, gather)
     mlp = (
         ("router_gemm", "moe_experts") if arch.is_moe else ("gate_up_gemm", "act_gate", "down_gemm")

@@ -103,6 +103,14 @@ def test_profile_round_trips_through_the_format(tmp_path: Path) -> None:
     assert profile.meta.provenance["system"] == "l40s"
     assert ("all_reduce", 2) in profile.collectives
     assert "all_reduce" in profile.meta.sequence.layer
+    # Embedding all-reduce first; the LM head's output is all-gathered in 16 bit.
+    assert profile.meta.sequence.prologue == ("embedding", "all_reduce")
+    gather = profile.per_sequence["logits_gather"]
+    comm = aiconfig.collective_table("L40S")
+    assert comm is not None
+    vocab = load_model_arch("meta-llama/Llama-3.1-8B").vocab_size
+    expected = comm.times_s("all_gather", gather.x * vocab * 2.0, 2) * 1e6
+    np.testing.assert_allclose(gather.time_us, expected)
     back = read_profile(write_profile(profile, tmp_path / "profile"))
     assert set(back.dense) == set(profile.dense)
     assert back.attention is not None and len(back.attention) == len(profile.attention or [])
