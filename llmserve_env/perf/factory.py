@@ -167,13 +167,14 @@ def _aiconfigurator(
 
 
 def _unpadded(
-    model: LatencyModel, perf_setting: str, capture_sizes: tuple[int, ...]
+    model: LatencyModel, what: str, perf_setting: str, capture_sizes: tuple[int, ...]
 ) -> LatencyModel:
+    """``model``, refusing capture sizes: only measured eager profiles are padded."""
     if capture_sizes:
         raise ValueError(
-            f"engine.cudagraph_capture_sizes is applied by profile latency models only; "
-            f"perf {perf_setting!r} resolved to {type(model).__name__} (name a profile "
-            "folder, or leave cudagraph_capture_sizes out)"
+            f"engine.cudagraph_capture_sizes applies to measured profile folders only; "
+            f"perf {perf_setting!r} resolved to {what} (name a profile folder, or leave "
+            "cudagraph_capture_sizes out)"
         )
     return model
 
@@ -205,16 +206,17 @@ def make_latency_model(
     match perf_setting:
         case "analytical":
             roofline = RooflineModel(arch, device, tp=tp, dtype=dtype)
-            return _unpadded(roofline, perf_setting, capture_sizes)
+            return _unpadded(roofline, "the roofline model", perf_setting, capture_sizes)
         case "auto":
             folder = find_measured_profile(device, arch.name, dtype, tp)
             if folder is not None:
                 tables = load_profile_tables(folder, arch, device, tp, dtype)
                 return ProfileLatencyModel(tables, arch, name=str(folder), padding=padding)
             model = _aiconfigurator(arch, device, tp, dtype)
-            if model is None:
-                model = RooflineModel(arch, device, tp=tp, dtype=dtype)
-            return _unpadded(model, perf_setting, capture_sizes)
+            if model is not None:
+                return _unpadded(model, "aiconfigurator-core's tables", perf_setting, capture_sizes)
+            roofline = RooflineModel(arch, device, tp=tp, dtype=dtype)
+            return _unpadded(roofline, "the roofline model", perf_setting, capture_sizes)
         case _:
             tables = load_profile_tables(perf_setting, arch, device, tp, dtype)
             return ProfileLatencyModel(tables, arch, name=str(perf_setting), padding=padding)

@@ -153,7 +153,7 @@ def test_cudagraph_capture_sizes_need_a_profile_model(tmp_path: Path) -> None:
     data = _scenario("analytical", tmp_path)
     data["engine"] = {"cudagraph_capture_sizes": "auto"}
     scenario = validate_scenario(data, base_dir=tmp_path)
-    with pytest.raises(ScenarioError, match="applied by profile latency models only"):
+    with pytest.raises(ScenarioError, match=r"measured profile folders only.*the roofline model"):
         build_simulation(scenario)
     data["engine"] = {"cudagraph_capture_sizes": []}
     with pytest.raises(ScenarioError, match="at least one size"):
