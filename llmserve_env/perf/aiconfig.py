@@ -88,7 +88,7 @@ CUDA graphs partly hide, so any added overhead raised the TPOT error (0 ms: 18.7
 QUERY_VERSION = 2
 """Bumped when the operator list, the grids or how an operator is charged change
 (invalidates cached answers and compiled profiles). 2: the logits all-gather moves
-16-bit logits, not FP32."""
+16-bit logits, not FP32, as the profile format's per-sequence collective."""
 
 # Grids: token counts, sequence counts, chunk x cached context, decodes x KV length.
 TOKENS = (
@@ -412,23 +412,26 @@ def aiconfigurator_profile(
     per_seq = {"lm_head": Curve(seqs, raw["per_seq_us"][0])}
     collectives: dict[tuple[str, int], Curve] = {}
     ar: tuple[str, ...] = ()
+    gather: tuple[str, ...] = ()
     bytes_per_token = arch.hidden_size * 2  # vLLM reduces activations in 16 bit
+    # The logits shards (vocab/tp per row, in the 16-bit activation dtype: vLLM's
+    # LogitsProcessor all-gathers the LM head's output before the sampler's float cast)
+    # are all-gathered, num_seqs x vocab x 2 bytes in all.
+    bytes_per_seq = arch.vocab_size * 2
     if tp > 1:
         ar = ("all_reduce",)
+        gather = ("all_gather@seq",)
         collectives[("all_reduce", tp)] = Curve(tokens * bytes_per_token, raw["all_reduce_us"])
-        # The logits shards (vocab/tp per row, in the 16-bit activation dtype: vLLM's
-        # LogitsProcessor all-gathers the LM head's output before the sampler's float
-        # cast) are all-gathered, num_seqs x vocab x 2 bytes in all.
         comm = collective_table(device) or alpha_beta_for(device)
-        gather = comm.times_s("all_gather", seqs * arch.vocab_size * 2.0, tp) * 1e6
-        per_seq["logits_gather"] = Curve(seqs, gather)
+        sizes = seqs * bytes_per_seq
+        collectives[("all_gather", tp)] = Curve(sizes, comm.times_s("all_gather", sizes, tp) * 1e6)
     mlp = (
         ("router_gemm", "moe_experts") if arch.is_moe else ("gate_up_gemm", "act_gate", "down_gemm")
     )
     sequence = LayerSequence(
         prologue=("embedding", *ar),
         layer=("add_norm_1", "qkv_gemm", "attention", "o_gemm", *ar, "add_norm_2", *mlp, *ar),
-        head=("final_norm", *per_seq),
+        head=("final_norm", "lm_head", *gather),
     )
     meta = ProfileMeta(
         device=device.name,
@@ -440,6 +443,7 @@ def aiconfigurator_profile(
         sequence=sequence,
         source="aiconfigurator",
         collective_bytes_per_token=bytes_per_token if tp > 1 else 0,
+        collective_bytes_per_seq=bytes_per_seq if tp > 1 else 0,
         overhead_us=(STEP_OVERHEAD_S if overhead_s is None else overhead_s) * 1e6,
         provenance={
             "tool": f"aiconfigurator-core {aiconfigurator_version()}",

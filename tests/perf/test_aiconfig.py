@@ -105,12 +105,13 @@ def test_profile_round_trips_through_the_format(tmp_path: Path) -> None:
     assert "all_reduce" in profile.meta.sequence.layer
     # Embedding all-reduce first; the LM head's output is all-gathered in 16 bit.
     assert profile.meta.sequence.prologue == ("embedding", "all_reduce")
-    gather = profile.per_sequence["logits_gather"]
+    assert profile.meta.sequence.head == ("final_norm", "lm_head", "all_gather@seq")
+    vocab = load_model_arch("meta-llama/Llama-3.1-8B").vocab_size
+    assert profile.meta.collective_bytes_per_seq == vocab * 2
+    gather = profile.collectives[("all_gather", 2)]
     comm = aiconfig.collective_table("L40S")
     assert comm is not None
-    vocab = load_model_arch("meta-llama/Llama-3.1-8B").vocab_size
-    expected = comm.times_s("all_gather", gather.x * vocab * 2.0, 2) * 1e6
-    np.testing.assert_allclose(gather.time_us, expected)
+    np.testing.assert_allclose(gather.time_us, comm.times_s("all_gather", gather.x, 2) * 1e6)
     back = read_profile(write_profile(profile, tmp_path / "profile"))
     assert set(back.dense) == set(profile.dense)
     assert back.attention is not None and len(back.attention) == len(profile.attention or [])
