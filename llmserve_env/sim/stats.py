@@ -42,12 +42,12 @@ class InstanceStats:
 class ItlHistogram:
     """Inter-token latencies as a weighted log-bin histogram (statistics, not a stream).
 
-    Values are buffered in lists and binned in bulk, so recording a batch of them costs a
-    list ``extend``; the histogram is exact to the bin (50 bins per decade) and the mean,
-    count and maximum are exact.
+    Values are buffered as (latency, tokens) pairs in two lists and binned in bulk, so
+    recording a batch of them costs a list ``extend``; the histogram is exact to the bin
+    (50 bins per decade) and the mean, count and maximum are exact.
     """
 
-    __slots__ = ("_buffer", "_count", "_counts", "_max_s", "_total_s", "_wbuffer", "_weights")
+    __slots__ = ("_count", "_counts", "_max_s", "_total_s", "_wbuffer", "_weights")
 
     edges: ClassVar[NDArray[np.float64]] = _ITL_EDGES
 
@@ -56,14 +56,29 @@ class ItlHistogram:
         self._total_s = 0.0
         self._count = 0
         self._max_s = 0.0
-        self._buffer: list[float] = []  # one token each
         self._wbuffer: list[float] = []  # _weights[k] tokens each
         self._weights: list[int] = []
 
     def add_list(self, itl_s: list[float]) -> None:
-        """Record one token for each latency in ``itl_s``."""
-        self._buffer.extend(itl_s)
-        if len(self._buffer) >= 8192:
+        """Record one token for each latency in ``itl_s``.
+
+        Runs of equal latencies are buffered as one weighted entry: the decodes of one
+        iteration mostly share their gap (their previous tokens came from the same
+        iteration), so a batch's gaps usually collapse to one or two entries.
+        """
+        values = self._wbuffer
+        weights = self._weights
+        n = len(itl_s)
+        k = 0
+        while k < n:
+            value = itl_s[k]
+            j = k + 1
+            while j < n and itl_s[j] == value:
+                j += 1
+            values.append(value)
+            weights.append(j - k)
+            k = j
+        if len(values) >= 8192:
             self._flush()
 
     def add_many(self, itl_s: list[float], weight: int) -> None:
@@ -74,27 +89,19 @@ class ItlHistogram:
             self._flush()
 
     def _flush(self) -> None:
-        if self._buffer:
-            self._bin(np.asarray(self._buffer, dtype=np.float64), None)
-            self._buffer = []
         if self._wbuffer:
             weights = np.asarray(self._weights, dtype=np.int64)
             self._bin(np.asarray(self._wbuffer, dtype=np.float64), weights)
             self._wbuffer, self._weights = [], []
 
-    def _bin(self, values: NDArray[np.float64], weights: NDArray[np.int64] | None) -> None:
+    def _bin(self, values: NDArray[np.float64], weights: NDArray[np.int64]) -> None:
         idx = np.searchsorted(_ITL_EDGES, values)
-        minlength = len(self._counts)
-        if weights is None:
-            self._counts += np.bincount(idx, minlength=minlength)
-            self._total_s += float(values.sum())
-            self._count += len(values)
-        else:
-            # Not np.dot: a BLAS call wakes OpenBLAS worker threads, which then spin on a
-            # second core for the rest of the run.
-            self._counts += np.bincount(idx, weights=weights, minlength=minlength).astype(np.int64)
-            self._total_s += float((values * weights).sum())
-            self._count += int(weights.sum())
+        # Not np.dot: a BLAS call wakes OpenBLAS worker threads, which then spin on a
+        # second core for the rest of the run.
+        counts = np.bincount(idx, weights=weights, minlength=len(self._counts))
+        self._counts += counts.astype(np.int64)
+        self._total_s += float((values * weights).sum())
+        self._count += int(weights.sum())
         peak = float(values.max())
         if peak > self._max_s:
             self._max_s = peak
