@@ -279,10 +279,14 @@ class RooflineModel:
             else arch.intermediate_size
         )
         self._elementwise_bytes_per_token = layers * (8 * h + 3 * inter / tp) * wb
-        # Tensor-parallel all-reduces of 16-bit activations: two per layer.
-        self._ar_count = 2 * layers if tp > 1 else 0
+        # Tensor-parallel collectives, as vLLM runs them: all-reduces of 16-bit
+        # activations, two per layer and one after the vocabulary-parallel embedding,
+        # and an all-gather of the 16-bit logits shards (vocabulary per sequence).
+        self._ar_count = 2 * layers + 1 if tp > 1 else 0
         self._ar_bytes_per_token = h * DTYPE_BYTES["bf16"]
         self._ar_cache: dict[int, float] = {}
+        self._gather_bytes_per_seq = arch.vocab_size * DTYPE_BYTES["bf16"] if tp > 1 else 0
+        self._gather_cache: dict[int, float] = {}
         self._fixed = cal.overhead_s + layers * cal.per_layer_overhead_s
         self._decode_cache: dict[int, tuple[float, float, float]] = {}
 
@@ -314,7 +318,19 @@ class RooflineModel:
         head = self._roof(
             2.0 * num_seqs * self._lm_head_params, self._lm_head_bytes, self._flops_gemm
         )
-        return body + head + self._all_reduce_time(num_tokens)
+        return body + head + self._all_reduce_time(num_tokens) + self._gather_time(num_seqs)
+
+    def _gather_time(self, num_seqs: int) -> float:
+        """The iteration's all-gather of the logits shards (cached per sequence count)."""
+        if not self._gather_bytes_per_seq or num_seqs <= 0:
+            return 0.0
+        cached = self._gather_cache.get(num_seqs)
+        if cached is None:
+            nbytes = num_seqs * self._gather_bytes_per_seq
+            cached = self.comm.time_s("all_gather", nbytes, self.tp)
+            if len(self._gather_cache) < 65536:
+                self._gather_cache[num_seqs] = cached
+        return cached
 
     def _all_reduce_time(self, num_tokens: int) -> float:
         """The iteration's tensor-parallel all-reduces (cached per token count)."""

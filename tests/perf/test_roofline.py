@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 import pytest
@@ -178,18 +179,19 @@ def test_tensor_parallel_all_reduce_uses_the_comm_model() -> None:
     with_slow = RooflineModel(arch, device, tp=4, calibration=cal, comm=slow).iteration_time_s(
         batch
     )
+    # Two all-reduces per layer and one after the embedding, of 16-bit activations, and
+    # one all-gather of the 16-bit logits of the batch's one sequence.
     bytes_per_ar = 1024 * arch.hidden_size * 2
-    extra = 2 * arch.num_layers * (slow.time_s("all_reduce", bytes_per_ar, 4))
-    assert with_slow - fast == pytest.approx(
-        extra
-        - 2
-        * arch.num_layers
-        * RooflineModel(arch, device, tp=4).comm.time_s("all_reduce", bytes_per_ar, 4),
-        rel=1e-6,
-    )
-    table = CollectiveTable(
-        {("all_reduce", 4): (np.array([1e3, 1e9]), np.array([1e-3, 1e-3]))}, source="flat"
-    )
+    logits = arch.vocab_size * 2
+    default = RooflineModel(arch, device, tp=4).comm
+
+    def collectives(comm: Any) -> float:
+        all_reduces = (2 * arch.num_layers + 1) * comm.time_s("all_reduce", bytes_per_ar, 4)
+        return float(all_reduces + comm.time_s("all_gather", logits, 4))
+
+    assert with_slow - fast == pytest.approx(collectives(slow) - collectives(default), rel=1e-6)
+    flat = (np.array([1e3, 1e9]), np.array([1e-3, 1e-3]))
+    table = CollectiveTable({("all_reduce", 4): flat, ("all_gather", 4): flat}, source="flat")
     tabled = RooflineModel(arch, device, tp=4, calibration=cal, comm=table).iteration_time_s(batch)
     assert tabled > fast
     # A single device has no collectives at all.
