@@ -318,30 +318,26 @@ class RooflineModel:
         head = self._roof(
             2.0 * num_seqs * self._lm_head_params, self._lm_head_bytes, self._flops_gemm
         )
-        return body + head + self._all_reduce_time(num_tokens) + self._gather_time(num_seqs)
+        all_reduces = self._collectives(
+            self._ar_cache, "all_reduce", self._ar_count, num_tokens, self._ar_bytes_per_token
+        )
+        gather = self._collectives(
+            self._gather_cache, "all_gather", 1, num_seqs, self._gather_bytes_per_seq
+        )
+        return body + head + all_reduces + gather
 
-    def _gather_time(self, num_seqs: int) -> float:
-        """The iteration's all-gather of the logits shards (cached per sequence count)."""
-        if not self._gather_bytes_per_seq or num_seqs <= 0:
+    def _collectives(
+        self, cache: dict[int, float], op: str, count: int, units: int, bytes_per_unit: int
+    ) -> float:
+        """``count`` collectives ``op`` of ``units x bytes_per_unit`` bytes each (none
+        without bytes), cached per ``units`` (tokens or sequences)."""
+        if not count or not bytes_per_unit or units <= 0:
             return 0.0
-        cached = self._gather_cache.get(num_seqs)
+        cached = cache.get(units)
         if cached is None:
-            nbytes = num_seqs * self._gather_bytes_per_seq
-            cached = self.comm.time_s("all_gather", nbytes, self.tp)
-            if len(self._gather_cache) < 65536:
-                self._gather_cache[num_seqs] = cached
-        return cached
-
-    def _all_reduce_time(self, num_tokens: int) -> float:
-        """The iteration's tensor-parallel all-reduces (cached per token count)."""
-        if not self._ar_count or num_tokens <= 0:
-            return 0.0
-        cached = self._ar_cache.get(num_tokens)
-        if cached is None:
-            nbytes = num_tokens * self._ar_bytes_per_token
-            cached = self._ar_count * self.comm.time_s("all_reduce", nbytes, self.tp)
-            if len(self._ar_cache) < 65536:
-                self._ar_cache[num_tokens] = cached
+            cached = count * self.comm.time_s(op, units * bytes_per_unit, self.tp)
+            if len(cache) < 65536:
+                cache[units] = cached
         return cached
 
     def _attn_coeffs(self) -> tuple[float, float]:
