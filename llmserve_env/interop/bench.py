@@ -45,7 +45,7 @@ from llmserve_env.config.loader import validate_scenario
 from llmserve_env.config.schema import Scenario
 from llmserve_env.interop.llmservingsim_config import ImportOptions, convert_cluster
 from llmserve_env.interop.llmservingsim_import import (
-    COLLECTIVE_SOURCES,
+    check_collective_source,
     convert_profile,
     find_llmservingsim_profile,
 )
@@ -125,26 +125,33 @@ class BenchRun:
         value = self.engine_kwargs.get("async_scheduling")
         if isinstance(value, bool):
             return value, "meta.json engine_kwargs.async_scheduling"
+        release, version = self.vllm_release()
+        if release is None:
+            return False, "meta.json records no vllm_version: assumed off"
+        return release >= ASYNC_SCHEDULING_DEFAULT_SINCE, f"the default of vLLM {version}"
+
+    def vllm_release(self) -> tuple[tuple[int, int] | None, str]:
+        """``(major, minor)`` of the vLLM version ``meta.json`` records (``None`` when it
+        records none or an unreadable one), and the version as recorded."""
         version = str(self.meta.get("vllm_version") or "")
         match = re.match(r"v?(\d+)\.(\d+)", version)
-        if match is None:
-            return False, "meta.json records no vllm_version: assumed off"
-        on = (int(match[1]), int(match[2])) >= ASYNC_SCHEDULING_DEFAULT_SINCE
-        return on, f"the default of vLLM {version}"
+        return (None if match is None else (int(match[1]), int(match[2]))), version
 
     def num_gpu_blocks(self) -> tuple[int | None, str]:
         """The KV-cache blocks vLLM allocated in this run (its ``num_gpu_blocks``, the
         outcome of its memory profiling on that machine) and where ``meta.json`` records
         it, or ``None`` when it does not."""
         resolved = self.meta.get("resolved_config")
-        cache = resolved.get("cache_config") if isinstance(resolved, dict) else None
-        value = cache.get("num_gpu_blocks") if isinstance(cache, dict) else None
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value, "meta.json resolved_config.cache_config.num_gpu_blocks"
-        kv = self.meta.get("kv_cache")
-        value = kv.get("num_gpu_blocks") if isinstance(kv, dict) else None
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value, "meta.json kv_cache.num_gpu_blocks"
+        places = (
+            ("resolved_config.cache_config", resolved.get("cache_config"))
+            if isinstance(resolved, dict)
+            else ("", None),
+            ("kv_cache", self.meta.get("kv_cache")),
+        )
+        for where, section in places:
+            value = section.get("num_gpu_blocks") if isinstance(section, dict) else None
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value, f"meta.json {where}.num_gpu_blocks"
         return None, "meta.json records no num_gpu_blocks"
 
     def cudagraph_capture_sizes(self) -> tuple[str | list[int] | None, str]:
@@ -174,11 +181,10 @@ class BenchRun:
             sizes = compilation.get("cudagraph_capture_sizes")
             if isinstance(sizes, list) and sizes and all(isinstance(n, int) for n in sizes):
                 return sizes, "meta.json engine_kwargs.compilation_config.cudagraph_capture_sizes"
-        version = str(self.meta.get("vllm_version") or "")
-        match = re.match(r"v?(\d+)\.(\d+)", version)
-        if match is None:
+        release, version = self.vllm_release()
+        if release is None:
             return None, "meta.json records no vllm_version: no padding assumed"
-        if (int(match[1]), int(match[2])) >= CUDAGRAPH_DEFAULT_RULE:
+        if release >= CUDAGRAPH_DEFAULT_RULE:
             return "auto", f"the default capture sizes of vLLM {version}"
         return None, (
             f"vLLM {version}: the default capture sizes of releases before "
@@ -440,10 +446,7 @@ def bench_setup(
     Raises:
         ValueError: an unknown ``collectives`` choice.
     """
-    if collectives not in COLLECTIVE_SOURCES:
-        raise ValueError(
-            f"collectives must be one of {', '.join(COLLECTIVE_SOURCES)}; got {collectives!r}"
-        )
+    check_collective_source(collectives)
     kwargs = run.engine_kwargs
     dataset = run.dataset or (run.path / "vllm" / "requests.jsonl")
     options = ImportOptions(

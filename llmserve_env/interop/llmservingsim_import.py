@@ -82,6 +82,16 @@ release, NCCL for the other collectives) where they cover the device and ``tp``,
 cluster config's link (``link_bw``, ``link_latency``) as a ring alpha-beta model for the
 rest; ``link`` takes the config's link for all of them (LLMServingSim's own model)."""
 
+
+def check_collective_source(choice: str) -> None:
+    """Raise ``ValueError`` naming the allowed values unless ``choice`` is one of
+    :data:`COLLECTIVE_SOURCES`."""
+    if choice not in COLLECTIVE_SOURCES:
+        raise ValueError(
+            f"collectives must be one of {', '.join(COLLECTIVE_SOURCES)}; got {choice!r}"
+        )
+
+
 _SIZES: FloatArray = np.array([2.0**k for k in range(8, 31)], dtype=np.float64)
 """Message sizes (bytes) a measured table is sampled at: aiconfigurator's grid (128 to
 512 Mi BF16 elements), so the profile's curve passes through every measured point."""
@@ -126,10 +136,7 @@ def convert_profile(
     Raises:
         ValueError: an unknown ``collectives`` choice.
     """
-    if collectives not in COLLECTIVE_SOURCES:
-        raise ValueError(
-            f"collectives must be one of {', '.join(COLLECTIVE_SOURCES)}; got {collectives!r}"
-        )
+    check_collective_source(collectives)
     _, arch, device, tp, _, _ = converted.instances[index]
     if llmservingsim.is_tp_folder(folder):
         result = llmservingsim.read_tp_folder(folder, arch)
