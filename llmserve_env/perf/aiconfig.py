@@ -88,7 +88,8 @@ CUDA graphs partly hide, so any added overhead raised the TPOT error (0 ms: 18.7
 QUERY_VERSION = 2
 """Bumped when the operator list, the grids or how an operator is charged change
 (invalidates cached answers and compiled profiles). 2: the logits all-gather moves
-16-bit logits, not FP32, as the profile format's per-sequence collective."""
+16-bit logits (the padded vocabulary), not FP32, as the profile format's per-sequence
+collective."""
 
 # Grids: token counts, sequence counts, chunk x cached context, decodes x KV length.
 TOKENS = (
@@ -417,7 +418,7 @@ def aiconfigurator_profile(
     # The logits shards (vocab/tp per row, in the 16-bit activation dtype: vLLM's
     # LogitsProcessor all-gathers the LM head's output before the sampler's float cast)
     # are all-gathered, num_seqs x vocab x 2 bytes in all.
-    bytes_per_seq = arch.vocab_size * 2
+    bytes_per_seq = arch.logits_bytes_per_seq()
     if tp > 1:
         ar = ("all_reduce",)
         gather = ("all_gather@seq",)

@@ -13,6 +13,10 @@ from llmserve_env.paths import profiles_dir
 
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp8": 1, "fp32": 4}
 
+VOCAB_PADDING = 64
+"""vLLM pads the vocabulary of ``VocabParallelEmbedding`` and ``ParallelLMHead`` to a
+multiple of this (``DEFAULT_VOCAB_PADDING_SIZE``)."""
+
 
 @dataclass(frozen=True, slots=True)
 class ModelArch:
@@ -96,6 +100,13 @@ class ModelArch:
     def weight_bytes(self, dtype: str) -> int:
         """Bytes of all weights in ``dtype``."""
         return self.num_params * DTYPE_BYTES[dtype]
+
+    def logits_bytes_per_seq(self, dtype: str = "bf16") -> int:
+        """Bytes of one sequence's gathered logits, the per-sequence message of the LM
+        head's tensor-parallel all-gather: the vocabulary padded as vLLM pads it, in the
+        activation ``dtype`` (vLLM gathers before the sampler's float cast)."""
+        padded = -(-self.vocab_size // VOCAB_PADDING) * VOCAB_PADDING
+        return padded * DTYPE_BYTES.get(dtype, 2)
 
     def kv_bytes_per_token(self, dtype: str) -> int:
         """KV-cache bytes one token occupies across all layers (whole model, all GPUs)."""

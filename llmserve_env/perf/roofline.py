@@ -285,7 +285,7 @@ class RooflineModel:
         self._ar_count = 2 * layers + 1 if tp > 1 else 0
         self._ar_bytes_per_token = h * DTYPE_BYTES["bf16"]
         self._ar_cache: dict[int, float] = {}
-        self._gather_bytes_per_seq = arch.vocab_size * DTYPE_BYTES["bf16"] if tp > 1 else 0
+        self._gather_bytes_per_seq = arch.logits_bytes_per_seq() if tp > 1 else 0
         self._gather_cache: dict[int, float] = {}
         self._fixed = cal.overhead_s + layers * cal.per_layer_overhead_s
         self._decode_cache: dict[int, tuple[float, float, float]] = {}

@@ -102,18 +102,6 @@ def bytes_per_token(arch: ModelArch, dtype: str) -> int:
     return arch.hidden_size * DTYPE_BYTES.get(dtype, 2)
 
 
-VOCAB_PADDING = 64
-"""vLLM pads the vocabulary of ``VocabParallelEmbedding`` and ``ParallelLMHead`` to a
-multiple of this (``DEFAULT_VOCAB_PADDING_SIZE``)."""
-
-
-def logits_bytes_per_seq(arch: ModelArch, dtype: str) -> int:
-    """Bytes of one sequence's gathered logits (the padded vocabulary in ``dtype``): the
-    per-sequence message of the LM head's tensor-parallel all-gather."""
-    padded = -(-arch.vocab_size // VOCAB_PADDING) * VOCAB_PADDING
-    return padded * DTYPE_BYTES.get(dtype, 2)
-
-
 def provenance(**items: Any) -> dict[str, Any]:
     """A provenance mapping with the converter's name, version and date added."""
     return {

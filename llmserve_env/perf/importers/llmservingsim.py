@@ -44,7 +44,6 @@ from llmserve_env.perf.importers.common import (
     device_name,
     file_records,
     find_folders,
-    logits_bytes_per_seq,
     model_arch_for,
     provenance,
 )
@@ -316,7 +315,7 @@ def read_tp_folder(tp_dir: str | Path, arch: ModelArch | None = None) -> ImportR
         sequence=sequence,
         source="llmservingsim-current",
         collective_bytes_per_token=bytes_per_token(arch, dtype),
-        collective_bytes_per_seq=logits_bytes_per_seq(arch, dtype),
+        collective_bytes_per_seq=arch.logits_bytes_per_seq(dtype),
         overhead_us=0.0,
         skew_alpha_default=alpha_default,
         provenance=provenance(
