@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -21,7 +22,13 @@ from llmserve_env.env.actions import (
     RequestRoutingHead,
     WeightRoutingHead,
 )
-from llmserve_env.env.gather import CLUSTER_RATES, observation_buffer
+from llmserve_env.env.gather import (
+    CLUSTER_RATES,
+    REWARD_TERMS,
+    decision_outputs,
+    observation_buffer,
+    reward_counters,
+)
 from llmserve_env.env.observation import (
     Feature,
     features_for,
@@ -45,7 +52,6 @@ _CLUSTER_KEYS = (
     "time_remaining_frac",
     "cluster_power_w",
 )
-REWARD_TERMS = ("goodput", "ttft_violation", "tpot_violation", "rejected", "backlog", "energy")
 
 
 @dataclass
@@ -53,7 +59,7 @@ class EnvState:
     """An opaque snapshot of an environment (see :meth:`LLMServeEnv.get_state`)."""
 
     sim: Simulation
-    counters: dict[str, float]
+    counters: list[float]
     rates: MovingRates
     last_time: float
     elapsed_steps: int
@@ -271,29 +277,29 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self.reward_weights = env_cfg.reward.model_dump()
         self.horizon_s = env_cfg.horizon_s
         self.sim: Simulation | None = None
-        self._energy_now: float | None = None
+        self._reward_weights_list = [float(self.reward_weights[k]) for k in REWARD_TERMS]
         self.episode_seed = cfg.seed
         self._done = True
-        self._counters: dict[str, float] = dict.fromkeys(REWARD_TERMS, 0.0)
+        # reward_counters() at the last decision, in REWARD_TERMS order
+        self._counters: list[float] = [0.0] * len(REWARD_TERMS)
         self._rates = MovingRates(env_cfg.rate_window_s, CLUSTER_RATES + 4 * self.num_instances)
         highs = {f.name: f.high for f in self.features}
-        # Where each feature lies in the flat vector _observe builds: the per-instance
-        # rows, then the cluster features, then (routing mode) the request's.
-        keys: list[str] = [*_INSTANCE_KEYS, *_CLUSTER_KEYS]
+        # The order observation_buffer fills: a row of max_instances values per
+        # per-instance feature, then the single values.
+        self._row_keys: list[str] = list(_INSTANCE_KEYS)
+        self._scalar_keys: list[str] = list(_CLUSTER_KEYS)
         if mode == "routing":
-            keys += ["request_prompt_tokens", "request_cached_tokens"]
-        sizes = {
-            f.name: self.max_instances if f.scope.endswith("instance") else 1 for f in self.features
-        }
-        assert sorted(keys) == sorted(sizes), "_observe and the feature table disagree"
-        self._obs_slices: list[tuple[str, slice]] = []
-        start = 0
-        for key in keys:
-            self._obs_slices.append((key, slice(start, start + sizes[key])))
-            start += sizes[key]
-        self._obs_highs = np.concatenate(
-            [np.full(sizes[key], highs[key], dtype=np.float32) for key in keys]
-        )
+            self._row_keys.append("request_cached_tokens")
+            self._scalar_keys.append("request_prompt_tokens")
+        assert sorted(self._row_keys) == sorted(
+            f.name for f in self.features if f.scope.endswith("instance")
+        ) and sorted(self._scalar_keys) == sorted(
+            f.name for f in self.features if not f.scope.endswith("instance")
+        ), "observation_buffer and the feature table disagree"
+        self._rows_end = len(self._row_keys) * self.max_instances
+        self._obs_highs: list[float] = [
+            highs[key] for key in self._row_keys for _ in range(self.max_instances)
+        ] + [highs[key] for key in self._scalar_keys]
         self._last_time = 0.0
         self._elapsed_steps = 0
         self._start_s: float | None = None
@@ -340,20 +346,20 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self._fallback = make_router(self.scenario.router.policy, self.sim.rngs["routing"])
         if any(isinstance(head, PowerHead) for head in self.heads):
             self.sim.governor = None  # the agent drives power
-        self._energy_now = None
-        self._counters = self._read_counters()
+        self._counters = reward_counters(self.sim)
         n = self.num_instances
         tau = self.scenario.env.rate_window_s
         self._rates = MovingRates(tau, CLUSTER_RATES + 4 * n)
-        self._rates.reset(self.sim.counters(self._total_energy()))
+        self._rates.reset(self.sim.counters(self._counters[-1]))
         self._last_time = 0.0
         self._elapsed_steps = 0
         self._done = False
         if self.mode == "routing":
             self._advance_routing()
-        self._energy_now = None
-        self._update_rates()
-        return self._observe(), self._info({})
+        # What happened before the first decision counts towards the first step's
+        # reward: the counters stay those of the start.
+        _, _, _, observation = self._decide()
+        return observation, self._info({})
 
     def step(
         self, action: np.ndarray
@@ -389,11 +395,9 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             if self.horizon_s is not None:
                 target = min(target, self.horizon_s)
             sim.run_until(target)
-        self._energy_now = None
         self._elapsed_steps += 1
-        terms = self._reward_terms()
-        reward = float(sum(self.reward_weights[k] * v for k, v in terms.items()))
-        self._update_rates()
+        self._counters, deltas, reward, observation = self._decide()
+        terms = dict(zip(REWARD_TERMS, deltas, strict=True))
         terminated = bool(sim.drained)
         truncated = bool(
             not terminated and self.horizon_s is not None and sim.now >= self.horizon_s
@@ -403,7 +407,7 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             sim.finalize()
             info["episode_stats"] = sim.summary()
             self._done = True
-        return self._observe(), reward, terminated, truncated, info
+        return observation, reward, terminated, truncated, info
 
     def _advance_routing(self) -> None:
         """Run until an arrival awaits routing, the horizon, or the end of work."""
@@ -430,63 +434,54 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
 
     # ------------------------------------------------------------------ observation
 
-    def _total_energy(self) -> float:
-        """Energy used so far (J), read once per decision (the reward and the rates
-        both need it)."""
-        if self._energy_now is None:
-            assert self.sim is not None
-            self._energy_now = self.sim.total_energy_j()
-        return self._energy_now
+    def _decide(self) -> tuple[list[float], list[float], float, dict[str, np.ndarray]]:
+        """Read the decision the simulation reached: the reward counters now, the reward's
+        terms since the last decision and their weighted sum, and the observation; the
+        moving rates are folded forward to now.
 
-    def _update_rates(self) -> None:
-        """Bring the simulation's aggregates to now and fold them into the averages."""
+        Every value is gathered in one compiled pass (:func:`decision_outputs`); the
+        observation comes as one float32 buffer, already clipped to its bounds, handed
+        out as views (:meth:`_views`).
+        """
         sim = self.sim
         assert sim is not None
-        sim.sync()
-        self._rates.update(sim.counters(self._total_energy()), sim.now - self._last_time)
+        counters, terms, reward, buffer = decision_outputs(
+            sim,
+            self._counters,
+            self._reward_weights_list,
+            self._rates,
+            self._last_time,
+            self._obs_highs,
+            self.max_instances,
+            self.horizon_s or 0.0,
+            self.mode == "routing",
+        )
         self._last_time = sim.now
+        return counters, terms, reward, self._views(buffer)
 
     def _observe(self) -> dict[str, np.ndarray]:
-        """The observation (call after :meth:`_update_rates`, which syncs the simulation).
-
-        Every feature is gathered in one pass (:func:`observation_buffer`) into one
-        float32 buffer in :attr:`_obs_slices` order, clipped to its bounds at once and
-        handed out as views.
-        """
+        """The observation at the last decision (read again, nothing folded forward)."""
         sim = self.sim
         assert sim is not None
         buffer = observation_buffer(
             sim,
             self._rates.values,
+            self._obs_highs,
             self.max_instances,
             self.horizon_s or 0.0,
             self.mode == "routing",
         )
+        return self._views(buffer)
+
+    def _views(self, buffer: array[float]) -> dict[str, np.ndarray]:
+        """The observation dict: one view of ``buffer`` per key, no copy (the rows of a
+        2-D view of the per-instance part and of a column view of the rest: iterating
+        an array makes its row views in C, at a third of the cost of slicing)."""
         values = np.frombuffer(buffer, dtype=np.float32)
-        np.minimum(values, self._obs_highs, out=values)
-        np.maximum(values, 0.0, out=values)
-        return {key: values[part] for key, part in self._obs_slices}
-
-    # ------------------------------------------------------------------ reward
-
-    def _read_counters(self) -> dict[str, float]:
-        sim = self.sim
-        assert sim is not None
-        m = sim.metrics
-        return {
-            "goodput": float(m.num_slo_met),
-            "ttft_violation": float(m.num_ttft_violations),
-            "tpot_violation": float(m.num_tpot_violations),
-            "rejected": float(m.num_rejected),
-            "backlog": sim.backlog_s(),
-            "energy": self._total_energy(),
-        }
-
-    def _reward_terms(self) -> dict[str, float]:
-        current = self._read_counters()
-        terms = {k: current[k] - self._counters[k] for k in REWARD_TERMS}
-        self._counters = current
-        return terms
+        end = self._rows_end
+        obs = dict(zip(self._row_keys, values[:end].reshape(-1, self.max_instances), strict=True))
+        obs.update(zip(self._scalar_keys, values[end:].reshape(-1, 1), strict=True))
+        return obs
 
     def _info(self, extra: dict[str, Any]) -> dict[str, Any]:
         sim = self.sim
@@ -555,7 +550,7 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             raise RuntimeError("get_state() called before reset()")
         return EnvState(
             sim=self.sim.clone(),
-            counters=dict(self._counters),
+            counters=list(self._counters),
             rates=self._rates.copy(),
             last_time=self._last_time,
             elapsed_steps=self._elapsed_steps,
@@ -569,8 +564,7 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     def set_state(self, state: EnvState) -> None:
         """Return to a snapshot taken by :meth:`get_state` (the snapshot stays reusable)."""
         self.sim = state.sim.clone()
-        self._energy_now = None
-        self._counters = dict(state.counters)
+        self._counters = list(state.counters)
         self._rates = state.rates.copy()
         self._last_time = state.last_time
         self._elapsed_steps = state.elapsed_steps

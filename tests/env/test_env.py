@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import warnings
 
 import gymnasium as gym
@@ -17,6 +18,7 @@ from llmserve_env.config.errors import ScenarioError
 from llmserve_env.env import LLMServeEnv
 from llmserve_env.env.core import REWARD_TERMS
 from llmserve_env.env.evaluation import evaluate, rollout, what_if
+from llmserve_env.env.gather import observation_buffer
 from llmserve_env.env.heuristics import HEURISTICS, LeastLoaded, RoundRobin, make_heuristic
 from llmserve_env.env.observation import FEATURES
 from llmserve_env.env.wrappers import DiscreteActions
@@ -230,6 +232,26 @@ def test_observation_reports_the_simulator_state(scenario: str, overrides: list[
         if term or trunc:
             break
     assert seen_cached == (scenario == "multi-turn-prefix")
+
+
+def test_observation_values_are_clipped_to_their_bounds() -> None:
+    env = gym.make("LLMServe/Routing-v0", scenario="env/small-4x").unwrapped
+    env.reset(seed=0)
+    for step in range(60):
+        env.step(np.array([step % env.num_instances]))
+    sim = env.sim
+    args = (env.max_instances, env.horizon_s or 0.0, True)
+    size = len(env._obs_highs)
+    raw = np.asarray(observation_buffer(sim, env._rates.values, [math.inf] * size, *args))
+    assert (raw > 2.0).sum() > 5 and (raw < 2.0).sum() > 5  # the bound below cuts both ways
+    highs = [2.0] * size
+    clipped = np.asarray(observation_buffer(sim, env._rates.values, highs, *args))
+    np.testing.assert_array_equal(clipped, np.minimum(raw, np.float32(2.0)))
+    # The observation hands out the same values, clipped to the feature table's bounds.
+    obs = env._observe()
+    for name, value in obs.items():
+        assert value.dtype == np.float32 and value.flags.writeable
+        assert (value <= env.observation_space[name].high).all() and (value >= 0).all()
 
 
 def test_reward_is_weighted_sum_of_terms() -> None:
