@@ -217,6 +217,7 @@ def resolve_engine(
         max_num_waiting=engine.max_num_waiting,
         max_decode_run=scenario.simulation.max_decode_run,
         async_scheduling=engine.async_scheduling,
+        scheduler_reserve_full_isl=engine.scheduler_reserve_full_isl,
     )
 
 

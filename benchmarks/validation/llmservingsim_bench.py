@@ -6,8 +6,9 @@ Prints the markdown tables of VALIDATION.md ("Latency model vs real vLLM"). Need
     python benchmarks/validation/llmservingsim_bench.py            # the main table
     python benchmarks/validation/llmservingsim_bench.py --variants # + sensitivity runs
 
-The main table simulates each run with vLLM's async scheduling as ``meta.json`` says
-it ran (on for all four: vLLM 0.19.0). Each variant changes one thing and is not a
+The main table simulates each run with vLLM's async scheduling and whole-sequence
+admission (``scheduler_reserve_full_isl``) as ``meta.json`` says it ran (both on for all
+four: vLLM 0.19.0). Each variant changes one thing and is not a
 calibration: ``no-skew`` drops the decode skew correction; ``overhead-1ms`` adds 1 ms
 per iteration; ``kv-0.88`` / ``kv-0.92`` change ``gpu_memory_utilization``;
 ``no-async`` turns the engine's ``async_scheduling`` knob off; ``cudagraph`` pads the
@@ -18,7 +19,10 @@ the cluster config's link (16 GB/s, 20 us per ring step) instead of aiconfigurat
 measured vLLM 0.19.0 table (``llmserve validate --collectives link``); ``model-kv``
 (the RTX 4090 run only: the one whose ``meta.json`` records vLLM's ``num_gpu_blocks``,
 which the main table uses) sizes the KV cache with the memory model instead
-(``llmserve validate --set num_gpu_blocks_override=null``).
+(``llmserve validate --set num_gpu_blocks_override=null``); ``no-full-isl`` (the RTX
+4090 run only: the others never fill their KV caches, so the admission check never
+bites) admits a request when its first chunk fits, as before the engine had the check
+(``llmserve validate --set scheduler_reserve_full_isl=false``).
 """
 
 from __future__ import annotations
@@ -80,6 +84,7 @@ VARIANTS: dict[str, Variant] = {
     "cudagraph": Variant(cudagraph_padding=True),
     "link-collectives": Variant(collectives="link", runs=("RTX PRO 6000, Qwen3-32B TP2",)),
     "model-kv": Variant({"num_gpu_blocks_override": None}, runs=("RTX 4090, Llama-3.1-8B",)),
+    "no-full-isl": Variant({"scheduler_reserve_full_isl": False}, runs=("RTX 4090, Llama-3.1-8B",)),
 }
 
 

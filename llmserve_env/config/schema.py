@@ -114,6 +114,16 @@ class EngineConfig(StrictModel):
     the earliest, and slots and KV blocks freed by step N are reused from step N+2. Off
     by default here so results stay comparable with earlier ones."""
 
+    scheduler_reserve_full_isl: bool = False
+    """Admit a waiting (or preempted) request only if KV blocks for its whole current
+    sequence (prompt plus tokens generated so far, past its prefix-cache hit) are free,
+    not just for its first chunk: vLLM's ``SchedulerConfig.scheduler_reserve_full_isl``
+    (``allocate_slots(full_sequence_must_fit=True)``, on by default in vLLM 0.19), which
+    keeps chunked prefill from admitting prompts whose later chunks would preempt
+    running requests. Off by default here, like ``async_scheduling``, so
+    results stay comparable with earlier ones; ``llmserve validate`` turns it on where
+    the run had it."""
+
     cudagraph_capture_sizes: Literal["auto"] | tuple[PositiveInt, ...] | None = None
     """Token counts vLLM captures CUDA graphs for (its
     ``compilation_config.cudagraph_capture_sizes``): a batch of at most the largest runs

@@ -66,6 +66,11 @@ ASYNC_SCHEDULING_DEFAULT_SINCE = (0, 14)
 PR #27614: ``SchedulerConfig.async_scheduling`` ``None`` resolves to on when nothing
 incompatible, such as a pooling model, is configured)."""
 
+RESERVE_FULL_ISL_DEFAULT_SINCE = (0, 19)
+"""vLLM release (major, minor) from which ``SchedulerConfig.scheduler_reserve_full_isl``
+is taken as on by default: it is in 0.19 (the RTX 4090 bench run's resolved config
+records it on) and runs of earlier releases are taken to have no such check."""
+
 CUDAGRAPH_DEFAULT_RULE = (0, 19)
 """The vLLM release (major, minor) whose default CUDA-graph capture sizes
 :func:`~llmserve_env.perf.cudagraph.default_capture_sizes` reproduces (checked in its
@@ -114,21 +119,32 @@ class BenchRun:
         return kwargs if isinstance(kwargs, dict) else {}
 
     def async_scheduling(self) -> tuple[bool, str]:
-        """Whether vLLM scheduled asynchronously in this run, and what says so: the
-        resolved scheduler config when ``meta.json`` records it, else the engine
-        argument, else the default of the recorded vLLM version (off when unknown)."""
+        """Whether vLLM scheduled asynchronously in this run, and what says so (see
+        :meth:`_scheduler_flag`)."""
+        return self._scheduler_flag("async_scheduling", ASYNC_SCHEDULING_DEFAULT_SINCE)
+
+    def scheduler_reserve_full_isl(self) -> tuple[bool, str]:
+        """Whether vLLM admitted a request only when its whole sequence fit in the KV
+        cache in this run, and what says so (see :meth:`_scheduler_flag`)."""
+        return self._scheduler_flag("scheduler_reserve_full_isl", RESERVE_FULL_ISL_DEFAULT_SINCE)
+
+    def _scheduler_flag(self, key: str, default_since: tuple[int, int]) -> tuple[bool, str]:
+        """A boolean scheduler setting of this run and what says so: the resolved
+        scheduler config when ``meta.json`` records it, else the engine argument, else
+        the default of the recorded vLLM version (on from release ``default_since``;
+        off when the version is unknown)."""
         resolved = self.meta.get("resolved_config")
         scheduler = resolved.get("scheduler_config") if isinstance(resolved, dict) else None
-        value = scheduler.get("async_scheduling") if isinstance(scheduler, dict) else None
+        value = scheduler.get(key) if isinstance(scheduler, dict) else None
         if isinstance(value, bool):
-            return value, "meta.json resolved_config.scheduler_config.async_scheduling"
-        value = self.engine_kwargs.get("async_scheduling")
+            return value, f"meta.json resolved_config.scheduler_config.{key}"
+        value = self.engine_kwargs.get(key)
         if isinstance(value, bool):
-            return value, "meta.json engine_kwargs.async_scheduling"
+            return value, f"meta.json engine_kwargs.{key}"
         release, version = self.vllm_release()
         if release is None:
             return False, "meta.json records no vllm_version: assumed off"
-        return release >= ASYNC_SCHEDULING_DEFAULT_SINCE, f"the default of vLLM {version}"
+        return release >= default_since, f"the default of vLLM {version}"
 
     def vllm_release(self) -> tuple[tuple[int, int] | None, str]:
         """``(major, minor)`` of the vLLM version ``meta.json`` records (``None`` when it
@@ -424,8 +440,9 @@ def bench_setup(
     workload for a bench run.
 
     vLLM defaults fill what ``meta.json`` does not record: ``gpu_memory_utilization``
-    0.9, prefix caching on, chunked prefill on, block size 16. ``async_scheduling``
-    follows :meth:`BenchRun.async_scheduling` (a note says which source decided). The
+    0.9, prefix caching on, chunked prefill on, block size 16. ``async_scheduling`` and
+    ``scheduler_reserve_full_isl`` follow :meth:`BenchRun.async_scheduling` and
+    :meth:`BenchRun.scheduler_reserve_full_isl` (a note says which source decided). The
     KV cache has the blocks vLLM allocated where ``meta.json`` records them
     (:meth:`BenchRun.num_gpu_blocks`, as ``num_gpu_blocks_override``), else the memory
     model's; overriding ``num_gpu_blocks_override`` (``None``: the memory model) wins.
@@ -468,6 +485,13 @@ def bench_setup(
     note = f"vLLM async scheduling {'on' if async_on else 'off'} ({source})"
     if overrides and "async_scheduling" in overrides:
         note += f"; simulated with async_scheduling={overrides['async_scheduling']} (override)"
+    notes.append(note)
+    reserve, source = run.scheduler_reserve_full_isl()
+    data["engine"]["scheduler_reserve_full_isl"] = reserve
+    note = f"vLLM whole-sequence admission {'on' if reserve else 'off'} ({source})"
+    if overrides and "scheduler_reserve_full_isl" in overrides:
+        value = overrides["scheduler_reserve_full_isl"]
+        note += f"; simulated with scheduler_reserve_full_isl={value} (override)"
     notes.append(note)
     blocks, source = run.num_gpu_blocks()
     if blocks is not None:

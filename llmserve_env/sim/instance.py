@@ -78,6 +78,9 @@ class EngineParams:
     max_decode_run: int = 4096
     async_scheduling: bool = False
     """Schedule one step ahead as vLLM's async scheduling does (see the module doc)."""
+    scheduler_reserve_full_isl: bool = False
+    """Admit a waiting request only if blocks for its whole sequence are free, as vLLM's
+    ``scheduler_reserve_full_isl``."""
 
 
 FinishCallback = Callable[[Request], None]
@@ -502,6 +505,8 @@ class Instance:
                 if not params.enable_chunked_prefill:
                     break
                 num_new = budget
+            if params.scheduler_reserve_full_isl and not pool.fits_whole(request, hit_blocks):
+                break
             if not pool.admit(request, hit_blocks, num_new):
                 break
             waiting.pop()
@@ -679,6 +684,10 @@ class Instance:
         decode_need = sum(
             1 for r in self.running if -(-(r.num_computed_tokens + 1) // bs) > r.num_blocks
         )
+        if self.params.scheduler_reserve_full_isl and not pool.fits_whole(
+            request, hit_blocks, decode_need
+        ):
+            return False
         return need + reclaim + decode_need <= pool.num_free_blocks
 
     def _try_decode_run(self, now: float) -> bool:

@@ -170,6 +170,16 @@ class KVBlockPool:
             self.num_free_blocks -= 1
         self._cached[block_hash] = refs + 1
 
+    def fits_whole(self, request: Request, num_hit_blocks: int, extra_blocks: int = 0) -> bool:
+        """Whether blocks for all of ``request``'s tokens past its ``num_hit_blocks`` hit
+        blocks are free, with ``extra_blocks`` more besides: vLLM's admission check under
+        ``scheduler_reserve_full_isl`` (``allocate_slots(full_sequence_must_fit=True)``).
+        Hit blocks sitting in the free queue count as taken, as in :meth:`admit`."""
+        hashes = request.block_hashes(self.block_size) if num_hit_blocks else ()
+        reclaim = self.num_evictable_among(hashes[:num_hit_blocks])
+        need = self.blocks_for(request.num_tokens) - num_hit_blocks
+        return need + reclaim + extra_blocks <= self.num_free_blocks
+
     def admit(self, request: Request, num_hit_blocks: int, num_new_tokens: int) -> bool:
         """Take cache hits and allocate blocks for a waiting request's first chunk.
 

@@ -134,6 +134,35 @@ def test_async_scheduling_follows_what_the_run_recorded(shared: Path) -> None:
     assert resolved_off.async_scheduling()[0] is False
 
 
+def test_whole_sequence_admission_follows_what_the_run_recorded(shared: Path) -> None:
+    rtx4090 = load_bench_run(shared / "llmservingsim/current/bench/RTX4090/Llama-3.1-8B")
+    assert rtx4090.scheduler_reserve_full_isl() == (
+        True,
+        "meta.json resolved_config.scheduler_config.scheduler_reserve_full_isl",
+    )
+    run = load_bench_run(shared / RUN)  # records only its vLLM version
+    assert run.scheduler_reserve_full_isl() == (True, "the default of vLLM 0.19.0")
+
+    def meta(**fields: object) -> BenchRun:
+        return dataclasses.replace(run, meta=fields)
+
+    assert meta(vllm_version="0.18.1").scheduler_reserve_full_isl()[0] is False
+    assert meta().scheduler_reserve_full_isl()[0] is False
+    off = meta(vllm_version="0.19.0", engine_kwargs={"scheduler_reserve_full_isl": False})
+    assert off.scheduler_reserve_full_isl() == (
+        False,
+        "meta.json engine_kwargs.scheduler_reserve_full_isl",
+    )
+    setup = bench_setup(rtx4090, None)
+    assert setup.scenario.engine.scheduler_reserve_full_isl is True
+    assert any("whole-sequence admission on" in note for note in setup.notes)
+    overridden = bench_setup(rtx4090, None, overrides={"scheduler_reserve_full_isl": False})
+    groups = [g for node in overridden.scenario.cluster.nodes for g in node.instances]
+    assert all(
+        g.engine is not None and g.engine.scheduler_reserve_full_isl is False for g in groups
+    )
+
+
 def test_bench_setup_turns_the_knob_on_where_vllm_had_it(shared: Path) -> None:
     run = load_bench_run(shared / RUN)
     setup = bench_setup(run, None)

@@ -258,3 +258,30 @@ def test_block_need_is_its_definition(requests: list[tuple[int, int]], k: int, b
     need = _BlockNeed(computed, held, bs)
     expected = sum(max(0, -(-(c + k) // bs) - h) for c, h in zip(computed, held, strict=True))
     assert need(k) == expected
+
+
+@pytest.mark.parametrize("reserve", [False, True])
+def test_scheduler_reserve_full_isl_admits_only_whole_sequences(reserve: bool) -> None:
+    # Request 0 holds 6-7 of 20 blocks while it decodes; request 1's prompt needs 16.
+    # Its first 64-token chunk fits, so without the check it is admitted and preempted
+    # as its chunks and request 0's decodes outgrow the pool; with vLLM's
+    # scheduler_reserve_full_isl it waits until request 0 has finished.
+    latency = LinearLatency(base_s=0.01, per_token_s=0.0)
+    sim, _ = make_sim(
+        workload([0.0, 0.05], [80, 250], [20, 5]),
+        latency=latency,
+        num_blocks=20,
+        max_num_batched_tokens=64,
+        scheduler_reserve_full_isl=reserve,
+    )
+    summary = sim.run()
+    assert summary["num_finished"] == 2
+    table = _table(sim)
+    if reserve:
+        assert table["first_scheduled_s"][1] >= table["e2e_ms"][0] / 1e3 - 1e-9
+        assert summary["num_preemptions"] == 0
+    else:
+        assert table["first_scheduled_s"][1] < table["e2e_ms"][0] / 1e3
+        assert summary["num_preemptions"] >= 1
+    for inst in sim.instances:
+        inst.pool.check()

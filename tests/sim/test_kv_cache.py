@@ -177,3 +177,13 @@ def test_random_operations_conserve_blocks(seed: int) -> None:
         pool.free(req)
     pool.check()
     assert pool.num_free_blocks == 64
+
+
+def test_fits_whole_counts_every_token_past_the_hit() -> None:
+    pool = KVBlockPool(6, 4, enable_prefix_caching=True)
+    a = _req(0, None, prompt=30)  # 8 blocks
+    assert pool.admit(a, 0, 8)  # its first chunk fits ...
+    pool.free(a)
+    assert not pool.fits_whole(a, 0)  # ... its whole prompt does not
+    b = _req(1, None, prompt=24)  # 6 blocks
+    assert pool.fits_whole(b, 0) and not pool.fits_whole(b, 0, extra_blocks=1)
