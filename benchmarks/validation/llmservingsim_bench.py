@@ -23,6 +23,22 @@ which the main table uses) sizes the KV cache with the memory model instead
 4090 run only: the others never fill their KV caches, so the admission check never
 bites) admits a request when its first chunk fits, as before the engine had the check
 (``llmserve validate --set scheduler_reserve_full_isl=false``).
+
+LLMServingSim's own simulation of the same runs is scored next to ours when its logs are
+given (they are not shipped: download ``bench/examples/<HW>/<model>/outputs/sim.log``
+from the casys-kaist/LLMServingSim repository)::
+
+    python benchmarks/validation/llmservingsim_bench.py \\
+        --llmservingsim-log RTXPRO6000/Llama-3.1-8B=sim.log   # repeatable, or
+    python benchmarks/validation/llmservingsim_bench.py --llmservingsim-examples DIR
+
+``RUN`` is the run's folder below ``bench/``; ``DIR`` is LLMServingSim's
+``bench/examples`` (``DIR/<run>/outputs/sim.log`` for each run found). The extra table
+gives the per-second output-throughput MAPE / steady MAPE / WAPE of both simulators
+with ``llmserve validate``'s definitions and bins
+(:func:`~llmserve_env.interop.llmservingsim_log.compare_llmservingsim_log`), the same
+with either series moved 1 s earlier or later, and the mean absolute error of the
+running and waiting counts.
 """
 
 from __future__ import annotations
@@ -34,13 +50,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from llmserve_env.build import build_simulation
+from llmserve_env.config.errors import DataFileError
 from llmserve_env.interop.bench import (
+    BenchRun,
     ValidationReport,
     bench_setup,
     compare,
     find_profiles_root,
     load_bench_run,
+)
+from llmserve_env.interop.llmservingsim_log import (
+    LLMServingSimLog,
+    compare_llmservingsim_log,
+    load_llmservingsim_log,
 )
 from llmserve_env.sim.instance import Instance
 from llmserve_env.sim.simulation import Simulation
@@ -88,7 +113,29 @@ VARIANTS: dict[str, Variant] = {
 }
 
 
-def run(path: Path, variant: Variant) -> tuple[ValidationReport, float]:
+SHIFTS_S = (-1.0, 1.0)
+"""Shifts of a simulated series (s; positive: later) reported as sensitivity."""
+
+
+@dataclasses.dataclass
+class Outcome:
+    """One simulated run: the report, its wall time, and the comparison of our series
+    moved by each of :data:`SHIFTS_S`."""
+
+    report: ValidationReport
+    wall_s: float
+    shifted: dict[float, ValidationReport] = dataclasses.field(default_factory=dict)
+
+
+def _shifted(bench: BenchRun, shift_s: float) -> BenchRun:
+    """The bench run with its ``timeseries.csv`` rows relabelled ``t - shift_s``, so that
+    comparing with it moves the simulated series ``shift_s`` later."""
+    series = dict(bench.timeseries)
+    series["t"] = series["t"] - shift_s
+    return dataclasses.replace(bench, timeseries=series)
+
+
+def run(path: Path, variant: Variant, shifts: tuple[float, ...] = ()) -> Outcome:
     bench = load_bench_run(path)
     overrides = dict(variant.overrides)
     setup = bench_setup(
@@ -105,9 +152,11 @@ def run(path: Path, variant: Variant) -> tuple[ValidationReport, float]:
     start = time.perf_counter()
     sim.run()
     wall = time.perf_counter() - start
-    return compare(
-        bench, sim.metrics.request_table(), sim.metrics.timeseries_table(), setup.notes
-    ), wall
+    requests, series = sim.metrics.request_table(), sim.metrics.timeseries_table()
+    outcome = Outcome(compare(bench, requests, series, setup.notes), wall)
+    for shift in shifts:
+        outcome.shifted[shift] = compare(_shifted(bench, shift), requests, series, [])
+    return outcome
 
 
 def _row(name: str, rep: ValidationReport, wall: float) -> str:
@@ -126,19 +175,111 @@ def _row(name: str, rep: ValidationReport, wall: float) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def _scores(tp: dict[str, float]) -> str:
+    return f"{tp['mape_pct']:.1f} / {tp['mape_steady_pct']:.1f} / {tp['wape_pct']:.1f}"
+
+
+def _mae(series: dict[str, list[float]], what: str) -> float:
+    real = np.asarray(series[f"{what}_vllm"], dtype=float)
+    return float(np.abs(np.asarray(series[f"{what}_sim"], dtype=float) - real).mean())
+
+
+def _llmservingsim_logs(args: argparse.Namespace) -> dict[str, LLMServingSimLog]:
+    """Run folder below ``bench/`` -> LLMServingSim's ``sim.log`` of it, read up front so
+    that a bad flag or file stops the script before anything is simulated."""
+    known = [str(Path(rel).relative_to("bench")) for rel in RUNS.values()]
+    logs: dict[str, Path] = {}
+    if args.llmservingsim_examples is not None:
+        for key in known:
+            path = args.llmservingsim_examples / key / "outputs" / "sim.log"
+            if path.is_file():
+                logs[key] = path
+        if not logs:
+            raise SystemExit(
+                f"--llmservingsim-examples {args.llmservingsim_examples}: no "
+                f"<run>/outputs/sim.log for any of {known}"
+            )
+    for item in args.llmservingsim_log:
+        key, sep, path = item.partition("=")
+        key = key.strip("/")
+        if not sep or not path:
+            raise SystemExit(f"--llmservingsim-log {item!r}: expected RUN=PATH")
+        if key not in known:
+            raise SystemExit(f"--llmservingsim-log {item!r}: RUN is one of {known}")
+        logs[key] = Path(path)
+    try:
+        return {key: load_llmservingsim_log(path) for key, path in logs.items()}
+    except DataFileError as exc:
+        raise SystemExit(str(exc)) from exc
+
+
+def _comparison(outcomes: dict[str, Outcome], logs: dict[str, LLMServingSimLog]) -> None:
+    """Print our per-second scores next to LLMServingSim's (from its logs)."""
+    print()
+    print(
+        "| run | simulator | per-s throughput MAPE / steady MAPE / WAPE % "
+        "| same, series 1 s earlier | same, series 1 s later | running MAE | waiting MAE |\n"
+        "|---|---|---|---|---|---|---|"
+    )
+    for name, rel in RUNS.items():
+        key = str(Path(rel).relative_to("bench"))
+        if key not in logs:
+            continue
+        ours = outcomes[name]
+        cells = [
+            name,
+            "llmserve",
+            _scores(ours.report.throughput),
+            *(_scores(ours.shifted[shift].throughput) for shift in SHIFTS_S),
+            f"{_mae(ours.report.series, 'running'):.1f}",
+            f"{_mae(ours.report.series, 'waiting'):.1f}",
+        ]
+        print("| " + " | ".join(cells) + " |")
+        bench = load_bench_run(ROOT / rel)
+        log = logs[key]
+        theirs = compare_llmservingsim_log(bench, log)
+        cells = [
+            name,
+            f"LLMServingSim ({log.path})",
+            _scores(theirs),
+            *(_scores(compare_llmservingsim_log(bench, log, shift)) for shift in SHIFTS_S),
+            f"{theirs['running_mae']:.1f}",
+            f"{theirs['waiting_mae']:.1f}",
+        ]
+        print("| " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", action="store_true", help="also run the sensitivity variants")
+    parser.add_argument(
+        "--llmservingsim-log",
+        action="append",
+        default=[],
+        metavar="RUN=PATH",
+        help="LLMServingSim's sim.log of a run (RUN: its folder below bench/, e.g. "
+        "RTXPRO6000/Llama-3.1-8B); repeatable",
+    )
+    parser.add_argument(
+        "--llmservingsim-examples",
+        type=Path,
+        metavar="DIR",
+        help="LLMServingSim's bench/examples folder: DIR/<run>/outputs/sim.log per run",
+    )
     args = parser.parse_args()
+    logs = _llmservingsim_logs(args)
     head = (
         "| run | TTFT err % (mean / p50 / p90 / p99) | TPOT err % | e2e err % "
         "| per-s throughput MAPE / steady MAPE / WAPE % | output tok/s err % | sim wall s |\n"
         "|---|---|---|---|---|---|---|"
     )
     print(head)
+    outcomes: dict[str, Outcome] = {}
     for name, rel in RUNS.items():
-        rep, wall = run(ROOT / rel, Variant())
-        print(_row(name, rep, wall))
+        outcomes[name] = run(ROOT / rel, Variant(), SHIFTS_S if logs else ())
+        print(_row(name, outcomes[name].report, outcomes[name].wall_s))
+    if logs:
+        _comparison(outcomes, logs)
     if args.variants:
         print()
         print(head.replace("| run |", "| run, variant |"))
@@ -146,8 +287,8 @@ def main() -> None:
             for label, variant in VARIANTS.items():
                 if variant.runs is not None and name not in variant.runs:
                     continue
-                rep, wall = run(ROOT / rel, variant)
-                print(_row(f"{name}, {label}", rep, wall))
+                outcome = run(ROOT / rel, variant)
+                print(_row(f"{name}, {label}", outcome.report, outcome.wall_s))
 
 
 if __name__ == "__main__":

@@ -542,6 +542,34 @@ def per_second(times: FloatArray, tokens: FloatArray, edges: FloatArray) -> Floa
     return sums / np.diff(edges)
 
 
+def throughput_errors(real: FloatArray, sim: FloatArray) -> dict[str, float]:
+    """Errors of a per-second output-throughput series against the real one, bin by bin.
+
+    ``mape_pct`` is ``mean(|sim - real| / real)`` over the bins with non-zero real
+    throughput; ``mape_steady_pct`` restricts it to the bins with at least 10 % of the
+    real peak (drops the ramp's and the tail's few-token bins, where a shift of a
+    fraction of a second gives errors of hundreds of percent); ``wape_pct`` is
+    ``sum |sim - real| / sum real`` over all bins (in percent, like the MAPEs).
+    ``num_bins`` and ``num_bins_steady`` count the bins of the two MAPEs.
+
+    Args:
+        real: The real series (``timeseries.csv``'s ``gen_throughput``), tok/s.
+        sim: The simulated series on the same bins, tok/s.
+    """
+    mask = real > 0
+    ape = np.abs(sim[mask] - real[mask]) / real[mask]
+    steady = real >= 0.1 * real.max()
+    ape_steady = np.abs(sim[steady] - real[steady]) / real[steady]
+    total = float(real[mask].sum())
+    return {
+        "mape_pct": float(100.0 * ape.mean()) if len(ape) else math.nan,
+        "wape_pct": float(100.0 * np.abs(sim - real).sum() / total) if total else math.nan,
+        "mape_steady_pct": float(100.0 * ape_steady.mean()) if len(ape_steady) else math.nan,
+        "num_bins": int(mask.sum()),
+        "num_bins_steady": int(steady.sum()),
+    }
+
+
 @dataclass
 class ValidationReport:
     """Per-metric comparison of a simulated run with the real one.
@@ -604,11 +632,11 @@ def compare(
         notes: Notes carried into the report.
         tick_s: Bin width of ``timeseries.csv``.
 
-    The per-second MAPE is ``mean(|sim - vllm| / vllm)`` over the bins of
-    ``timeseries.csv`` with non-zero generation throughput; ``steady`` restricts it to
-    bins with at least 10 % of the peak (drops the ramp's and the tail's few-token bins,
-    where a shift of a fraction of a second gives errors of hundreds of percent); WAPE is
-    ``sum |sim - vllm| / sum vllm`` over all bins.
+    The simulated generation tokens of each ``tick_s`` step ending at ``t`` (summed over
+    instances) are compared with ``timeseries.csv``'s row ``t`` (vLLM's tokens of
+    ``[t - tick_s, t)``) by :func:`throughput_errors`: per-second MAPE over the bins with
+    non-zero generation throughput, ``steady`` MAPE over bins with at least 10 % of the
+    peak, and WAPE over all bins.
     """
     real = run.latencies_ms()
     order = np.argsort(sim_requests["request_id"])
@@ -650,18 +678,7 @@ def compare(
         acc[1] += float(w)
     sim_running = [run_bins.get(round(float(t) / tick_s) * tick_s, [0.0, 0.0])[0] for t in bench_t]
     sim_waiting = [run_bins.get(round(float(t) / tick_s) * tick_s, [0.0, 0.0])[1] for t in bench_t]
-    mask = bench_gen > 0
-    ape = np.abs(sim_gen[mask] - bench_gen[mask]) / bench_gen[mask]
-    steady = bench_gen >= 0.1 * bench_gen.max()
-    ape_steady = np.abs(sim_gen[steady] - bench_gen[steady]) / bench_gen[steady]
-    total = float(bench_gen[mask].sum())
-    throughput = {
-        "mape_pct": float(100.0 * ape.mean()) if len(ape) else math.nan,
-        "wape_pct": float(100.0 * np.abs(sim_gen - bench_gen).sum() / total) if total else math.nan,
-        "mape_steady_pct": float(100.0 * ape_steady.mean()) if len(ape_steady) else math.nan,
-        "num_bins": int(mask.sum()),
-        "num_bins_steady": int(steady.sum()),
-    }
+    throughput = throughput_errors(bench_gen, sim_gen)
     r = run.requests
     real_span = float(r["last_token_ts"].max() - r["queued_ts"].min())
     first_token = np.asarray(sim_requests["first_token_s"], dtype=float)
