@@ -214,9 +214,11 @@ def devices() -> None:
         "link GB/s",
         "TDP W",
         "idle W",
+        "PIM TFLOP/s @ GB/s",
     ):
         table.add_column(column, justify="right" if column != "device" else "left")
     for spec in device_catalog().values():
+        pim = f"{spec.pim_tflops:g} @ {spec.pim_bw_gbps:g}" if spec.has_pim else "-"
         table.add_row(
             spec.name,
             f"{spec.bf16_tflops:g}",
@@ -226,6 +228,7 @@ def devices() -> None:
             f"{spec.scaleup_bw_gbps:g}",
             f"{spec.tdp_w:g}",
             f"{spec.idle_w:g}",
+            pim,
         )
     _out.print(table)
 

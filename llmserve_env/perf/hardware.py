@@ -34,6 +34,11 @@ class DeviceSpec:
         cuda_mem_gib: Total memory the CUDA driver reports (``cudaMemGetInfo``, what
             vLLM's ``gpu_memory_utilization`` applies to), where measured; it is below
             ``mem_gib`` by the driver's reservation. ``None``: ``mem_gib``.
+        pim_tflops: Processing-in-memory: peak FLOP/s (TFLOP/s, 16-bit) of the compute
+            units inside the device memory, ``None`` for memory without them.
+        pim_bw_gbps: Processing-in-memory: the internal (bank-level) bandwidth those
+            units stream the memory at (GB/s), above ``mem_bw_gbps``; set together
+            with ``pim_tflops``.
     """
 
     name: str
@@ -48,6 +53,25 @@ class DeviceSpec:
     idle_w: float
     aliases: tuple[str, ...] = field(default=())
     cuda_mem_gib: float | None = None
+    pim_tflops: float | None = None
+    pim_bw_gbps: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.pim_tflops is None) != (self.pim_bw_gbps is None):
+            raise ValueError(
+                f"{self.name}: pim_tflops and pim_bw_gbps go together (processing-in-memory "
+                f"units and the internal bandwidth they read at); got pim_tflops="
+                f"{self.pim_tflops}, pim_bw_gbps={self.pim_bw_gbps}"
+            )
+        if self.pim_tflops is not None and self.pim_tflops <= 0:
+            raise ValueError(f"{self.name}: pim_tflops must be > 0, got {self.pim_tflops}")
+        if self.pim_bw_gbps is not None and self.pim_bw_gbps <= 0:
+            raise ValueError(f"{self.name}: pim_bw_gbps must be > 0, got {self.pim_bw_gbps}")
+
+    @property
+    def has_pim(self) -> bool:
+        """Whether the device memory computes (processing-in-memory units)."""
+        return self.pim_tflops is not None
 
     @property
     def mem_bytes(self) -> float:
@@ -78,7 +102,11 @@ _FIELDS = (
     "tdp_w",
     "idle_w",
 )
-_OPTIONAL_FIELDS = ("aliases", "cuda_mem_gib")
+_OPTIONAL_FIELDS = ("aliases", "cuda_mem_gib", "pim_tflops", "pim_bw_gbps")
+
+
+def _optional_float(raw: dict[str, Any], key: str) -> float | None:
+    return None if raw.get(key) is None else float(raw[key])
 
 
 def _parse_device(name: str, raw: Any, path: Path) -> DeviceSpec:
@@ -86,7 +114,10 @@ def _parse_device(name: str, raw: Any, path: Path) -> DeviceSpec:
         raise DataFileError(path, f"{name}: expected a mapping of device figures")
     unknown = set(raw) - {*_FIELDS, *_OPTIONAL_FIELDS}
     if unknown:
-        raise DataFileError(path, f"{name}: unknown keys {sorted(unknown)}; allowed: {_FIELDS}")
+        raise DataFileError(
+            path,
+            f"{name}: unknown keys {sorted(unknown)}; allowed: {(*_FIELDS, *_OPTIONAL_FIELDS)}",
+        )
     missing = [key for key in _FIELDS if key not in raw]
     if missing:
         raise DataFileError(path, f"{name}: missing keys {missing}")
@@ -103,7 +134,9 @@ def _parse_device(name: str, raw: Any, path: Path) -> DeviceSpec:
             tdp_w=float(raw["tdp_w"]),
             idle_w=float(raw["idle_w"]),
             aliases=tuple(str(a) for a in raw.get("aliases") or ()),
-            cuda_mem_gib=None if raw.get("cuda_mem_gib") is None else float(raw["cuda_mem_gib"]),
+            cuda_mem_gib=_optional_float(raw, "cuda_mem_gib"),
+            pim_tflops=_optional_float(raw, "pim_tflops"),
+            pim_bw_gbps=_optional_float(raw, "pim_bw_gbps"),
         )
     except (TypeError, ValueError) as exc:
         raise DataFileError(path, f"{name}: {exc}") from exc

@@ -9,6 +9,16 @@ per-iteration overheads. The floors are physical: every derate is at most 1, so 
 decode step never beats reading the weights and the attended KV at the device's
 bandwidth, and no step beats its FLOPs at the device's peak.
 
+Processing-in-memory (a device whose ``pim_tflops`` and ``pim_bw_gbps`` are set, such as
+an accelerator on Samsung's HBM-PIM): an operator group may instead run on the compute
+units inside the memory, which read it at the internal bank bandwidth but compute at
+their own, much lower, peak, ``max(FLOPs / pim_peak, bytes / pim_bandwidth)``. Each
+group runs where it is faster, as PIM runtimes offload GEMV-shaped work: weight layers
+at small batches (arithmetic intensity below about ``pim_peak / pim_bandwidth``) and
+decode attention, while prefill and large batches stay on the host compute units. The
+floors then use the internal bandwidth for what runs in memory. The PIM units get the
+device family's GEMM and memory derates (no PIM operator measurements are public).
+
 The derates are calibration constants fitted per device family against measured
 operator times (:data:`FAMILY_CALIBRATIONS`; ``benchmarks/calibration/fit_roofline.py``
 reproduces the fits, VALIDATION.md lists their errors). :func:`calibration_for` picks a
@@ -253,6 +263,9 @@ class RooflineModel:
         self._flops_gemm = device.peak_flops(dtype) * cal.eff_gemm
         self._flops_attn = device.peak_flops(dtype) * cal.eff_attn
         self._bw = device.mem_bw_gbps * 1e9 * cal.eff_mem
+        # Processing-in-memory units (0.0: none): peak FLOP/s and internal bandwidth.
+        self._pim_flops = (device.pim_tflops or 0.0) * 1e12 * cal.eff_gemm
+        self._pim_bw = (device.pim_bw_gbps or 0.0) * 1e9 * cal.eff_mem
         layers = arch.num_layers
         h = arch.hidden_size
         # Per-GPU weight bytes of the dense (always-touched) linear layers of all layers.
@@ -293,7 +306,11 @@ class RooflineModel:
     # ------------------------------------------------------------------ pieces
 
     def _roof(self, flops: float, nbytes: float, peak: float) -> float:
-        return max(flops / peak, nbytes / self._bw)
+        """An operator group on the compute units, or in memory where that is faster."""
+        host = max(flops / peak, nbytes / self._bw)
+        if not self._pim_bw:
+            return host
+        return min(host, max(flops / self._pim_flops, nbytes / self._pim_bw))
 
     def _experts_bytes(self, num_tokens: int) -> float:
         """Bytes of expert weights read for ``num_tokens`` routed tokens (expected distinct
@@ -340,11 +357,10 @@ class RooflineModel:
                 cache[units] = cached
         return cached
 
-    def _attn_coeffs(self) -> tuple[float, float]:
-        """Seconds per attended KV token in decode: (flop-bound, byte-bound)."""
-        layers = self.arch.num_layers
-        flops_per_kv = 4.0 * layers * self._q_width
-        return flops_per_kv / self._flops_attn, self._kv_bytes_per_token_all_layers / self._bw
+    def _decode_attn_s_per_kv(self) -> float:
+        """Seconds of decode attention per attended KV token (affine in the KV sum)."""
+        flops_per_kv = 4.0 * self.arch.num_layers * self._q_width
+        return self._roof(flops_per_kv, self._kv_bytes_per_token_all_layers, self._flops_attn)
 
     # ------------------------------------------------------------------ protocol
 
@@ -365,17 +381,15 @@ class RooflineModel:
             nbytes = kv_tokens * self._kv_bytes_per_token_all_layers
             total += self._roof(flops, nbytes, self._flops_attn)
         if batch.num_decodes:
-            per_flop, per_byte = self._attn_coeffs()
-            total += batch.decode_kv_sum * max(per_flop, per_byte)
+            total += batch.decode_kv_sum * self._decode_attn_s_per_kv()
         return total
 
     def _decode_terms(self, num_decodes: int) -> tuple[float, float, float]:
         """Fixed seconds and seconds per KV token of a decode-only batch (cached)."""
         cached = self._decode_cache.get(num_decodes)
         if cached is None:
-            per_flop, per_byte = self._attn_coeffs()
             base = self._fixed + self._linear_time(num_decodes, num_decodes)
-            cached = (base, max(per_flop, per_byte), 0.0)
+            cached = (base, self._decode_attn_s_per_kv(), 0.0)
             if len(self._decode_cache) < 4096:
                 self._decode_cache[num_decodes] = cached
         return cached

@@ -21,7 +21,7 @@ from llmserve_env.perf.roofline import (
 )
 
 MODELS = ("meta-llama/Llama-3.1-8B", "meta-llama/Llama-3.1-70B", "Qwen/Qwen3-30B-A3B-Instruct-2507")
-DEVICES = ("H100-SXM", "A100-SXM-80GB", "MI300X", "TPU-v6e", "RTX4090", "Gaudi3")
+DEVICES = ("H100-SXM", "A100-SXM-80GB", "MI300X", "TPU-v6e", "RTX4090", "Gaudi3", "MI100-HBM-PIM")
 
 
 def _custom_device(**overrides: object) -> DeviceSpec:
@@ -63,7 +63,8 @@ def _weight_bytes_per_device(arch: ModelArch, tp: int, dtype: str, num_decodes: 
 def test_decode_never_beats_reading_weights_and_kv(model: str, device_name: str, tp: int) -> None:
     arch, device = load_model_arch(model), resolve_device(device_name)
     roof = RooflineModel(arch, device, tp=tp)
-    bw = device.mem_bw_gbps * 1e9
+    # What runs in processing-in-memory units reads at the internal bandwidth.
+    bw = max(device.mem_bw_gbps, device.pim_bw_gbps or 0.0) * 1e9
     for num_decodes, kv_each in ((1, 1), (1, 4096), (64, 2048), (256, 8192)):
         kv_sum = num_decodes * kv_each
         floor = (
@@ -208,3 +209,60 @@ def test_decode_line_equals_the_vectorised_stretch() -> None:
     i = np.arange(1, 301, dtype=np.float64)
     times = roof.decode_times_s(16, 16 * 700.0 + 16 * i, 900.0 + i, 500.0 + i)
     np.testing.assert_allclose(line[0] + line[1] * i, times, rtol=1e-12)
+
+
+def _without_pim(device: DeviceSpec) -> DeviceSpec:
+    return dataclasses.replace(device, name="no-pim", pim_tflops=None, pim_bw_gbps=None)
+
+
+def test_pim_runs_gemv_shaped_work_in_memory() -> None:
+    # Llama-3's grouped-query attention keeps decode attention on the host (see below),
+    # so what moves is the weight layers.
+    arch, pim = load_model_arch("meta-llama/Llama-3.1-8B"), resolve_device("MI100-HBM-PIM")
+    with_pim, plain = RooflineModel(arch, pim), RooflineModel(arch, _without_pim(pim))
+    assert with_pim.calibration == plain.calibration
+
+    def decode(roof: RooflineModel, num: int, kv_each: int = 1024) -> float:
+        return roof.iteration_time_s(BatchShape((), (), num, num * kv_each, kv_each))
+
+    # One decode is a chain of matrix-vector products: in memory, at about the internal
+    # bandwidth (the plain device reads its weights at the external one).
+    assert decode(with_pim, 1) < 0.6 * decode(plain, 1)
+    # Large batches and prefill have the arithmetic intensity of the host's tensor units.
+    assert decode(with_pim, 64) == decode(plain, 64)
+    prefill = BatchShape((512, 512, 512, 512), (0, 0, 0, 0))
+    assert with_pim.iteration_time_s(prefill) == plain.iteration_time_s(prefill)
+    # Time falls with PIM and rises with the batch, never below the plain device's at
+    # the internal bandwidth.
+    for num in (1, 2, 3, 4, 8, 16):
+        assert decode(with_pim, num) <= decode(plain, num)
+    times = [decode(with_pim, num) for num in (1, 2, 4, 8, 16, 64)]
+    assert np.all(np.diff(times) >= 0)
+
+
+def test_pim_attention_follows_the_head_ratio() -> None:
+    """Decode attention's arithmetic intensity is the query-per-KV-head ratio: one for
+    multi-head attention (in memory is faster), four for Llama-3's grouped queries
+    (the in-memory units' low peak makes the host faster)."""
+    pim = resolve_device("MI100-HBM-PIM")
+    for model, faster_in_memory in (
+        ("meta-llama/Llama-2-7b-hf", True),
+        ("meta-llama/Llama-3.1-8B", False),
+    ):
+        arch = load_model_arch(model)
+        with_pim, plain = RooflineModel(arch, pim), RooflineModel(arch, _without_pim(pim))
+        kv = np.array([1e5, 2e5])
+        slope_pim = float(np.diff(with_pim.decode_times_s(64, kv, kv / 64, kv / 64))[0])
+        slope_plain = float(np.diff(plain.decode_times_s(64, kv, kv / 64, kv / 64))[0])
+        assert (slope_pim < slope_plain) == faster_in_memory
+        assert slope_pim <= slope_plain
+
+
+def test_pim_decode_line_equals_the_vectorised_stretch() -> None:
+    roof = RooflineModel(load_model_arch("meta-llama/Llama-2-7b-hf"), resolve_device("hbm-pim"))
+    for num in (1, 16):
+        line = roof.decode_line_s(num, num * 700.0, 900.0, 500.0, 100)
+        assert line is not None
+        i = np.arange(1, 101, dtype=np.float64)
+        times = roof.decode_times_s(num, num * 700.0 + num * i, 900.0 + i, 500.0 + i)
+        np.testing.assert_allclose(line[0] + line[1] * i, times, rtol=1e-12)
