@@ -118,13 +118,51 @@ def _group_key(node_index: int, group_index: int) -> str:
     return f"cluster.nodes[{node_index}].instances[{group_index}]"
 
 
+def scenario_device(scenario: Scenario, name: str) -> DeviceSpec:
+    """The accelerator ``name`` stands for: one of the scenario's own ``devices``, else
+    the catalog's (by name or alias).
+
+    Raises:
+        KeyError: naming the catalog's devices and the scenario's.
+    """
+    figures = scenario.devices.get(name)
+    if figures is not None:
+        return DeviceSpec(name=name, **figures.model_dump())
+    try:
+        return resolve_device(name)
+    except KeyError as exc:
+        if not scenario.devices:
+            raise
+        raise KeyError(
+            f"{exc.args[0]}; the scenario's devices: {', '.join(scenario.devices)}"
+        ) from exc
+
+
+def _check_devices(scenario: Scenario) -> list[tuple[str, str]]:
+    """The scenario's own devices must not take a name the catalog already resolves."""
+    problems = []
+    for name in scenario.devices:
+        try:
+            known = resolve_device(name)
+        except KeyError:
+            continue
+        problems.append(
+            (
+                f"devices.{name}",
+                f"{name!r} is the catalog's {known.name!r} already (`llmserve devices`); "
+                "give the described device a name of its own",
+            )
+        )
+    return problems
+
+
 def check_references(scenario: Scenario) -> None:
     """Check catalog names (models, devices) and that each instance fits its devices.
 
     Raises:
         ScenarioError: listing every bad reference with its dotted key.
     """
-    problems: list[tuple[str, str]] = []
+    problems = _check_devices(scenario)
     for n, node in enumerate(scenario.cluster.nodes):
         for g, group in enumerate(node.instances):
             key = _group_key(n, g)
@@ -137,7 +175,7 @@ def check_references(scenario: Scenario) -> None:
                 problems.append((f"{key}.model", str(exc)))
                 continue
             try:
-                device = resolve_device(group.device)
+                device = scenario_device(scenario, group.device)
             except KeyError as exc:
                 problems.append((f"{key}.device", str(exc.args[0])))
                 continue
@@ -233,7 +271,7 @@ def plan_instances(scenario: Scenario) -> list[InstancePlan]:
             for g, group in enumerate(node.instances):
                 key = _group_key(n, g)
                 arch = load_model_arch(group.model)
-                device = resolve_device(group.device)
+                device = scenario_device(scenario, group.device)
                 try:
                     params = resolve_engine(
                         group.engine, arch, device, group.tp, group.dtype, scenario
@@ -443,7 +481,7 @@ def _device_power_spec(scenario: Scenario, plan: InstancePlan) -> DevicePowerSpe
     overrides: dict[str, Any] = {}
     for name, values in scenario.power.devices.items():
         try:
-            matches = resolve_device(name).name == plan.device.name
+            matches = scenario_device(scenario, name).name == plan.device.name
         except KeyError:
             matches = False
         if matches:

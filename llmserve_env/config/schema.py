@@ -160,6 +160,51 @@ class EngineConfig(StrictModel):
     (``None``: unbounded, as vLLM)."""
 
 
+# --------------------------------------------------------------------------- devices
+
+
+class DeviceFigures(StrictModel):
+    """An accelerator the scenario describes itself (a hypothetical or unlisted part),
+    with the figures of a catalog entry (``profiles/devices.yaml``, per device). It runs
+    on the roofline model (``perf: analytical`` or ``auto``) or a measured profile
+    folder; ``vendor`` picks the roofline's calibration family (``nvidia``: the Hopper
+    fit, ``amd``, ``google``, ``intel``; ``custom``: the generic constants)."""
+
+    vendor: Literal["nvidia", "amd", "google", "intel", "custom"] = "custom"
+    """Whose calibration constants the roofline applies."""
+    bf16_tflops: PositiveFloat
+    """Dense BF16 tensor peak (TFLOP/s)."""
+    fp8_tflops: PositiveFloat | None = None
+    """Dense FP8 peak (``None``: no FP8 units; FP8 runs at the BF16 peak)."""
+    mem_gib: PositiveFloat
+    """Device memory (GiB)."""
+    mem_bw_gbps: PositiveFloat
+    """Device memory bandwidth (GB/s)."""
+    scaleup_bw_gbps: PositiveFloat
+    """Scale-up link bandwidth per direction (GB/s), for tensor-parallel collectives."""
+    host_bw_gbps: PositiveFloat
+    """Host link bandwidth per direction (GB/s), for weight reloads after sleep."""
+    tdp_w: PositiveFloat
+    """Board power limit (W)."""
+    idle_w: NonNegFloat
+    """Idle power with a model loaded (W)."""
+    pim_tflops: PositiveFloat | None = None
+    """Processing-in-memory: peak (16-bit TFLOP/s) of compute units inside the memory."""
+    pim_bw_gbps: PositiveFloat | None = None
+    """Processing-in-memory: the internal bandwidth those units read at (GB/s)."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DeviceFigures:
+        if self.idle_w >= self.tdp_w:
+            raise ValueError(f"idle_w ({self.idle_w}) must be below tdp_w ({self.tdp_w})")
+        if (self.pim_tflops is None) != (self.pim_bw_gbps is None):
+            raise ValueError(
+                "pim_tflops and pim_bw_gbps go together (processing-in-memory units and "
+                "the internal bandwidth they read at)"
+            )
+        return self
+
+
 # --------------------------------------------------------------------------- cluster
 
 
@@ -174,7 +219,8 @@ class InstanceGroup(StrictModel):
     ``config.json``."""
 
     device: str
-    """Accelerator name from the device catalog (``llmserve devices``)."""
+    """Accelerator name from the device catalog (``llmserve devices``) or from the
+    scenario's own ``devices`` section."""
 
     tp: PositiveInt = 1
     """Tensor-parallel degree: devices per instance."""
@@ -774,6 +820,9 @@ class Scenario(StrictModel):
     """One line shown by ``llmserve scenarios``."""
     seed: NonNegInt = 0
     """Root seed of the RNG tree."""
+    devices: dict[str, DeviceFigures] = Field(default_factory=dict)
+    """Accelerators described here, by the name instance groups give as ``device``
+    (a name must not be one the catalog already knows)."""
     cluster: ClusterConfig
     """Nodes and instances."""
     engine: EngineConfig = EngineConfig()

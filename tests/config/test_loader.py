@@ -182,3 +182,62 @@ def test_async_scheduling_knob_is_off_by_default_and_reaches_the_engine(tmp_path
     assert "engine.async_scheduling" in message and "s.yaml:8" in message
     assert "valid boolean" in message and "sometimes" in message
     assert "async" in json.dumps(scenario_json_schema()["$defs"]["EngineConfig"]["properties"])
+
+
+_H100_FIGURES = """\
+devices:
+  my-npu:
+    vendor: nvidia
+    bf16_tflops: 989
+    fp8_tflops: 1979
+    mem_gib: 80
+    mem_bw_gbps: 3350
+    scaleup_bw_gbps: 450
+    host_bw_gbps: 64
+    tdp_w: 700
+    idle_w: 75
+"""
+
+
+def test_a_scenario_describes_its_own_device(tmp_path: Path) -> None:
+    from llmserve_env.build import build_simulation, scenario_device
+
+    analytical = GOOD.replace("device: H100-SXM", "device: H100-SXM\n          perf: analytical")
+    described = _H100_FIGURES + analytical.replace("device: H100-SXM", "device: my-npu")
+    catalog_run = build_simulation(load_scenario(str(_write(tmp_path, analytical)))).run()
+    scenario = load_scenario(str(_write(tmp_path, described)))
+    device = scenario_device(scenario, "my-npu")
+    assert device.name == "my-npu" and device.mem_gib == 80 and not device.has_pim
+    # The H100's figures and vendor give the H100's roofline (its family's constants)
+    # and KV capacity, so the same run.
+    described_run = build_simulation(scenario).run()
+    for key in ("num_finished", "mean_ttft_ms", "mean_tpot_ms", "makespan_s", "energy_j"):
+        assert described_run[key] == catalog_run[key]
+    # A faster memory makes decode faster.
+    faster = described.replace("mem_bw_gbps: 3350", "mem_bw_gbps: 6700")
+    faster_run = build_simulation(load_scenario(str(_write(tmp_path, faster)))).run()
+    assert faster_run["mean_tpot_ms"] < described_run["mean_tpot_ms"]
+
+
+def test_described_devices_are_checked(tmp_path: Path) -> None:
+    shadow = _H100_FIGURES.replace("my-npu:", "h100:") + GOOD
+    with pytest.raises(ScenarioError, match=r"devices\.h100.*catalog's 'H100-SXM' already"):
+        load_scenario(str(_write(tmp_path, shadow)))
+    typo = _H100_FIGURES + GOOD.replace("device: H100-SXM", "device: my-mpu")
+    with pytest.raises(
+        ScenarioError, match=r"device.*unknown device 'my-mpu'.*scenario's devices: my-npu"
+    ):
+        load_scenario(str(_write(tmp_path, typo)))
+    half_pim = (
+        _H100_FIGURES.replace("    idle_w: 75\n", "    idle_w: 75\n    pim_tflops: 4\n") + GOOD
+    )
+    with pytest.raises(ScenarioError, match=r"devices\.my-npu.*go together"):
+        load_scenario_file(_write(tmp_path, half_pim))
+    hot_idle = _H100_FIGURES.replace("idle_w: 75", "idle_w: 800") + GOOD
+    with pytest.raises(
+        ScenarioError, match=r"s\.yaml:\d+.*devices\.my-npu.*idle_w \(800.0\) must be below"
+    ):
+        load_scenario_file(_write(tmp_path, hot_idle))
+    unknown = _H100_FIGURES.replace("vendor: nvidia", "vendor: nvidia\n    tflops: 3") + GOOD
+    with pytest.raises(ScenarioError, match=r"devices\.my-npu\.tflops.*unknown key"):
+        load_scenario_file(_write(tmp_path, unknown))
