@@ -22,7 +22,11 @@ which the main table uses) sizes the KV cache with the memory model instead
 (``llmserve validate --set num_gpu_blocks_override=null``); ``no-full-isl`` (the RTX
 4090 run only: the others never fill their KV caches, so the admission check never
 bites) admits a request when its first chunk fits, as before the engine had the check
-(``llmserve validate --set scheduler_reserve_full_isl=false``).
+(``llmserve validate --set scheduler_reserve_full_isl=false``); ``llmss-skew-key``
+looks the skew correction of a batch with a prefill up as LLMServingSim does, by its
+exact prefill chunk, so that every chunk between the profiled sizes gets
+``alpha_default`` (not adopted: the profile's own skew measurements favour the bucket
+lookup, VALIDATION.md's finding on LLMServingSim's composition).
 
 LLMServingSim's own simulation of the same runs is scored next to ours when its logs are
 given (they are not shipped: download ``bench/examples/<HW>/<model>/outputs/sim.log``
@@ -67,6 +71,7 @@ from llmserve_env.interop.llmservingsim_log import (
     compare_llmservingsim_log,
     load_llmservingsim_log,
 )
+from llmserve_env.perf.tables import BucketTable
 from llmserve_env.sim.instance import Instance
 from llmserve_env.sim.simulation import Simulation
 
@@ -83,6 +88,35 @@ def _tables(inst: Instance, **changes: Any) -> None:
     latency: Any = inst.latency
     latency.tables = dataclasses.replace(latency.tables, **changes)
     latency._decode_cache.clear()
+
+
+class _ProfiledChunkSkew:
+    """LLMServingSim's skew key: a batch with a prefill gets its bucket's ``alpha`` only
+    when its prefill chunk is one of the profiled chunk sizes, else ``alpha_default``
+    (it keys the bucket by the exact chunk). Decode-only batches (chunk 0) are
+    unchanged."""
+
+    def __init__(self, table: BucketTable) -> None:
+        self.table = table
+        self.edges = table.edges
+        self.default = table.default
+        self._chunks = set(table.edges[0].tolist())
+
+    def __call__(self, pc: float, kp: float, nd: float, kd_max: float, rate: float) -> float:
+        if pc not in self._chunks:
+            return self.default
+        return self.table(pc, kp, nd, kd_max, rate)
+
+    def many(self, *points: Any) -> Any:
+        return self.table.many(*points)  # decode-only stretches: chunk 0, profiled
+
+
+def _llmss_skew_key(sim: Simulation) -> None:
+    for inst in sim.instances:
+        latency: Any = inst.latency
+        skew = latency.tables.skew
+        if skew is not None:
+            _tables(inst, skew=_ProfiledChunkSkew(skew))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +144,7 @@ VARIANTS: dict[str, Variant] = {
     "link-collectives": Variant(collectives="link", runs=("RTX PRO 6000, Qwen3-32B TP2",)),
     "model-kv": Variant({"num_gpu_blocks_override": None}, runs=("RTX 4090, Llama-3.1-8B",)),
     "no-full-isl": Variant({"scheduler_reserve_full_isl": False}, runs=("RTX 4090, Llama-3.1-8B",)),
+    "llmss-skew-key": Variant(hook=_llmss_skew_key),
 }
 
 

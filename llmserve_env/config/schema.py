@@ -689,7 +689,9 @@ class PowerConfig(StrictModel):
     """How often the governor acts."""
     cap_w: PositiveFloat | None = None
     """Power cap per device; each iteration runs at the highest clock that keeps it
-    under the cap."""
+    under the cap. The latency model's times are the device's at its TDP (where its
+    measurements come from), so a cap at or above the TDP slows nothing; ``None``: the
+    TDP."""
     clock_levels: list[Annotated[float, Field(gt=0.0, le=1.0)]] | None = None
     """Selectable clocks as fractions of the maximum (increasing)."""
     up_threshold: Annotated[float, Field(gt=0.0, le=1.0)] = 0.8

@@ -285,17 +285,36 @@ class InstancePower:
 
     def _capped_freq(
         self, flops: float, nbytes: float, time_s: float, share: float
-    ) -> tuple[float, float, float]:
-        """The highest allowed clock whose power stays under the cap: (f, t, P)."""
+    ) -> tuple[float, float, float, float]:
+        """The clock an iteration runs at, its duration and power, and the reference
+        clock: (f, t, P, f_ref).
+
+        ``time_s`` is the latency model's, and its figures describe the device at its
+        stock power limit: profiles are timed on the device itself and the roofline's
+        derates are fitted to such timings, so whatever clock the TDP held the device to
+        is already in them. That clock, ``f_ref``, is the highest level whose power at
+        ``time_s`` fits the TDP; the iteration never runs faster than ``time_s``. A
+        lower clock (the selected level, or the highest one under a cap below the TDP)
+        stretches the compute-bound share relative to ``f_ref``. Where the full clock
+        fits the TDP (``f_ref`` 1), this is the highest clock under the cap, its time
+        scaled from the full clock.
+        """
         spec = self.spec
         levels = spec.clock_levels
         work = self.work
-        for index in range(self.freq_index, -1, -1):
+        ref = len(levels) - 1
+        while ref > 0 and (
+            active_power_scalar(spec, work, flops, nbytes, time_s, levels[ref]) > spec.tdp_w
+        ):
+            ref -= 1
+        f_ref = levels[ref]
+        base = 1.0 if f_ref >= 1.0 else 1.0 + share * (1.0 / f_ref - 1.0)
+        for index in range(min(self.freq_index, ref), -1, -1):
             f = levels[index]
-            t = time_s if f >= 1.0 else time_s * (1.0 + share * (1.0 / f - 1.0))
+            t = time_s if index == ref else time_s * (1.0 + share * (1.0 / f - 1.0)) / base
             p = active_power_scalar(spec, work, flops, nbytes, t, f)
             if p <= self.cap_w or index == 0:
-                return f, t, min(p, self.cap_w)
+                return f, t, min(p, self.cap_w), f_ref
         raise AssertionError("unreachable")
 
     # ------------------------------------------------------------------ iterations
@@ -303,7 +322,7 @@ class InstancePower:
     def iteration(self, batch: BatchShape, time_s: float) -> tuple[float, float]:
         """Clock-adjusted duration and per-instance power of one iteration."""
         flops, nbytes, share = self.work.iteration(batch)
-        f, t, p = self._capped_freq(flops, nbytes, time_s, share)
+        f, t, p, _ = self._capped_freq(flops, nbytes, time_s, share)
         self.last_freq_used = f
         t += self._clock_penalty_s
         self._clock_penalty_s = 0.0
@@ -360,9 +379,13 @@ class InstancePower:
                 return times_s, affine
         kv_sum = kv_sum0 + num * np.arange(1, steps + 1, dtype=np.float64)
         flops, nbytes, share = self.work.decode(num, kv_sum)
-        f, _, _ = self._capped_freq(float(flops[0]), float(nbytes[0]), times_s[0], float(share[0]))
+        f, _, _, f_ref = self._capped_freq(
+            float(flops[0]), float(nbytes[0]), times_s[0], float(share[0])
+        )
         self.last_freq_used = f
         t = np.asarray(scaled_time(np.asarray(times_s), share, f), dtype=np.float64)
+        if f_ref < 1.0:  # the latency model's times are at the clock the TDP allows
+            t = t / np.asarray(scaled_time(1.0, share, f_ref), dtype=np.float64)
         if self._clock_penalty_s:
             t[0] += self._clock_penalty_s
             self._clock_penalty_s = 0.0

@@ -86,6 +86,36 @@ def test_cap_picks_highest_clock_under_the_cap() -> None:
     assert power.last_freq_used == 1.0
 
 
+def test_tdp_does_not_slow_the_latency_models_time() -> None:
+    # A latency model's figures are the device's at its stock limit: an iteration whose
+    # modelled full-clock power exceeds the TDP keeps its time (at the clock the TDP
+    # allows), and a cap below the TDP stretches it relative to that clock.
+    power = _power()
+    batch = BatchShape((8192,), (0,), 0, 0, 0)
+    flops, nbytes, share = power.work.iteration(batch)
+    fast = 0.8 * flops / power.work.peak_flops / 0.75  # MFU 0.94: over the TDP at full clock
+    assert active_power_w(power.spec, power.work, flops, nbytes, fast, 1.0) > H100.tdp_w
+    t, p = power.iteration(batch, fast)
+    assert t == fast
+    assert p <= H100.tdp_w
+    f_ref = power.last_freq_used
+    assert f_ref < 1.0
+    assert active_power_w(power.spec, power.work, flops, nbytes, fast, f_ref) <= H100.tdp_w
+    capped = _power(cap=400.0)
+    t_cap, p_cap = capped.iteration(batch, fast)
+    f = capped.last_freq_used
+    assert f < f_ref and p_cap <= 400.0 + 1e-9
+    expected = float(scaled_time(fast, share, f)) / float(scaled_time(1.0, share, f_ref))
+    assert t_cap == pytest.approx(expected)
+    # Where the full clock fits the TDP, the time is the model's and the clock full.
+    slow = 2.0 * flops / power.work.peak_flops
+    assert power.iteration(batch, slow)[0] == slow and power.last_freq_used == 1.0
+    # Decode stretches follow the same rule (here so short that MFU and MBU saturate).
+    times, _ = power.stretch(256, 256 * 1000.0, [1e-5, 1e-5, 1e-5])
+    assert power.last_freq_used < 1.0
+    assert times == pytest.approx([1e-5, 1e-5, 1e-5], rel=1e-12)
+
+
 def test_idle_energy_is_standby_tail_then_idle() -> None:
     power = _power()
     spec = power.spec
