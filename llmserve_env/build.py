@@ -12,7 +12,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import yaml
 
@@ -23,9 +23,10 @@ from llmserve_env.paths import scenarios_dir
 from llmserve_env.perf.base import LatencyModel
 from llmserve_env.perf.cudagraph import default_capture_sizes
 from llmserve_env.perf.hardware import GIB, DeviceSpec, device_catalog, resolve_device
-from llmserve_env.perf.memory import num_kv_blocks
+from llmserve_env.perf.memory import num_kv_blocks, weights_bytes_per_device
 from llmserve_env.perf.model_arch import DTYPE_BYTES, ModelArch, load_model_arch
 from llmserve_env.perf.power import DevicePowerSpec, WorkModel
+from llmserve_env.sim.data_parallel import DPGroup, RankLatency
 from llmserve_env.sim.governors import make_governor
 from llmserve_env.sim.instance import EngineParams, Instance
 from llmserve_env.sim.kernel import Kernel
@@ -112,6 +113,8 @@ class InstancePlan:
     arch: ModelArch
     device: DeviceSpec
     params: EngineParams
+    lockstep: int | None = None
+    """Index of the lockstep data-parallel group (DP + EP) the instance is a rank of."""
 
 
 def _group_key(node_index: int, group_index: int) -> str:
@@ -202,8 +205,10 @@ def resolve_engine(
     tp: int,
     dtype: str,
     scenario: Scenario,
+    expert_parallel_size: int = 1,
 ) -> EngineParams:
-    """Turn engine knobs into concrete numbers (defaults, KV blocks, context length).
+    """Turn engine knobs into concrete numbers (defaults, KV blocks, context length);
+    ``expert_parallel_size`` > 1: the experts are split over that many devices.
 
     Raises:
         ValueError: when the model does not fit or the knobs clash.
@@ -224,6 +229,7 @@ def resolve_engine(
             max_num_batched_tokens=max_tokens,
             max_num_seqs=max_seqs,
             activation_reserve_gib=engine.activation_reserve_gib,
+            expert_parallel_size=expert_parallel_size,
         )
     kv_tokens = blocks * engine.block_size
     if engine.max_model_len is not None:
@@ -259,10 +265,45 @@ def resolve_engine(
     )
 
 
+def _expert_parallel_size(group: InstanceGroup, arch: ModelArch, key: str) -> int:
+    """Devices the group's experts are split over (1: none), checking the layout fits
+    the model."""
+    if group.enable_expert_parallel:
+        if not arch.is_moe:
+            raise ScenarioError(
+                [(f"{key}.enable_expert_parallel", f"{arch.name} is a dense model (no experts)")]
+            )
+        if arch.num_experts % group.data_parallel_size:
+            raise ScenarioError(
+                [
+                    (
+                        f"{key}.data_parallel_size",
+                        f"{arch.num_experts} experts of {arch.name} do not split evenly over "
+                        f"{group.data_parallel_size} ranks",
+                    )
+                ]
+            )
+        return group.tp * group.data_parallel_size
+    if arch.is_moe and group.data_parallel_size > 1:
+        raise ScenarioError(
+            [
+                (
+                    f"{key}.enable_expert_parallel",
+                    "data-parallel ranks of an MoE model need enable_expert_parallel: true "
+                    "(their MoE layers sharded over every rank without it are not modelled)",
+                )
+            ]
+        )
+    return 1
+
+
 def plan_instances(scenario: Scenario) -> list[InstancePlan]:
-    """Expand node and instance ``count`` fields into one plan per instance."""
+    """Expand node, instance ``count`` and ``data_parallel_size`` fields into one plan
+    per instance (per data-parallel rank); the ranks of an expert-parallel engine share
+    a ``lockstep`` index."""
     plans: list[InstancePlan] = []
     node_id = 0
+    num_lockstep = 0
     for n, node in enumerate(scenario.cluster.nodes):
         for node_copy in range(node.count):
             node_name = node.name or f"node{node_id}"
@@ -272,26 +313,33 @@ def plan_instances(scenario: Scenario) -> list[InstancePlan]:
                 key = _group_key(n, g)
                 arch = load_model_arch(group.model)
                 device = scenario_device(scenario, group.device)
+                ep = _expert_parallel_size(group, arch, key)
                 try:
                     params = resolve_engine(
-                        group.engine, arch, device, group.tp, group.dtype, scenario
+                        group.engine, arch, device, group.tp, group.dtype, scenario, ep
                     )
                 except ValueError as exc:
                     raise ScenarioError([(key, str(exc))]) from exc
                 base = group.name or arch.name.split("/")[-1]
                 for _ in range(group.count):
-                    plans.append(
-                        InstancePlan(
-                            name=f"{base}-{len(plans)}",
-                            node_id=node_id,
-                            node_name=node_name,
-                            group=group,
-                            key=key,
-                            arch=arch,
-                            device=device,
-                            params=params,
+                    lockstep = None
+                    if ep > 1:
+                        lockstep = num_lockstep
+                        num_lockstep += 1
+                    for _ in range(group.data_parallel_size):
+                        plans.append(
+                            InstancePlan(
+                                name=f"{base}-{len(plans)}",
+                                node_id=node_id,
+                                node_name=node_name,
+                                group=group,
+                                key=key,
+                                arch=arch,
+                                device=device,
+                                params=params,
+                                lockstep=lockstep,
+                            )
                         )
-                    )
             node_id += 1
     return plans
 
@@ -315,6 +363,7 @@ def make_latency_model(plan: InstancePlan) -> LatencyModel:
     from llmserve_env.perf import factory as perf_factory
 
     group = plan.group
+    dp = group.data_parallel_size if group.enable_expert_parallel else 1
     try:
         return perf_factory.make_latency_model(
             plan.arch,
@@ -323,6 +372,7 @@ def make_latency_model(plan: InstancePlan) -> LatencyModel:
             group.dtype,
             group.perf,
             capture_sizes=cudagraph_capture_sizes(group.engine, plan.params),
+            expert_parallel_size=dp,
         )
     except (DataFileError, ValueError) as exc:
         raise ScenarioError([(f"{plan.key}.perf", str(exc))]) from exc
@@ -403,6 +453,11 @@ class SimulationFactory:
         instances = []
         for index, (plan, latency) in enumerate(zip(self.plans, self.latency_models, strict=True)):
             arch, tp = plan.arch, plan.group.tp
+            weights = arch.weight_bytes(plan.group.dtype) / tp
+            if plan.lockstep is not None:
+                weights = weights_bytes_per_device(
+                    arch, tp, plan.group.dtype, tp * plan.group.data_parallel_size
+                )
             wb = DTYPE_BYTES[plan.group.dtype]
             collective = (
                 2 * arch.num_layers * 2 * (tp - 1) / tp * arch.hidden_size * wb * tp
@@ -413,7 +468,7 @@ class SimulationFactory:
                 self.power_specs[index],
                 self.work_models[index],
                 num_devices=tp,
-                weight_bytes=arch.weight_bytes(plan.group.dtype) / tp,
+                weight_bytes=weights,
                 host_gbps=plan.device.host_bw_gbps,
                 cap_w=power_cfg.cap_w,
                 node=nodes[plan.node_id] if nodes else NodePower(self.node_specs[plan.node_id]),
@@ -437,6 +492,18 @@ class SimulationFactory:
                     power=power,
                 )
             )
+        ranks: dict[int, list[int]] = {}
+        for index, plan in enumerate(self.plans):
+            if plan.lockstep is not None:
+                ranks.setdefault(plan.lockstep, []).append(index)
+        dp_groups = [
+            DPGroup(
+                group_id,
+                [instances[i] for i in members],
+                [cast(RankLatency, self.latency_models[i]) for i in members],
+            )
+            for group_id, members in sorted(ranks.items())
+        ]
         router = None if external_routing else make_router(scenario.router.policy, rngs["routing"])
         target_tpot = power_cfg.target_tpot_ms or scenario.slo.tpot_ms
         governor = (
@@ -465,6 +532,7 @@ class SimulationFactory:
             governor=governor,
             power_interval_s=power_cfg.control_interval_s,
             wake_on_demand=power_cfg.wake_on_demand,
+            dp_groups=dp_groups,
         )
 
 
@@ -551,6 +619,7 @@ def describe_instances(scenario: Scenario) -> list[dict[str, object]]:
                 "model": plan.arch.name,
                 "device": plan.device.name,
                 "tp": plan.group.tp,
+                "dp_engine": "-" if plan.lockstep is None else plan.lockstep,
                 "num_blocks": p.num_blocks,
                 "kv_cache_gib": p.num_blocks
                 * p.block_size

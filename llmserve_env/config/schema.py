@@ -38,6 +38,7 @@ RouterPolicy = Literal[
     "least_kv_usage",
     "power_of_two_choices",
     "prefix_affinity",
+    "vllm_data_parallel",
 ]
 DType = Literal["bf16", "fp16", "fp8"]
 
@@ -226,7 +227,19 @@ class InstanceGroup(StrictModel):
     """Tensor-parallel degree: devices per instance."""
 
     count: PositiveInt = 1
-    """How many identical instances this group stands for."""
+    """How many identical instances this group stands for (with
+    ``data_parallel_size`` > 1: how many data-parallel engines)."""
+
+    data_parallel_size: PositiveInt = 1
+    """vLLM ``--data-parallel-size``: ranks of one engine, each ``tp`` devices with its
+    own scheduler, KV cache and requests (the router sees each rank). An MoE model's
+    ranks step in lockstep and need ``enable_expert_parallel``; a dense model's run
+    independently, as ``count`` instances would."""
+
+    enable_expert_parallel: bool = False
+    """vLLM ``--enable-expert-parallel``: the experts of an MoE model are split whole
+    over the ``data_parallel_size`` ranks (modelled at ``tp: 1``), whose MoE layers
+    all-gather every rank's tokens and reduce-scatter the results."""
 
     dtype: DType = "bf16"
     """Weight and activation data type."""
@@ -245,6 +258,25 @@ class InstanceGroup(StrictModel):
     perf: str = "auto"
     """Latency model: ``auto`` (best available source), ``analytical``, or a path to a
     profile folder in llmserve-env's profile format."""
+
+    @model_validator(mode="after")
+    def _expert_parallel_layout(self) -> InstanceGroup:
+        if self.enable_expert_parallel:
+            if self.data_parallel_size < 2:
+                raise ValueError(
+                    "enable_expert_parallel needs data_parallel_size >= 2 (the experts are "
+                    "split over the data-parallel ranks)"
+                )
+            if self.tp != 1:
+                raise ValueError(
+                    f"enable_expert_parallel is modelled for tp: 1 ranks only, got tp: {self.tp}"
+                )
+        return self
+
+    @property
+    def num_devices(self) -> int:
+        """Devices the whole group takes (``tp x data_parallel_size x count``)."""
+        return self.tp * self.data_parallel_size * self.count
 
     @field_validator("perf")
     @classmethod
@@ -300,7 +332,8 @@ class NodeConfig(StrictModel):
     """How many identical nodes this entry stands for."""
 
     num_devices: PositiveInt = 8
-    """Accelerators in the node; the instances' ``tp x count`` must fit."""
+    """Accelerators in the node; the instances' ``tp x data_parallel_size x count`` must
+    fit."""
 
     dram_gib: PositiveFloat = 1024.0
     """Host DRAM capacity."""
@@ -316,10 +349,11 @@ class NodeConfig(StrictModel):
 
     @model_validator(mode="after")
     def _devices_fit(self) -> NodeConfig:
-        used = sum(group.tp * group.count for group in self.instances)
+        used = sum(group.num_devices for group in self.instances)
         if used > self.num_devices:
             raise ValueError(
-                f"instances need {used} devices (sum of tp x count) but num_devices is "
+                f"instances need {used} devices (sum of tp x data_parallel_size x count) but "
+                "num_devices is "
                 f"{self.num_devices}"
             )
         return self

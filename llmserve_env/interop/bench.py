@@ -508,6 +508,9 @@ def bench_setup(
         data["engine"]["cudagraph_capture_sizes"] = sizes
         notes.append(f"CUDA-graph padding {'off' if sizes is None else sizes} ({source})")
     groups = [g for node in data["cluster"]["nodes"] for g in node["instances"]]
+    if any(g.get("data_parallel_size", 1) > 1 for g in groups):
+        data["router"] = {"policy": "vllm_data_parallel"}
+        notes.append("routing: vLLM's load balancer over the data-parallel ranks")
     for index, group in enumerate(groups):
         if overrides:
             group["engine"].update(overrides)  # group keys win over top-level ones

@@ -10,14 +10,20 @@ routing, 16-bit weights, prefix caching off unless asked for, the first ``N`` re
 ``npu_mem.mem_size`` (GB, times ``mem_util`` in the current schema) becomes
 ``gpu_memory_utilization`` relative to the catalog device's memory.
 
+The instances of one ``dp_group`` (vLLM ``--data-parallel-size``) become one instance
+group with ``data_parallel_size`` ranks; with ``ep_size`` equal to the number of ranks
+(vLLM ``--enable-expert-parallel``) the group has ``enable_expert_parallel`` and steps
+in lockstep.
+
 Per-node ``power`` blocks become the nodes' ``power`` settings and ``power.devices``
 entries (see :mod:`llmserve_env.interop.llmservingsim_power`).
 
 Features the simulator does not model yet are refused with
 :class:`UnsupportedFeatureError`, naming the feature and the config key: P/D
 disaggregation (``pd_type``), CXL memory (``cxl_mem``), PIM (``cpu_mem.pim_config``),
-per-layer placement (``placement``), pipeline and expert parallelism (``npu_group`` > 1,
-``pp_size``, ``ep_size``, ``dp_group``), a second-tier prefix store
+per-layer placement (``placement``), pipeline parallelism (``npu_group`` > 1,
+``pp_size``), expert parallelism other than over the ranks of a ``dp_group`` at
+``tp_size`` 1, a data-parallel group spanning nodes, a second-tier prefix store
 (``--prefix-storage``, ``--enable-prefix-sharing``), an FP8 KV cache, clusters serving
 several models, and different power figures for one accelerator on different nodes.
 """
@@ -162,14 +168,18 @@ def _unsupported(config: dict[str, Any], options: ImportOptions) -> list[tuple[s
                 found.append(("pipeline parallelism", f"{key}.npu_group"))
             if int(inst.get("pp_size", 1) or 1) > 1:
                 found.append(("pipeline parallelism", f"{key}.pp_size"))
-            if not options.allow_unsupported:
-                if int(inst.get("ep_size", 1) or 1) > 1:
-                    found.append(("expert parallelism", f"{key}.ep_size"))
-                if inst.get("dp_group") is not None:
-                    found.append(("data-parallel groups (MoE DP+EP)", f"{key}.dp_group"))
+            if not options.allow_unsupported and _ep_size(inst) > 1:
+                if inst.get("dp_group") is None:
+                    found.append(
+                        ("expert parallelism within one instance (no dp_group)", f"{key}.ep_size")
+                    )
+                elif _tp_of(inst) != 1:
+                    found.append(("expert parallelism at tp_size > 1", f"{key}.tp_size"))
             kv_dtype = inst.get("kv_cache_dtype")
             if kv_dtype not in (None, "auto"):
                 found.append((f"KV cache dtype {kv_dtype!r}", f"{key}.kv_cache_dtype"))
+    if not options.allow_unsupported:
+        found += _dp_group_problems(config)
     models = {
         inst.get("model_name") for node in config["nodes"] for inst in node.get("instances") or []
     }
@@ -180,6 +190,63 @@ def _unsupported(config: dict[str, Any], options: ImportOptions) -> list[tuple[s
                 "nodes[].instances[].model_name",
             )
         )
+    return found
+
+
+def _ep_size(inst: dict[str, Any]) -> int:
+    return int(inst.get("ep_size", 1) or 1)
+
+
+def _tp_of(inst: dict[str, Any]) -> int | None:
+    """The tensor-parallel degree as written (``None`` where it is malformed)."""
+    for knob in ("tp_size", "num_npus"):
+        if isinstance(inst.get(knob), int):
+            return int(inst[knob])
+    return None
+
+
+def dp_groups(config: dict[str, Any]) -> dict[str, list[tuple[int, int]]]:
+    """``(node, instance)`` indices of each ``dp_group`` label, in config order."""
+    groups: dict[str, list[tuple[int, int]]] = {}
+    for n, node in enumerate(config["nodes"]):
+        for i, inst in enumerate(node.get("instances") or []):
+            label = inst.get("dp_group")
+            if label is not None:
+                groups.setdefault(str(label), []).append((n, i))
+    return groups
+
+
+_RANK_KEYS = ("model_name", "hardware", "tp_size", "num_npus", "ep_size", "npu_mem")
+
+
+def _dp_group_problems(config: dict[str, Any]) -> list[tuple[str, str]]:
+    found: list[tuple[str, str]] = []
+    for label, members in dp_groups(config).items():
+        n0, i0 = members[0]
+        first = config["nodes"][n0]["instances"][i0]
+        for n, i in members[1:]:
+            key = f"nodes[{n}].instances[{i}]"
+            inst = config["nodes"][n]["instances"][i]
+            if n != n0:
+                found.append((f"data-parallel group {label!r} spanning nodes", f"{key}.dp_group"))
+            different = [k for k in _RANK_KEYS if inst.get(k) != first.get(k)]
+            if different:
+                found.append(
+                    (
+                        f"data-parallel group {label!r} with unlike ranks "
+                        f"({', '.join(different)} differ)",
+                        f"{key}.dp_group",
+                    )
+                )
+        ep = _ep_size(first)
+        if ep > 1 and ep != len(members):
+            found.append(
+                (
+                    f"ep_size {ep} over the {len(members)} ranks of data-parallel group "
+                    f"{label!r} (expert parallelism spans exactly the group's ranks)",
+                    f"nodes[{n0}].instances[{i0}].ep_size",
+                )
+            )
     return found
 
 
@@ -257,6 +324,13 @@ def _instance_group(
     }
 
 
+def _data_parallel(group: dict[str, Any], inst: dict[str, Any], num_ranks: int) -> None:
+    """Make ``group`` the ``num_ranks`` ranks of ``inst``'s data-parallel group."""
+    group["data_parallel_size"] = num_ranks
+    if _ep_size(inst) > 1:
+        group["enable_expert_parallel"] = True
+
+
 def convert_cluster(
     config_path: str | Path,
     dataset: str | Path,
@@ -287,14 +361,24 @@ def convert_cluster(
     out.link_latency_us = float(config.get("link_latency", 0.0) or 0.0) / 1e3
     nodes = []
     devices_power: dict[str, dict[str, float]] = {}
+    ranks = {} if options.allow_unsupported else dp_groups(config)
     for n, node in enumerate(config["nodes"]):
         groups = []
         for i, inst in enumerate(node.get("instances") or []):
             key = f"nodes[{n}].instances[{i}]"
-            groups.append(_instance_group(inst, key, path, options, out))
-            if options.allow_unsupported and (
-                int(inst.get("ep_size", 1) or 1) > 1 or inst.get("dp_group") is not None
-            ):
+            label = inst.get("dp_group")
+            members = ranks.get(str(label), []) if label is not None else []
+            if members and members[0] != (n, i):
+                continue  # a later rank of a data-parallel group: the first stands for all
+            group = _instance_group(inst, key, path, options, out)
+            if members:
+                _data_parallel(group, inst, len(members))
+                out.notes.append(
+                    f"{key}: dp_group {label!r}: {len(members)} data-parallel ranks"
+                    + (" with expert parallelism (lockstep)" if _ep_size(inst) > 1 else "")
+                )
+            groups.append(group)
+            if options.allow_unsupported and (_ep_size(inst) > 1 or label is not None):
                 out.notes.append(
                     f"{key}: APPROXIMATION: ep_size/dp_group dropped; this data-parallel rank "
                     "is simulated as an independent instance holding every expert"
@@ -304,7 +388,7 @@ def convert_cluster(
         cpu = node.get("cpu_mem") or {}
         entry: dict[str, Any] = {
             "name": f"node{n}",
-            "num_devices": max(8, sum(g["tp"] for g in groups)),
+            "num_devices": max(8, sum(g["tp"] * g.get("data_parallel_size", 1) for g in groups)),
             "instances": groups,
         }
         if "mem_size" in cpu:

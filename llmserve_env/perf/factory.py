@@ -26,8 +26,10 @@ from pathlib import Path
 from llmserve_env.config.errors import DataFileError
 from llmserve_env.paths import profiles_dir
 from llmserve_env.perf.base import LatencyModel
+from llmserve_env.perf.comm import CommModel, alpha_beta_for
 from llmserve_env.perf.compiled import CompiledProfile, analytical_collectives, cached_compile
 from llmserve_env.perf.cudagraph import TokenPadding
+from llmserve_env.perf.expert_parallel import ExpertParallel
 from llmserve_env.perf.hardware import DeviceSpec, resolve_device
 from llmserve_env.perf.importers import llmservingsim, llmservingsim_paper
 from llmserve_env.perf.importers.common import files_digest
@@ -186,6 +188,7 @@ def make_latency_model(
     dtype: str,
     perf_setting: str,
     capture_sizes: tuple[int, ...] = (),
+    expert_parallel_size: int = 1,
 ) -> LatencyModel:
     """The latency model for an instance, by its ``perf`` setting (see the module doc).
 
@@ -197,11 +200,18 @@ def make_latency_model(
         perf_setting: ``analytical``, ``auto`` or a profile folder.
         capture_sizes: vLLM's CUDA-graph capture sizes the token-parallel operators pad
             to (:mod:`llmserve_env.perf.cudagraph`); empty for none.
+        expert_parallel_size: Data-parallel ranks the model's experts are split over
+            (:mod:`llmserve_env.perf.expert_parallel`; 1: none). Needs a profile-driven
+            model with an MoE table.
 
     Raises:
         DataFileError: a profile folder that is malformed or describes another instance.
         ValueError: capture sizes for a model that is not profile-driven.
     """
+    if expert_parallel_size > 1:
+        return _expert_parallel_model(
+            arch, device, tp, dtype, perf_setting, capture_sizes, expert_parallel_size
+        )
     padding = TokenPadding(capture_sizes) if capture_sizes else None
     match perf_setting:
         case "analytical":
@@ -220,3 +230,44 @@ def make_latency_model(
         case _:
             tables = load_profile_tables(perf_setting, arch, device, tp, dtype)
             return ProfileLatencyModel(tables, arch, name=str(perf_setting), padding=padding)
+
+
+def expert_parallel_comm(device: DeviceSpec) -> CommModel:
+    """Collectives between expert-parallel ranks on ``device``: NVIDIA's measured NCCL
+    curves where aiconfigurator-core has them, else the device's alpha-beta link model."""
+    try:
+        from llmserve_env.perf.aiconfig import collective_table
+    except ImportError:
+        return alpha_beta_for(device)
+    table = collective_table(device)
+    return alpha_beta_for(device) if table is None else table
+
+
+def _expert_parallel_model(
+    arch: ModelArch,
+    device: DeviceSpec,
+    tp: int,
+    dtype: str,
+    perf_setting: str,
+    capture_sizes: tuple[int, ...],
+    dp_size: int,
+) -> LatencyModel:
+    """One rank of a DP+EP engine, its experts split over ``dp_size`` ranks: from a
+    measured profile's MoE table (a profile folder, or for ``auto`` a shipped one), else
+    from the roofline model (``analytical``, or ``auto`` without a shipped profile:
+    aiconfigurator-core's MoE tables are timed with every expert local)."""
+    ep = ExpertParallel.for_model(arch, dtype, dp_size, expert_parallel_comm(device))
+    folder: str | Path | None = perf_setting
+    if perf_setting == "auto":
+        folder = find_measured_profile(device, arch.name, dtype, tp)
+    if folder is None or perf_setting == "analytical":
+        roofline = RooflineModel(arch, device, tp=tp, dtype=dtype, expert_parallel=ep)
+        return _unpadded(roofline, "the roofline model", perf_setting, capture_sizes)
+    padding = TokenPadding(capture_sizes) if capture_sizes else None
+    tables = load_profile_tables(folder, arch, device, tp, dtype)
+    if tables.moe is None:
+        raise ValueError(
+            f"expert parallelism needs the profile's MoE table (tokens x active experts); "
+            f"{folder} has none"
+        )
+    return ProfileLatencyModel(tables, arch, name=str(folder), padding=padding, expert_parallel=ep)

@@ -89,11 +89,22 @@ def activation_reserve_bytes(
     return peak + NON_TORCH_INCREASE_GIB * GIB
 
 
-def weights_bytes_per_device(arch: ModelArch, tp: int, dtype: str) -> float:
+def weights_bytes_per_device(
+    arch: ModelArch, tp: int, dtype: str, expert_parallel_size: int = 1
+) -> float:
     """Memory allocated by loading, per GPU: this rank's share of the parameters and the
-    rotary cos/sin cache, which every rank holds whole."""
+    rotary cos/sin cache, which every rank holds whole.
+
+    With expert parallelism over ``expert_parallel_size`` devices (vLLM's
+    ``--enable-expert-parallel``, ``dp x tp`` devices) a device holds
+    ``num_experts / expert_parallel_size`` whole experts instead of a ``1 / tp`` slice of
+    every expert; the other weights keep their ``1 / tp`` share."""
     rotary = arch.max_position_embeddings * arch.head_dim * DTYPE_BYTES[dtype]
-    return arch.weight_bytes(dtype) / tp + rotary
+    total = arch.weight_bytes(dtype)
+    if expert_parallel_size <= 1:
+        return total / tp + rotary
+    experts = arch.num_layers * arch.expert_params_per_layer * DTYPE_BYTES[dtype]
+    return (total - experts) / tp + experts / expert_parallel_size + rotary
 
 
 def num_kv_blocks(
@@ -108,15 +119,18 @@ def num_kv_blocks(
     max_num_seqs: int,
     activation_reserve_gib: float | None = None,
     kv_dtype: str | None = None,
+    expert_parallel_size: int = 1,
 ) -> int:
     """KV-cache blocks of one instance as vLLM 0.19 sizes them (module doc), per GPU;
     the ranks of a tensor-parallel instance are alike, so their blocks are too.
+    ``expert_parallel_size`` > 1: the experts are split over that many devices
+    (:func:`weights_bytes_per_device`).
 
     Raises:
         ValueError: when the weights and reserve do not fit, naming the figures.
     """
     requested = math.ceil(device.cuda_mem_bytes * gpu_memory_utilization)
-    weights = weights_bytes_per_device(arch, tp, dtype)
+    weights = weights_bytes_per_device(arch, tp, dtype, expert_parallel_size)
     if activation_reserve_gib is None:
         reserve = activation_reserve_bytes(arch, tp, dtype, max_num_batched_tokens, max_num_seqs)
     else:

@@ -86,6 +86,12 @@ class ModelArch:
         return self.mlp_params_per_layer
 
     @property
+    def expert_params_per_layer(self) -> int:
+        """Weights of the routed experts of one layer (0 for dense models): what expert
+        parallelism splits across devices (the router stays whole on every device)."""
+        return self.num_experts * 3 * self.hidden_size * self.moe_intermediate_size
+
+    @property
     def embedding_params(self) -> int:
         """Embedding plus LM head weights."""
         table = self.vocab_size * self.hidden_size

@@ -28,6 +28,7 @@ import numpy as np
 from llmserve_env.perf.base import BatchShape, FloatArray
 from llmserve_env.perf.compiled import CompiledProfile
 from llmserve_env.perf.cudagraph import TokenPadding
+from llmserve_env.perf.expert_parallel import ExpertParallel
 from llmserve_env.perf.model_arch import ModelArch
 from llmserve_env.perf.tables import PiecewiseLinear
 
@@ -91,6 +92,9 @@ class ProfileLatencyModel:
         name: A label for reports (the profile folder).
         padding: vLLM's CUDA-graph padding of the token count, applied to the
             token-parallel operators and the MoE blocks (``None``: none, as measured).
+        expert_parallel: The rank's layout when it is one rank of a DP+EP engine: its
+            MoE blocks run its own experts on every rank's tokens, plus their dispatch
+            and combine collectives (:mod:`llmserve_env.perf.expert_parallel`).
     """
 
     def __init__(
@@ -99,11 +103,13 @@ class ProfileLatencyModel:
         arch: ModelArch,
         name: str = "",
         padding: TokenPadding | None = None,
+        expert_parallel: ExpertParallel | None = None,
     ) -> None:
         self.tables = tables
         self.arch = arch
         self.name = name
         self.padding = padding
+        self.expert_parallel = expert_parallel
         self._pad = padding.table if padding is not None else [0]
         self._pc_min = tables.min_prefill_chunk
         self._decode_cache: dict[int, tuple[float, PiecewiseLinear, SkewFactors | None]] = {}
@@ -130,6 +136,12 @@ class ProfileLatencyModel:
         moe = self.tables.moe
         if moe is None or num_tokens <= 0:
             return 0.0
+        ep = self.expert_parallel
+        if ep is not None:
+            tokens, experts = ep.kernel_shape(num_tokens)
+            return self.tables.moe_count * (
+                moe(tokens, experts) + ep.collectives_s(num_tokens) / US
+            )
         arch = self.arch
         experts = expected_active_experts(num_tokens, arch.num_experts, arch.experts_per_token)
         return self.tables.moe_count * moe(num_tokens, experts)
@@ -147,12 +159,24 @@ class ProfileLatencyModel:
 
     def iteration_time_s(self, batch: BatchShape) -> float:
         """Seconds one iteration with this batch takes."""
+        return self.rank_time_s(batch, 0)
+
+    def rank_time_s(self, batch: BatchShape, group_tokens: int) -> float:
+        """Seconds one rank of a lockstep data-parallel group takes for its ``batch``
+        when the group's largest batch has ``group_tokens`` tokens: the token-parallel
+        operators and MoE blocks run at that size (vLLM pads every rank to it, a rank
+        without requests running a dummy batch of that size), attention and the
+        per-sequence operators on the rank's own requests. ``group_tokens`` at most the
+        batch's own token count: :meth:`iteration_time_s`."""
         num_decodes = batch.num_decodes
         new = batch.prefill_new
         num_tokens = sum(new) + num_decodes
-        if num_tokens == 0:
+        padded = num_tokens if group_tokens < num_tokens else group_tokens
+        if padded == 0:
             return 0.0
-        total = self._fixed_us(num_tokens, len(new) + num_decodes)
+        total = self._fixed_us(padded, len(new) + num_decodes)
+        if num_tokens == 0:
+            return total * US
         if new:
             pc, kp = fold_prefills(new, batch.prefill_ctx)
         else:

@@ -34,6 +34,7 @@ import numpy as np
 
 from llmserve_env.perf.base import BatchShape, FloatArray
 from llmserve_env.perf.comm import AlphaBetaComm, CommModel
+from llmserve_env.perf.expert_parallel import ExpertParallel
 from llmserve_env.perf.hardware import DeviceSpec
 from llmserve_env.perf.model_arch import DTYPE_BYTES, ModelArch
 
@@ -232,6 +233,9 @@ class RooflineModel:
             :func:`calibration_for`).
         comm: Collective model for the tensor-parallel all-reduces (default: alpha-beta
             over the device's scale-up link with the calibration's constants).
+        expert_parallel: The layout when the instance is one rank of a DP+EP engine: it
+            reads only its own experts, hit by every rank's tokens, and pays the MoE
+            layers' dispatch and combine (:mod:`llmserve_env.perf.expert_parallel`).
     """
 
     def __init__(
@@ -243,6 +247,7 @@ class RooflineModel:
         kv_dtype: str | None = None,
         calibration: RooflineCalibration | None = None,
         comm: CommModel | None = None,
+        expert_parallel: ExpertParallel | None = None,
     ) -> None:
         if tp < 1:
             raise ValueError(f"tp must be >= 1, got {tp}")
@@ -253,6 +258,7 @@ class RooflineModel:
         self.device = device
         self.tp = tp
         self.dtype = dtype
+        self.expert_parallel = expert_parallel
         self.calibration = calibration or calibration_for(device)
         cal = self.calibration
         self.comm: CommModel = comm or AlphaBetaComm(
@@ -318,6 +324,8 @@ class RooflineModel:
         arch = self.arch
         if not arch.is_moe or num_tokens <= 0:
             return 0.0
+        if self.expert_parallel is not None:
+            return self.expert_parallel.kernel_shape(num_tokens)[1] * self._expert_bytes
         miss = (1.0 - arch.experts_per_token / arch.num_experts) ** num_tokens
         active = arch.num_experts * (1.0 - miss)
         return active * self._expert_bytes
@@ -341,6 +349,8 @@ class RooflineModel:
         gather = self._collectives(
             self._gather_cache, "all_gather", 1, num_seqs, self._gather_bytes_per_seq
         )
+        if self.expert_parallel is not None:
+            gather += self.arch.num_layers * self.expert_parallel.collectives_s(num_tokens)
         return body + head + all_reduces + gather
 
     def _collectives(
@@ -366,10 +376,18 @@ class RooflineModel:
 
     def iteration_time_s(self, batch: BatchShape) -> float:
         """Seconds one iteration with this batch takes."""
+        return self.rank_time_s(batch, 0)
+
+    def rank_time_s(self, batch: BatchShape, group_tokens: int) -> float:
+        """Seconds one rank of a lockstep data-parallel group takes for its ``batch``
+        when the group's largest batch has ``group_tokens`` tokens: the weight-bearing
+        layers run at that size, attention on the rank's own requests (as
+        :meth:`~llmserve_env.perf.profile_model.ProfileLatencyModel.rank_time_s`)."""
         num_tokens = batch.num_tokens
-        if num_tokens == 0:
+        padded = num_tokens if group_tokens < num_tokens else group_tokens
+        if padded == 0:
             return 0.0
-        total = self._fixed + self._linear_time(num_tokens, batch.num_seqs)
+        total = self._fixed + self._linear_time(padded, batch.num_seqs)
         layers = self.arch.num_layers
         if batch.prefill_new:
             flops = 0.0

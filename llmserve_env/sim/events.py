@@ -12,6 +12,8 @@ priority    event                why this place
 30          Arrival              a request is routed after capacity was freed
 35          EngineWake           an idle engine starts after every simultaneous
                                  arrival has landed (a burst is batched together)
+36          StepLaunch           a lockstep data-parallel group starts after every
+                                 rank has ended, received and woken
 40          DecisionPoint        an agent decides on the settled state
 45          PowerTick            the governor acts on the settled state
 50          Sample               the time series sees the settled state
@@ -65,6 +67,19 @@ class EngineWake(Event):
     priority: ClassVar[int] = 35
     instance_id: int
     generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class StepLaunch(Event):
+    """A lockstep data-parallel group starts its next step
+    (:class:`~llmserve_env.sim.data_parallel.DPGroup`).
+
+    Attributes:
+        group_id: The group.
+    """
+
+    priority: ClassVar[int] = 36
+    group_id: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,6 +48,7 @@ import itertools
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -59,6 +60,9 @@ from llmserve_env.sim.power import InstancePower, NodePower, PowerState, Stretch
 from llmserve_env.sim.queues import WaitingQueue, make_waiting_queue
 from llmserve_env.sim.request import RejectReason, Request, RequestStatus, clone_request
 from llmserve_env.sim.stats import InstanceStats, ItlHistogram
+
+if TYPE_CHECKING:
+    from llmserve_env.sim.data_parallel import DPGroup
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +202,9 @@ class Instance:
         # Async scheduling: (time, request) of arrivals while busy, until an iteration
         # that began after them ends.
         self._arrivals: list[tuple[float, Request]] = []
+        # The lockstep data-parallel group this engine is a rank of (DPGroup sets both).
+        self.dp: DPGroup | None = None
+        self.dp_rank = 0
 
     # ------------------------------------------------------------------ queries
 
@@ -386,6 +393,14 @@ class Instance:
 
     def _start_iteration(self, now: float) -> None:
         if not self.serving:
+            return
+        if self.dp is not None:
+            # A lockstep rank: schedule its batch; the group times and starts the step.
+            batch = self._schedule(now)
+            if batch:
+                self._batch = batch
+                self.busy = True
+                self.dp.request_launch(now)
             return
         if self._try_decode_run(now):
             return
@@ -969,6 +984,8 @@ class Instance:
         other._derived_params = self._derived_params
         other._waiting_area = self._waiting_area
         other._waiting_t = self._waiting_t
+        # The lockstep group is the simulation's: its clone takes the copied ranks.
+        other.dp_rank = self.dp_rank
 
         other.running = _copy_requests(self.running, mapping)
         _copy_requests(self.waiting, mapping)

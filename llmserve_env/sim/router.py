@@ -14,6 +14,8 @@ least_kv_usage                    lowest KV-cache usage, then fewest outstanding
 power_of_two_choices              the less loaded of two sampled at random
 prefix_affinity                   longest cached prefix of this request, then
                                   fewest outstanding
+vllm_data_parallel                fewest ``4 x waiting + running`` (vLLM's load
+                                  balancer over data-parallel ranks)
 ================================  ===============================================
 """
 
@@ -35,6 +37,7 @@ ROUTER_POLICIES = (
     "least_kv_usage",
     "power_of_two_choices",
     "prefix_affinity",
+    "vllm_data_parallel",
 )
 
 
@@ -161,6 +164,21 @@ class PrefixAffinity:
         return self
 
 
+class VllmDataParallel:
+    """vLLM's load balancer over the ranks of a data-parallel engine
+    (``DPLBAsyncMPClient``): the rank with the lowest ``4 x waiting + running``, the
+    first of equals. vLLM reads the counts its coordinator publishes every 100 ms and
+    adds each request it sends; here they are the live counts."""
+
+    reads_state = True
+
+    def choose(self, request: Request, candidates: Sequence[Instance]) -> Instance:
+        return min(candidates, key=lambda c: 4 * c.num_waiting + c.num_running)
+
+    def clone(self, rngs: dict[str, np.random.Generator]) -> VllmDataParallel:
+        return self
+
+
 class WeightedRandom:
     """Random choice with probability proportional to per-instance weights (an agent's
     routing weights for an interval); uniform when every available weight is zero."""
@@ -204,6 +222,8 @@ def make_router(policy: str, rng: np.random.Generator) -> RoutingPolicy:
             return PowerOfTwoChoices(rng)
         case "prefix_affinity":
             return PrefixAffinity()
+        case "vllm_data_parallel":
+            return VllmDataParallel()
         case _:
             raise ValueError(
                 f"unknown router policy {policy!r}; allowed: {', '.join(ROUTER_POLICIES)}"

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from llmserve_env.sim.data_parallel import DPGroup
 from llmserve_env.sim.events import (
     Arrival,
     DecisionPoint,
@@ -23,6 +24,7 @@ from llmserve_env.sim.events import (
     PowerTick,
     PowerTransitionDone,
     Sample,
+    StepLaunch,
 )
 from llmserve_env.sim.governors import Governor
 from llmserve_env.sim.instance import Instance
@@ -87,6 +89,7 @@ class Simulation:
         wake_on_demand: Wake a sleeping instance when an arrival finds none on.
         start: Schedule the first arrival, sample and governor tick (``False`` for a
             copy whose kernel already holds its pending events).
+        dp_groups: Lockstep data-parallel groups over some of ``instances``.
     """
 
     def __init__(
@@ -106,9 +109,11 @@ class Simulation:
         power_interval_s: float = 1.0,
         wake_on_demand: bool = True,
         start: bool = True,
+        dp_groups: list[DPGroup] | None = None,
     ) -> None:
         self.kernel = kernel
         self.instances = instances
+        self.dp_groups = dp_groups or []
         self.router = router
         self.workload = workload
         self.metrics = metrics
@@ -147,6 +152,8 @@ class Simulation:
             self._on_arrival(event)
         elif isinstance(event, EngineWake):
             self._on_wake(event)
+        elif isinstance(event, StepLaunch):
+            self.dp_groups[event.group_id].on_launch(event)
         elif isinstance(event, Sample):
             self._on_sample(event)
         elif isinstance(event, DecisionPoint):
@@ -573,10 +580,15 @@ class Simulation:
         mapping: dict[int, Request] = {}
         nodes = [node.clone() for node in self.nodes]
         node_map = {id(old): new for old, new in zip(self.nodes, nodes, strict=True)}
+        instances = [inst.clone(kernel, itl, mapping, node_map) for inst in self.instances]
+        dp_groups = [
+            group.clone([instances[rank.instance_id] for rank in group.ranks])
+            for group in self.dp_groups
+        ]
         # The constructor sets the instances' finish callback.
         other = Simulation(
             kernel,
-            [inst.clone(kernel, itl, mapping, node_map) for inst in self.instances],
+            instances,
             None if self.router is None else self.router.clone(rngs),
             self.workload,
             self.metrics.clone(),
@@ -589,6 +601,7 @@ class Simulation:
             power_interval_s=self.power_interval_s,
             wake_on_demand=self.power_wake_on_demand,
             start=False,
+            dp_groups=dp_groups,
         )
         other._wake_generation = dict(self._wake_generation)
         other.pending = [mapping.get(id(r)) or clone_request(r) for r in self.pending]

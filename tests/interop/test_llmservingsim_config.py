@@ -91,8 +91,12 @@ def test_paper_setups(shared: Path, config: str) -> None:
             "pipeline parallelism (config key nodes[0].instances[0].pp_size)",
         ),
         (
-            "single_node_moe_dp_ep_instance.json",
-            "expert parallelism (config key nodes[0].instances[0].ep_size)",
+            "single_node_moe_dp_tp_instance.json",
+            "expert parallelism at tp_size > 1 (config key nodes[0].instances[0].tp_size)",
+        ),
+        (
+            "dual_node_moe_dp_ep_intra_inter_instance.json",
+            "data-parallel group 'A' spanning nodes (config key nodes[1].instances[0].dp_group)",
         ),
         ("single_node_heterogeneous.json", "prefill/decode disaggregation"),
     ],
@@ -207,3 +211,38 @@ def test_power_block_errors_name_the_key(shared: Path, tmp_path: Path) -> None:
     bad.write_text(json.dumps(config))
     with pytest.raises(DataFileError, match=r"nodes\[0\]\.power\.cpu\.util: expected a number"):
         convert_cluster(bad, shared / TRACE, ImportOptions())
+
+
+@pytest.mark.parametrize(
+    ("config", "expert_parallel"),
+    [("single_node_moe_dp_ep_instance.json", True), ("single_node_dp_instance.json", False)],
+)
+def test_a_dp_group_becomes_one_data_parallel_group(
+    shared: Path, config: str, expert_parallel: bool
+) -> None:
+    converted = convert_cluster(
+        shared / CURRENT / "cluster_config" / config, shared / TRACE, ImportOptions()
+    )
+    (node,) = converted.scenario["cluster"]["nodes"]
+    (group,) = node["instances"]
+    assert group["data_parallel_size"] == 2
+    assert group.get("enable_expert_parallel", False) is expert_parallel
+    assert len(converted.instances) == 1  # one entry per group (its profile)
+    assert any("dp_group 'A': 2 data-parallel ranks" in note for note in converted.notes)
+
+
+def test_unlike_ranks_and_a_mismatched_ep_size_are_refused(shared: Path, tmp_path: Path) -> None:
+    import json
+
+    source = shared / CURRENT / "cluster_config/single_node_moe_dp_ep_instance.json"
+    config = json.loads(source.read_text())
+    ranks = config["nodes"][0]["instances"]
+    ranks[1]["hardware"] = "RTX4090"
+    ranks[0]["ep_size"] = ranks[1]["ep_size"] = 4
+    path = tmp_path / "cluster.json"
+    path.write_text(json.dumps(config))
+    with pytest.raises(UnsupportedFeatureError) as info:
+        convert_cluster(path, shared / TRACE, ImportOptions())
+    text = str(info.value)
+    assert "unlike ranks (hardware differ) (config key nodes[0].instances[1].dp_group)" in text
+    assert "ep_size 4 over the 2 ranks of data-parallel group 'A'" in text
