@@ -92,3 +92,14 @@ def test_activation_reserve_override_replaces_the_estimate() -> None:
     assert small - large == 512  # 1 GiB of 2 MiB blocks
     with pytest.raises(ValueError, match="does not fit"):
         memory.num_kv_blocks(arch, device, activation_reserve_gib=8.0, **kwargs)
+
+
+def test_expert_parallel_ranks_hold_their_share_of_the_experts() -> None:
+    arch = load_model_arch("Qwen/Qwen3-30B-A3B-Instruct-2507")
+    whole = memory.weights_bytes_per_device(arch, 1, "bf16")
+    split = memory.weights_bytes_per_device(arch, 1, "bf16", expert_parallel_size=2)
+    experts = arch.num_layers * arch.num_experts * 3 * arch.hidden_size * arch.moe_intermediate_size
+    assert experts == arch.num_layers * arch.expert_params_per_layer
+    assert whole - split == pytest.approx(experts * 2 / 2)  # half the experts, 2 bytes each
+    dense = load_model_arch("meta-llama/Llama-3.1-8B")
+    assert dense.expert_params_per_layer == 0
