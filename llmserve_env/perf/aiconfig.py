@@ -196,7 +196,13 @@ def _has_tensor_cores(database: Any, dtype: str) -> bool:
 
 
 def _op_lists(
-    arch: ModelArch, tp: int, dtype: str, kv_dtype: str, database: Any, distribution: str
+    arch: ModelArch,
+    tp: int,
+    dtype: str,
+    kv_dtype: str,
+    database: Any,
+    distribution: str,
+    expert_parallel_size: int = 1,
 ) -> dict[str, Any]:
     """aiconfigurator operators (one call each) of one model shard, by table."""
     from aiconfigurator_core.sdk import common
@@ -230,10 +236,10 @@ def _op_lists(
                 arch.experts_per_token,
                 arch.num_experts,
                 tp,
-                1,
+                expert_parallel_size,
                 moe_q,
                 distribution,
-                1,
+                expert_parallel_size,
             ),
         ]
     else:
@@ -259,7 +265,7 @@ def _op_lists(
 
 
 def _query(
-    arch: ModelArch, system: str, tp: int, dtype: str, kv_dtype: str
+    arch: ModelArch, system: str, tp: int, dtype: str, kv_dtype: str, ep: int = 1
 ) -> dict[str, FloatArray]:
     """Ask aiconfigurator's engine for every operator over the grids (microseconds).
 
@@ -268,7 +274,7 @@ def _query(
             aiconfigurator has no data for one of the model's operator shapes.
     """
     try:
-        return _query_engine(arch, system, tp, dtype, kv_dtype)
+        return _query_engine(arch, system, tp, dtype, kv_dtype, ep)
     except AiconfigUnavailable:
         raise
     except Exception as exc:  # the SDK's own errors: no data for a shape, and the like
@@ -279,7 +285,7 @@ def _query(
 
 
 def _query_engine(
-    arch: ModelArch, system: str, tp: int, dtype: str, kv_dtype: str
+    arch: ModelArch, system: str, tp: int, dtype: str, kv_dtype: str, ep: int = 1
 ) -> dict[str, FloatArray]:
     from aiconfigurator_core.sdk.engine import build_ops_json
 
@@ -295,7 +301,7 @@ def _query_engine(
 
     with _quiet_sdk():
         for distribution in _MOE_DISTRIBUTIONS if arch.is_moe else _MOE_DISTRIBUTIONS[:1]:
-            lists = _op_lists(arch, tp, dtype, kv_dtype, database, distribution)
+            lists = _op_lists(arch, tp, dtype, kv_dtype, database, distribution, ep)
             js = {name: str(build_ops_json(items)) for name, items in lists.items() if items}
             try:
                 first = handle.evaluate_ops_json(js["dense"], is_context=True, batch_size=1, s=1)
@@ -334,8 +340,10 @@ def _query_engine(
     return out
 
 
-def _cache_key(arch: ModelArch, system: str, tp: int, dtype: str, kv_dtype: str) -> str:
-    key = {
+def _cache_key(
+    arch: ModelArch, system: str, tp: int, dtype: str, kv_dtype: str, ep: int = 1
+) -> str:
+    key: dict[str, Any] = {
         "arch": {k: v for k, v in asdict(arch).items() if k != "name"},
         "system": system,
         "tp": tp,
@@ -345,6 +353,8 @@ def _cache_key(arch: ModelArch, system: str, tp: int, dtype: str, kv_dtype: str)
         "query_version": QUERY_VERSION,
         "overhead_s": STEP_OVERHEAD_S,
     }
+    if ep > 1:
+        key["expert_parallel_size"] = ep
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -380,10 +390,17 @@ def aiconfigurator_profile(
     *,
     kv_dtype: str | None = None,
     overhead_s: float | None = None,
+    expert_parallel_size: int = 1,
 ) -> Profile:
     """An llmserve profile of (model, device, tp, dtype) from aiconfigurator's tables.
 
     Write it with :func:`~llmserve_env.perf.profile_format.write_profile` to inspect it.
+    ``expert_parallel_size`` > 1 (an MoE model at ``tp`` 1): the ``moe_experts`` table
+    is one rank's of that many data-parallel ranks with expert parallelism, by the
+    rank's own token count (aiconfigurator's MoE with ``moe_ep`` and
+    ``attention_dp``: the rank's experts over every rank's tokens); the dispatch and
+    combine are left to the caller
+    (:class:`~llmserve_env.perf.expert_parallel.ExpertParallel`).
 
     Raises:
         AiconfigUnavailable: the package is missing, or the device / dtype not covered.
@@ -404,7 +421,12 @@ def aiconfigurator_profile(
     system = aiconfigurator_system(device)
     if system is None:
         raise AiconfigUnavailable(f"{device.name} is not covered; covered: {', '.join(SYSTEMS)}")
-    raw = _query(arch, system, tp, dtype, kv_dtype)
+    ep = expert_parallel_size
+    if ep > 1 and (not arch.is_moe or tp != 1):
+        raise ValueError(
+            f"expert_parallel_size {ep} needs an MoE model at tp 1 ({arch.name}, tp {tp})"
+        )
+    raw = _query(arch, system, tp, dtype, kv_dtype, ep)
     tokens = np.array(TOKENS, dtype=np.float64)
     seqs = np.array(SEQS, dtype=np.float64)
     dense = {
@@ -451,7 +473,8 @@ def aiconfigurator_profile(
             "system": system,
             "engine": f"{BACKEND} {raw['data_version']}",
             "moe_distribution": str(raw["moe_distribution"]) or None,
-            "query_key": _cache_key(arch, system, tp, dtype, kv_dtype),
+            "query_key": _cache_key(arch, system, tp, dtype, kv_dtype, ep),
+            **({"expert_parallel_size": ep} if ep > 1 else {}),
             "converted_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         },
     )
@@ -466,14 +489,22 @@ def aiconfigurator_profile(
 
 @functools.lru_cache(maxsize=64)
 def _model(
-    arch: ModelArch, device: DeviceSpec, tp: int, dtype: str, kv_dtype: str, use_cache: bool
+    arch: ModelArch,
+    device: DeviceSpec,
+    tp: int,
+    dtype: str,
+    kv_dtype: str,
+    use_cache: bool,
+    ep: int = 1,
 ) -> ProfileLatencyModel:
     def build() -> Profile:
-        return aiconfigurator_profile(arch, device, tp, dtype, kv_dtype=kv_dtype)
+        return aiconfigurator_profile(
+            arch, device, tp, dtype, kv_dtype=kv_dtype, expert_parallel_size=ep
+        )
 
     if use_cache:
         system = SYSTEMS[device.name]
-        key = f"aiconfigurator:{_cache_key(arch, system, tp, dtype, kv_dtype)}"
+        key = f"aiconfigurator:{_cache_key(arch, system, tp, dtype, kv_dtype, ep)}"
         compiled = cached_compile(key, build)
     else:
         compiled = compile_profile(build())
@@ -488,6 +519,7 @@ def aiconfigurator_model(
     *,
     kv_dtype: str | None = None,
     use_cache: bool = True,
+    expert_parallel_size: int = 1,
 ) -> LatencyModel | None:
     """The aiconfigurator-backed latency model, or ``None`` when it cannot be built.
 
@@ -502,6 +534,8 @@ def aiconfigurator_model(
         dtype: Weight / activation dtype (``bf16``, ``fp16``, ``fp8``).
         kv_dtype: KV-cache dtype (default: ``dtype``).
         use_cache: Read and write the on-disk caches.
+        expert_parallel_size: Data-parallel ranks the experts are split over (the MoE
+            table of one rank, :func:`aiconfigurator_profile`; 1: none).
     """
     try:
         arch = load_model_arch(arch) if isinstance(arch, str) else arch
@@ -511,7 +545,7 @@ def aiconfigurator_model(
             raise AiconfigUnavailable(f"aiconfigurator-core does not cover {device.name}")
         if dtype not in _QUANT or kv_dtype not in _QUANT:
             raise AiconfigUnavailable(f"dtype {dtype} / {kv_dtype} not covered")
-        return _model(arch, device, tp, dtype, kv_dtype, use_cache)
+        return _model(arch, device, tp, dtype, kv_dtype, use_cache, expert_parallel_size)
     except (AiconfigUnavailable, KeyError) as exc:
         logger.info("aiconfigurator model unavailable, falling back: %s", exc)
         return None

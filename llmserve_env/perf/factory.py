@@ -155,7 +155,7 @@ def load_profile_tables(
 
 
 def _aiconfigurator(
-    arch: ModelArch, device: DeviceSpec, tp: int, dtype: str
+    arch: ModelArch, device: DeviceSpec, tp: int, dtype: str, expert_parallel_size: int = 1
 ) -> LatencyModel | None:
     try:
         module = importlib.import_module("llmserve_env.perf.aiconfig")
@@ -164,7 +164,12 @@ def _aiconfigurator(
     factory = getattr(module, "aiconfigurator_model", None)
     if factory is None:
         return None
-    model: LatencyModel | None = factory(arch, device, tp, dtype)
+    if expert_parallel_size > 1:
+        model: LatencyModel | None = factory(
+            arch, device, tp, dtype, expert_parallel_size=expert_parallel_size
+        )
+    else:
+        model = factory(arch, device, tp, dtype)
     return model
 
 
@@ -252,14 +257,21 @@ def _expert_parallel_model(
     capture_sizes: tuple[int, ...],
     dp_size: int,
 ) -> LatencyModel:
-    """One rank of a DP+EP engine, its experts split over ``dp_size`` ranks: from a
-    measured profile's MoE table (a profile folder, or for ``auto`` a shipped one), else
-    from the roofline model (``analytical``, or ``auto`` without a shipped profile:
-    aiconfigurator-core's MoE tables are timed with every expert local)."""
+    """One rank of a DP+EP engine, its experts split over ``dp_size`` ranks, by the
+    ``perf`` setting as :func:`make_latency_model` resolves it: a profile folder's MoE
+    table; for ``auto`` a shipped profile, else aiconfigurator-core's tables timed for
+    this expert-parallel layout, else the roofline model; for ``analytical`` the
+    roofline model."""
     ep = ExpertParallel.for_model(arch, dtype, dp_size, expert_parallel_comm(device))
     folder: str | Path | None = perf_setting
     if perf_setting == "auto":
         folder = find_measured_profile(device, arch.name, dtype, tp)
+        measured = None if folder is not None else _aiconfigurator(arch, device, tp, dtype, dp_size)
+        if isinstance(measured, ProfileLatencyModel):
+            model = ProfileLatencyModel(
+                measured.tables, arch, name=measured.name, expert_parallel=ep
+            )
+            return _unpadded(model, "aiconfigurator-core's tables", perf_setting, capture_sizes)
     if folder is None or perf_setting == "analytical":
         roofline = RooflineModel(arch, device, tp=tp, dtype=dtype, expert_parallel=ep)
         return _unpadded(roofline, "the roofline model", perf_setting, capture_sizes)

@@ -94,7 +94,10 @@ class ProfileLatencyModel:
             token-parallel operators and the MoE blocks (``None``: none, as measured).
         expert_parallel: The rank's layout when it is one rank of a DP+EP engine: its
             MoE blocks run its own experts on every rank's tokens, plus their dispatch
-            and combine collectives (:mod:`llmserve_env.perf.expert_parallel`).
+            and combine collectives (:mod:`llmserve_env.perf.expert_parallel`). Tables
+            without an MoE table must have been timed for that layout (aiconfigurator's
+            ``expert_parallel_size``): then only the collectives are added, one pair a
+            layer.
     """
 
     def __init__(
@@ -134,14 +137,18 @@ class ProfileLatencyModel:
 
     def _moe_us(self, num_tokens: float) -> float:
         moe = self.tables.moe
-        if moe is None or num_tokens <= 0:
-            return 0.0
         ep = self.expert_parallel
-        if ep is not None:
+        if ep is not None and num_tokens > 0:
+            if moe is None:
+                # Tables timed for expert parallelism: the experts are among the
+                # token-parallel operators; only the dispatch and combine are added.
+                return self.arch.num_layers * ep.collectives_s(num_tokens) / US
             tokens, experts = ep.kernel_shape(num_tokens)
             return self.tables.moe_count * (
                 moe(tokens, experts) + ep.collectives_s(num_tokens) / US
             )
+        if moe is None or num_tokens <= 0:
+            return 0.0
         arch = self.arch
         experts = expected_active_experts(num_tokens, arch.num_experts, arch.experts_per_token)
         return self.tables.moe_count * moe(num_tokens, experts)

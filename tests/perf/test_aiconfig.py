@@ -11,7 +11,7 @@ from llmserve_env.perf import aiconfig
 from llmserve_env.perf.base import BatchShape, LatencyModel
 from llmserve_env.perf.hardware import device_catalog, resolve_device
 from llmserve_env.perf.model_arch import load_model_arch
-from llmserve_env.perf.profile_format import read_profile, write_profile
+from llmserve_env.perf.profile_format import Profile, read_profile, write_profile
 from llmserve_env.perf.roofline import RooflineModel
 
 needs_aiconfigurator = pytest.mark.skipif(
@@ -141,3 +141,41 @@ def test_shapes_without_data_fall_back() -> None:
     assert aiconfig.aiconfigurator_model("microsoft/Phi-mini-MoE-instruct", "H100") is None
     with pytest.raises(aiconfig.AiconfigUnavailable, match="cannot evaluate"):
         aiconfig.aiconfigurator_profile("microsoft/Phi-mini-MoE-instruct", "H100")
+
+
+@needs_aiconfigurator
+def test_expert_parallel_tables_time_one_rank_of_the_experts() -> None:
+    from llmserve_env.perf.factory import make_latency_model
+    from llmserve_env.perf.profile_model import ProfileLatencyModel
+
+    arch = load_model_arch("Qwen/Qwen3-30B-A3B-Instruct-2507")
+    whole = aiconfig.aiconfigurator_profile(arch, "H100-SXM")
+    ranked = aiconfig.aiconfigurator_profile(arch, "H100-SXM", expert_parallel_size=4)
+    assert ranked.meta.provenance["expert_parallel_size"] == 4
+    assert "expert_parallel_size" not in whole.meta.provenance
+    assert ranked.meta.provenance["query_key"] != whole.meta.provenance["query_key"]
+
+    # At a decode batch's token count a rank reads a quarter of the experts' weights.
+    def at_128(profile: Profile, op: str) -> float:
+        curve = profile.dense[op]
+        return float(np.interp(128.0, curve.x, curve.time_us))
+
+    assert at_128(ranked, "moe_experts") < 0.8 * at_128(whole, "moe_experts")
+    assert at_128(ranked, "qkv_gemm") == at_128(whole, "qkv_gemm")
+    with pytest.raises(ValueError, match="MoE model at tp 1"):
+        aiconfig.aiconfigurator_profile(
+            "meta-llama/Llama-3.1-8B", "H100-SXM", expert_parallel_size=2
+        )
+    # perf: auto takes these tables for an expert-parallel rank and adds the collectives.
+    model = make_latency_model(
+        arch, resolve_device("H100-SXM"), 1, "bf16", "auto", expert_parallel_size=4
+    )
+    assert isinstance(model, ProfileLatencyModel) and model.expert_parallel is not None
+    assert model.tables.moe is None
+    batch = BatchShape((), (), 128, 128 * 600, 600, 600)
+    ep = model.expert_parallel
+    without = ProfileLatencyModel(model.tables, arch)
+    collectives = arch.num_layers * ep.collectives_s(128)
+    assert model.iteration_time_s(batch) == pytest.approx(
+        without.iteration_time_s(batch) + collectives
+    )
