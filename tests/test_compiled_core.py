@@ -85,6 +85,20 @@ def test_every_listed_module_is_compiled() -> None:
     assert COMPILED == MODULES, f"a partial build: only {COMPILED} are compiled"
 
 
+def test_compiled_events_and_batch_shapes_are_read_only() -> None:
+    # Final attributes: mypy rejects assignments; compiled classes refuse them too.
+    from llmserve_env.perf.base import BatchShape
+    from llmserve_env.sim.events import Arrival, IterationDone
+
+    for obj, name in [
+        (IterationDone(1, 2), "generation"),
+        (Arrival(3), "index"),
+        (BatchShape((8,), (0,)), "num_decodes"),
+    ]:
+        with pytest.raises(AttributeError):
+            setattr(obj, name, 0)
+
+
 def test_compiled_results_match_pure_python() -> None:
     compiled, where = _run("compiled")
     assert where.strip().endswith(".so"), where

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -296,7 +295,11 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         ) and sorted(self._scalar_keys) == sorted(
             f.name for f in self.features if not f.scope.endswith("instance")
         ), "observation_buffer and the feature table disagree"
-        self._rows_end = len(self._row_keys) * self.max_instances
+        # The buffer's two parts as (shape, byte offset): a row per per-instance feature,
+        # then a row of one value per single-valued feature (see _views).
+        self._rows_shape = (len(self._row_keys), self.max_instances)
+        self._scalars_shape = (len(self._scalar_keys), 1)
+        self._scalars_offset = 4 * len(self._row_keys) * self.max_instances
         self._obs_highs: list[float] = [
             highs[key] for key in self._row_keys for _ in range(self.max_instances)
         ] + [highs[key] for key in self._scalar_keys]
@@ -374,7 +377,7 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         if (
             action.shape != self._nvec.shape
             or action.dtype.kind not in "iu"
-            or not all(0 <= a < n for a, n in zip(choices, self._nvec_list, strict=True))
+            or not _within(choices, self._nvec_list)
         ):
             raise ValueError(
                 f"action {choices} is outside the action space {self.action_space} "
@@ -396,13 +399,17 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
                 target = min(target, self.horizon_s)
             sim.run_until(target)
         self._elapsed_steps += 1
-        self._counters, deltas, reward, observation = self._decide()
-        terms = dict(zip(REWARD_TERMS, deltas, strict=True))
-        terminated = bool(sim.drained)
-        truncated = bool(
-            not terminated and self.horizon_s is not None and sim.now >= self.horizon_s
-        )
-        info = self._info({"reward_terms": terms, "illegal_actions": illegal})
+        self._counters, terms, reward, observation = self._decide()
+        terminated = sim.drained
+        now = sim.now
+        truncated = not terminated and self.horizon_s is not None and now >= self.horizon_s
+        info: dict[str, Any] = {
+            "sim_time_s": now,
+            "num_arrived": sim.num_arrived,
+            "num_ended": sim.num_ended,
+            "reward_terms": terms,
+            "illegal_actions": illegal,
+        }
         if terminated or truncated:
             sim.finalize()
             info["episode_stats"] = sim.summary()
@@ -434,7 +441,7 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
 
     # ------------------------------------------------------------------ observation
 
-    def _decide(self) -> tuple[list[float], list[float], float, dict[str, np.ndarray]]:
+    def _decide(self) -> tuple[list[float], dict[str, float], float, dict[str, np.ndarray]]:
         """Read the decision the simulation reached: the reward counters now, the reward's
         terms since the last decision and their weighted sum, and the observation; the
         moving rates are folded forward to now.
@@ -473,14 +480,18 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         )
         return self._views(buffer)
 
-    def _views(self, buffer: array[float]) -> dict[str, np.ndarray]:
+    def _views(self, buffer: bytearray) -> dict[str, np.ndarray]:
         """The observation dict: one view of ``buffer`` per key, no copy (the rows of a
         2-D view of the per-instance part and of a column view of the rest: iterating
-        an array makes its row views in C, at a third of the cost of slicing)."""
-        values = np.frombuffer(buffer, dtype=np.float32)
-        end = self._rows_end
-        obs = dict(zip(self._row_keys, values[:end].reshape(-1, self.max_instances), strict=True))
-        obs.update(zip(self._scalar_keys, values[end:].reshape(-1, 1), strict=True))
+        an array makes its row views in C, at a third of the cost of slicing).
+
+        The keys come first in each ``zip``, so it stops when they run out without
+        asking the array for one row more (which numpy answers with an ``IndexError``
+        whose message costs as much as a few views)."""
+        rows = np.ndarray(self._rows_shape, np.float32, buffer)
+        scalars = np.ndarray(self._scalars_shape, np.float32, buffer, self._scalars_offset)
+        obs = dict(zip(self._row_keys, rows))  # noqa: B905 - lengths match by construction
+        obs.update(zip(self._scalar_keys, scalars))  # noqa: B905
         return obs
 
     def _info(self, extra: dict[str, Any]) -> dict[str, Any]:
@@ -605,6 +616,17 @@ class LLMServeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             np_random_state=None,
             done=self._done,
         )
+
+
+def _within(choices: list[int], nvec: list[int]) -> bool:
+    """Whether every choice lies in ``[0, n)`` of its dimension (same lengths).
+
+    A loop, not ``all()`` over a generator: this runs on every step, and the generator
+    costs more than the check."""
+    for a, n in zip(choices, nvec):  # noqa: B905, SIM110 - the caller compared the shapes
+        if not 0 <= a < n:
+            return False
+    return True
 
 
 def _bounded(cfg: Scenario) -> bool:

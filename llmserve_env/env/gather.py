@@ -2,8 +2,8 @@
 
 Part of the compiled core (pyproject.toml's mypyc list): the environment calls
 :func:`decision_outputs` once per step, so the reward counters, the moving rates and
-the observation are read without building numpy arrays or dicts, and the observation
-comes back as one float32 buffer, already clipped to its bounds, which
+the observation are read without building numpy arrays, and the observation comes back
+as one float32 buffer, already clipped to its bounds, which
 :class:`~llmserve_env.env.core.LLMServeEnv` views with numpy without copying. (Clipping
 here rather than with numpy ufuncs: inside a stepping loop, where the simulator has
 pushed numpy's code out of the caches, two ufunc calls on 142 values cost more than
@@ -12,7 +12,7 @@ this loop, compiled or not.)
 
 from __future__ import annotations
 
-from array import array
+import struct
 
 from llmserve_env.sim.simulation import Simulation
 from llmserve_env.sim.stats import MovingRates
@@ -52,7 +52,7 @@ def decision_outputs(
     max_instances: int,
     horizon_s: float,
     routing: bool,
-) -> tuple[list[float], list[float], float, array[float]]:
+) -> tuple[list[float], dict[str, float], float, bytearray]:
     """Everything a decision hands out, once the simulation reached it.
 
     Args:
@@ -67,15 +67,16 @@ def decision_outputs(
         routing: See :func:`observation_buffer`.
 
     Returns:
-        The counters now, the reward's terms (their increments since ``counters``), the
-        reward (the weighted sum of the terms) and the observation buffer.
+        The counters now, the reward's terms by name (their increments since
+        ``counters``), the reward (the weighted sum of the terms) and the observation
+        buffer.
     """
     current = reward_counters(sim)
-    terms: list[float] = []
+    terms: dict[str, float] = {}
     reward = 0.0
     for index in range(len(current)):
         term = current[index] - counters[index]
-        terms.append(term)
+        terms[REWARD_TERMS[index]] = term
         reward += weights[index] * term
     sim.sync()
     rates.update(sim.counters(current[-1]), sim.now - last_time)
@@ -90,17 +91,18 @@ def observation_buffer(
     max_instances: int,
     horizon_s: float,
     routing: bool,
-) -> array[float]:
-    """Every feature as float32, clipped to ``[0, highs]`` (NaN stays NaN, as with
-    numpy's ``minimum`` and ``maximum``): first a row of ``max_instances`` values per
-    per-instance feature (the rows of the environment's ``_ROW_KEYS``), then one value
-    per single-valued feature (``_SCALAR_KEYS``), so that the environment hands out
-    the rows of two reshaped views.
+) -> bytearray:
+    """Every feature as native float32 (a fresh buffer per call), clipped to
+    ``[0, highs]`` (NaN stays NaN, as with numpy's ``minimum`` and ``maximum``): first a
+    row of ``max_instances`` values per per-instance feature (the rows of the
+    environment's ``_ROW_KEYS``), then one value per single-valued feature
+    (``_SCALAR_KEYS``), so that the environment hands out the rows of two views.
 
     Args:
         sim: The simulation, synced to now.
         rates: The moving rates' values (:data:`CLUSTER_RATES` layout).
-        highs: Upper bound of every value, in the layout's order.
+        highs: Upper bound of every value, in the layout's order; its length is the
+            buffer's.
         max_instances: Rows of each per-instance feature (the layout's per-instance
             rows); rows past the cluster's instances are zero (and invalid).
         horizon_s: Episode horizon, or 0 when the episode has none.
@@ -147,4 +149,17 @@ def observation_buffer(
             flat[index] = highs[index]
         elif value < 0.0:
             flat[index] = 0.0
-    return array("f", flat)
+    # The bytearray keeps the buffer writable (numpy views of bytes are read-only).
+    return bytearray(_float32_packer(len(flat)).pack(*flat))
+
+
+_PACKERS: dict[int, struct.Struct] = {}
+
+
+def _float32_packer(count: int) -> struct.Struct:
+    """Packs ``count`` floats as native float32, each a C cast of the double (as
+    ``array("f")`` stores them, at half its cost); one per length, made on first use."""
+    packer = _PACKERS.get(count)
+    if packer is None:
+        packer = _PACKERS[count] = struct.Struct(f"{count}f")
+    return packer

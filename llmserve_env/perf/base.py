@@ -15,46 +15,14 @@ lengths, stay constant over the stretch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
 
+from llmserve_env.perf.batch import BatchShape
 
-@dataclass(frozen=True, slots=True)
-class BatchShape:
-    """The composition of one engine iteration (one forward pass of one instance).
-
-    Attributes:
-        prefill_new: New tokens of each prefill chunk in the batch.
-        prefill_ctx: Tokens already in the KV cache before each chunk (same order).
-        num_decodes: Requests decoding one token.
-        decode_kv_sum: Sum over decoding requests of the KV length each attends to
-            (its computed tokens plus the new one).
-        decode_kv_max: Longest such KV length (0 without decodes).
-        decode_kv_min: Shortest such KV length (0 without decodes). Callers that do not
-            track it leave it 0; a model keyed by the skew rate then reads the rate as
-            ``mean / max``, as if the shortest decode were empty.
-    """
-
-    prefill_new: tuple[int, ...] = ()
-    prefill_ctx: tuple[int, ...] = ()
-    num_decodes: int = 0
-    decode_kv_sum: int = 0
-    decode_kv_max: int = 0
-    decode_kv_min: int = 0
-
-    @property
-    def num_tokens(self) -> int:
-        """Tokens processed by the iteration (prefill chunks plus one per decode)."""
-        return sum(self.prefill_new) + self.num_decodes
-
-    @property
-    def num_seqs(self) -> int:
-        """Requests in the batch (each produces one row of logits)."""
-        return len(self.prefill_new) + self.num_decodes
-
+__all__ = ["BatchShape", "FloatArray", "LatencyModel"]
 
 FloatArray = NDArray[np.float64]
 

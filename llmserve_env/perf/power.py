@@ -191,7 +191,13 @@ class WorkModel:
         gemm_b = float(self._weights_read(tokens)) + tokens * self._elementwise_bytes_per_token
         attn_f = 0.0
         attn_b = 0.0
-        for new, ctx in zip(batch.prefill_new, batch.prefill_ctx, strict=True):
+        prefill_new = batch.prefill_new
+        prefill_ctx = batch.prefill_ctx
+        if len(prefill_ctx) != len(prefill_new):
+            raise ValueError(f"{len(prefill_new)} prefill chunks but {len(prefill_ctx)} contexts")
+        for index in range(len(prefill_new)):  # indexed: compiled, a zip(strict=True) is generic
+            new = prefill_new[index]
+            ctx = prefill_ctx[index]
             attn_f += new * (ctx + (new + 1) / 2.0)
             attn_b += ctx + new
         attn_f = (attn_f + batch.decode_kv_sum) * self._attn_flops_per_kv

@@ -66,10 +66,13 @@ def fold_prefills(new: tuple[int, ...], ctx: tuple[int, ...]) -> tuple[float, fl
     """
     if len(new) == 1:
         return float(new[0]), float(ctx[0])
+    if len(ctx) != len(new):
+        raise ValueError(f"{len(new)} prefill chunks but {len(ctx)} contexts")
     q = float(sum(new))
     work = 0.0
-    for n, c in zip(new, ctx, strict=True):
-        work += n * (c + (n + 1) / 2.0)
+    for index in range(len(new)):  # indexed: compiled, a zip(strict=True) is generic
+        n = new[index]
+        work += n * (ctx[index] + (n + 1) / 2.0)
     c_eq = work / q - (q + 1) / 2.0
     if c_eq >= 0.0:
         return q, c_eq

@@ -187,9 +187,15 @@ class Grid:
         axes = self._axes
         flat = self._flat
         strides = self._strides
+        if len(point) != len(axes):
+            raise ValueError(f"grid of {len(axes)} axes looked up at {len(point)} coordinates")
         base = 0
         fractions = []
-        for axis, stride, value in zip(axes, strides, point, strict=True):
+        # Indexed, not a zip: compiled, a zip(strict=True) is a generic iterator.
+        for index in range(len(axes)):
+            axis = axes[index]
+            stride = strides[index]
+            value = point[index]
             n = len(axis)
             if n == 1 or value <= axis[0]:
                 fractions.append(0.0)  # clamped at the first knot

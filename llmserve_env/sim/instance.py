@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import itertools
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -823,13 +822,12 @@ class Instance:
         run = self._run
         ends = self._run_ends
         itl = self.itl
-        firsts: Iterable[float] = itertools.repeat(0.0)
+        first_gaps: list[float] | None = None
         if materialized == 0:
             # Each request's first token in the stretch measures from its previous one.
             t_first = ends[0]
             first_gaps = [t_first - last for last in self._run_last0]
             itl.add_list(first_gaps)
-            firsts = first_gaps
         lo = materialized if materialized > 1 else 1
         peak = 0.0
         if done > lo:
@@ -847,7 +845,13 @@ class Instance:
             energy_each = (cum.at(done - 1) - before) / len(run)
         pool = self.pool
         caching = pool.enable_prefix_caching
-        for request, c0, b0, first in zip(run, need.computed, need.held, firsts, strict=False):
+        computed0 = need.computed
+        held0 = need.held
+        for index in range(len(run)):  # indexed: a zip is a generic iterator when compiled
+            request = run[index]
+            c0 = computed0[index]
+            b0 = held0[index]
+            first = first_gaps[index] if first_gaps is not None else 0.0
             top = first if first > peak else peak
             if top > request.itl_max_s:
                 request.itl_max_s = top

@@ -43,7 +43,9 @@ class Kernel:
     def schedule(self, time: float, event: Event) -> None:
         """Put ``event`` on the future event list at ``time`` (not before now)."""
         if time < self.now:
-            raise ValueError(f"cannot schedule {event!r} at {time} before now={self.now}")
+            raise ValueError(
+                f"cannot schedule {type(event).__name__} at {time} before now={self.now}"
+            )
         heapq.heappush(self._heap, (time, event.priority, self._seq, event))
         self._seq += 1
 

@@ -127,6 +127,11 @@ class Simulation:
         self.power_wake_on_demand = wake_on_demand
         self._wake_generation: dict[int, int] = {}
         self.pending: list[Request] = []
+        # Requests that arrive by the horizon: the workload is sorted by arrival time,
+        # so they are the first ones (the horizon is fixed for the run).
+        self._num_arriving = len(workload)
+        if horizon_s is not None and self._num_arriving:
+            self._num_arriving = int(np.searchsorted(workload.arrival_s, horizon_s, "right"))
         self.num_arrived = 0
         self.next_index = 0
         self.finalized = False
@@ -181,18 +186,18 @@ class Simulation:
     @property
     def arrivals_exhausted(self) -> bool:
         """No request is left to arrive (before the horizon)."""
-        return self.next_index >= len(self.workload) or bool(
-            self.horizon_s is not None and self.workload.arrival_s[self.next_index] > self.horizon_s
-        )
+        return self.next_index >= self._num_arriving
 
     @property
     def drained(self) -> bool:
         """Every request that will arrive has arrived and ended."""
-        return (
-            self.arrivals_exhausted
-            and not self.pending
-            and all(inst.num_outstanding == 0 and not inst.busy for inst in self.instances)
-        )
+        if self.next_index < self._num_arriving or self.pending:
+            return False
+        # A loop, not all() over a generator (read at every env step; slower compiled).
+        for inst in self.instances:  # noqa: SIM110
+            if inst.busy or inst.num_outstanding:
+                return False
+        return True
 
     @property
     def num_ended(self) -> int:
@@ -394,20 +399,21 @@ class Simulation:
             pool = inst.pool
             params = inst.params
             free = pool.num_free_blocks
-            out[i] = len(waiting)
-            out[n + i] = len(inst.running)
-            out[2 * n + i] = inst.stats.scheduled_tokens_last if inst.busy else 0
+            # Counts as floats: readers of the list convert each int again.
+            out[i] = float(len(waiting))
+            out[n + i] = float(len(inst.running))
+            out[2 * n + i] = float(inst.stats.scheduled_tokens_last) if inst.busy else 0.0
             out[3 * n + i] = now - waiting.peek().arrival_s if waiting else 0.0
             out[4 * n + i] = 1.0 - free / pool.num_blocks
-            out[5 * n + i] = free
-            out[6 * n + i] = params.max_num_seqs
-            out[7 * n + i] = params.max_num_batched_tokens
+            out[5 * n + i] = float(free)
+            out[6 * n + i] = float(params.max_num_seqs)
+            out[7 * n + i] = float(params.max_num_batched_tokens)
             power = inst.power
             if power is None:  # without a power model: always on, full clock, no draw
                 out[9 * n + i] = 1.0
                 continue
             state = power.state
-            out[8 * n + i] = int(state)
+            out[8 * n + i] = float(int(state))
             out[9 * n + i] = power.freq
             out[10 * n + i] = power.power_w(now)
             if state == PowerState.WAKING:
@@ -422,12 +428,17 @@ class Simulation:
         instance's energy, so it is read once), then per instance preemptions, then per
         instance prefix-cache hit tokens, prefix query tokens and generated tokens."""
         m = self.metrics
-        out: list[float] = [self.num_arrived, m.num_finished, m.num_slo_met, energy_j]
+        out: list[float] = [
+            float(self.num_arrived),
+            float(m.num_finished),
+            float(m.num_slo_met),
+            energy_j,
+        ]
         instances = self.instances
-        out += [inst.stats.num_preemptions for inst in instances]
-        out += [inst.stats.prefix_hit_tokens for inst in instances]
-        out += [inst.stats.prefix_query_tokens for inst in instances]
-        out += [inst.stats.generation_tokens for inst in instances]
+        out += [float(inst.stats.num_preemptions) for inst in instances]
+        out += [float(inst.stats.prefix_hit_tokens) for inst in instances]
+        out += [float(inst.stats.prefix_query_tokens) for inst in instances]
+        out += [float(inst.stats.generation_tokens) for inst in instances]
         return out
 
     def backlog_s(self) -> float:

@@ -242,10 +242,14 @@ def test_observation_values_are_clipped_to_their_bounds() -> None:
     sim = env.sim
     args = (env.max_instances, env.horizon_s or 0.0, True)
     size = len(env._obs_highs)
-    raw = np.asarray(observation_buffer(sim, env._rates.values, [math.inf] * size, *args))
+    raw = np.frombuffer(
+        observation_buffer(sim, env._rates.values, [math.inf] * size, *args), dtype=np.float32
+    )
     assert (raw > 2.0).sum() > 5 and (raw < 2.0).sum() > 5  # the bound below cuts both ways
     highs = [2.0] * size
-    clipped = np.asarray(observation_buffer(sim, env._rates.values, highs, *args))
+    clipped = np.frombuffer(
+        observation_buffer(sim, env._rates.values, highs, *args), dtype=np.float32
+    )
     np.testing.assert_array_equal(clipped, np.minimum(raw, np.float32(2.0)))
     # The observation hands out the same values, clipped to the feature table's bounds.
     obs = env._observe()

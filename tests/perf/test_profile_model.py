@@ -157,6 +157,19 @@ def test_fold_prefills_keeps_tokens_and_work() -> None:
     # many fresh chunks: work kept with no context
     q, c = fold_prefills((10,) * 10, (0,) * 10)
     assert c == 0.0 and q * (q + 1) / 2 == pytest.approx(10 * 10 * 5.5)
+    with pytest.raises(ValueError, match="contexts"):
+        fold_prefills((10, 10), (0,))
+
+
+def test_batch_shapes_are_values() -> None:
+    shape = BatchShape((512,), (0,), 3, 3000, 1200, 400)
+    same = BatchShape((512,), (0,), 3, 3000, 1200, 400)
+    assert shape == same and hash(shape) == hash(same) and shape != BatchShape((512,), (0,), 3)
+    assert shape.num_tokens == 515 and shape.num_seqs == 4
+    assert repr(BatchShape()) == (
+        "BatchShape(prefill_new=(), prefill_ctx=(), num_decodes=0, decode_kv_sum=0, "
+        "decode_kv_max=0, decode_kv_min=0)"
+    )
 
 
 @pytest.mark.parametrize(

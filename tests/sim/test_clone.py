@@ -65,11 +65,12 @@ def test_every_attribute_is_copied_or_deliberately_left() -> None:
     assert inst.power is not None
     node = sim.nodes[0]
     # Attributes a clone does not take from the original: the kernel, ITL histogram and
-    # node come as arguments, a lockstep group is rewired by the simulation's clone, _never_over_cap is derived by the constructor, the
-    # histogram's buffers are empty after its flush, and a kernel's owner registers its
-    # own handlers.
+    # node come as arguments, a lockstep group is rewired by the simulation's clone,
+    # _num_arriving and _never_over_cap are derived by the
+    # constructors, the histogram's buffers are empty after its flush, and a kernel's
+    # owner registers its own handlers.
     cases: list[tuple[Callable[..., Any], object, tuple[Any, ...], set[str]]] = [
-        (Simulation.clone, sim, (), set()),
+        (Simulation.clone, sim, (), {"_num_arriving"}),
         (Instance.clone, inst, (Kernel(), ItlHistogram(), {}), {"kernel", "itl", "dp"}),
         (InstancePower.clone, inst.power, (node,), {"node", "_never_over_cap"}),
         (KVBlockPool.clone, inst.pool, (), set()),
