@@ -115,6 +115,8 @@ class InstancePlan:
     params: EngineParams
     lockstep: int | None = None
     """Index of the lockstep data-parallel group (DP + EP) the instance is a rank of."""
+    expert_parallel_size: int = 1
+    """Devices the model's experts are split over (1: none)."""
 
 
 def _group_key(node_index: int, group_index: int) -> str:
@@ -338,6 +340,7 @@ def plan_instances(scenario: Scenario) -> list[InstancePlan]:
                                 device=device,
                                 params=params,
                                 lockstep=lockstep,
+                                expert_parallel_size=ep,
                             )
                         )
             node_id += 1
@@ -363,7 +366,6 @@ def make_latency_model(plan: InstancePlan) -> LatencyModel:
     from llmserve_env.perf import factory as perf_factory
 
     group = plan.group
-    dp = group.data_parallel_size if group.enable_expert_parallel else 1
     try:
         return perf_factory.make_latency_model(
             plan.arch,
@@ -372,7 +374,7 @@ def make_latency_model(plan: InstancePlan) -> LatencyModel:
             group.dtype,
             group.perf,
             capture_sizes=cudagraph_capture_sizes(group.engine, plan.params),
-            expert_parallel_size=dp,
+            expert_parallel_size=plan.expert_parallel_size,
         )
     except (DataFileError, ValueError) as exc:
         raise ScenarioError([(f"{plan.key}.perf", str(exc))]) from exc
@@ -454,9 +456,9 @@ class SimulationFactory:
         for index, (plan, latency) in enumerate(zip(self.plans, self.latency_models, strict=True)):
             arch, tp = plan.arch, plan.group.tp
             weights = arch.weight_bytes(plan.group.dtype) / tp
-            if plan.lockstep is not None:
+            if plan.expert_parallel_size > 1:
                 weights = weights_bytes_per_device(
-                    arch, tp, plan.group.dtype, tp * plan.group.data_parallel_size
+                    arch, tp, plan.group.dtype, plan.expert_parallel_size
                 )
             wb = DTYPE_BYTES[plan.group.dtype]
             collective = (

@@ -23,7 +23,7 @@ a :class:`~llmserve_env.perf.comm.CommModel` over the ``D`` devices.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from llmserve_env.perf.comm import CommModel
 from llmserve_env.perf.model_arch import DTYPE_BYTES, ModelArch
@@ -49,6 +49,10 @@ class ExpertParallel:
     dispatch_bytes_per_token: float
     combine_bytes_per_token: float
     comm: CommModel
+    _collectives: dict[float, float] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    """:meth:`collectives_s` by token count (a step's ranks and its decodes repeat them)."""
 
     def __post_init__(self) -> None:
         if self.dp_size < 2:
@@ -87,15 +91,19 @@ class ExpertParallel:
     def kernel_shape(self, padded_tokens: float) -> tuple[float, float]:
         """``(tokens, active experts)`` to look the rank's MoE kernel up by, when every
         rank runs ``padded_tokens`` tokens (module doc)."""
-        gathered = padded_tokens * self.dp_size
-        miss = (1.0 - self.top_k / self.num_experts) ** gathered
-        return gathered / self.dp_size, self.local_experts * (1.0 - miss)
+        miss = (1.0 - self.top_k / self.num_experts) ** (padded_tokens * self.dp_size)
+        return padded_tokens, self.local_experts * (1.0 - miss)
 
     def collectives_s(self, padded_tokens: float) -> float:
         """Seconds of one MoE layer's dispatch all-gather and combine reduce-scatter
         when every rank runs ``padded_tokens`` tokens."""
-        gathered = padded_tokens * self.dp_size
-        n = self.dp_size
-        return self.comm.time_s(
-            "all_gather", gathered * self.dispatch_bytes_per_token, n
-        ) + self.comm.time_s("reduce_scatter", gathered * self.combine_bytes_per_token, n)
+        cached = self._collectives.get(padded_tokens)
+        if cached is None:
+            gathered = padded_tokens * self.dp_size
+            n = self.dp_size
+            cached = self.comm.time_s(
+                "all_gather", gathered * self.dispatch_bytes_per_token, n
+            ) + self.comm.time_s("reduce_scatter", gathered * self.combine_bytes_per_token, n)
+            if len(self._collectives) < 65536:
+                self._collectives[padded_tokens] = cached
+        return cached

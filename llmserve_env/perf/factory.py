@@ -164,12 +164,9 @@ def _aiconfigurator(
     factory = getattr(module, "aiconfigurator_model", None)
     if factory is None:
         return None
-    if expert_parallel_size > 1:
-        model: LatencyModel | None = factory(
-            arch, device, tp, dtype, expert_parallel_size=expert_parallel_size
-        )
-    else:
-        model = factory(arch, device, tp, dtype)
+    model: LatencyModel | None = factory(
+        arch, device, tp, dtype, expert_parallel_size=expert_parallel_size
+    )
     return model
 
 
