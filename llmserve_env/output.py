@@ -85,3 +85,15 @@ def write_outputs(
     for tmp, target in staged:
         os.replace(tmp, target)
     return [target for _, target in staged]
+
+
+def write_json_atomic(path: Path, data: Mapping[str, Any]) -> Path:
+    """Write one JSON file through a temporary name (NaN becomes ``null``)."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(to_json(data) + "\n", encoding="utf-8")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+    return path

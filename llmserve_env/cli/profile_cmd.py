@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -82,6 +83,25 @@ from llmserve_env.config.errors import DataFileError
 )
 @click.option("--no-power", is_flag=True, help="Do not sample board power through NVML.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
+@click.option(
+    "--cold-mib",
+    type=click.IntRange(min=0),
+    default=None,
+    help="MiB of weight (and KV) copies each operator cycles through so that it reads "
+    "them from memory, as in the model [default: 256, or twice the GPU's L2; 0: warm].",
+)
+@click.option(
+    "--check-iterations",
+    is_flag=True,
+    help="Then run whole forward passes of the model for a set of batches and compare "
+    "them with the profile's prediction (table, and iteration_check.json in the folder).",
+)
+@click.option(
+    "--check-layers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Layers of the model built for --check-iterations [default: the profile's].",
+)
 def profile(
     model: str,
     output: Path,
@@ -98,12 +118,17 @@ def profile(
     threads: int | None,
     no_power: bool,
     seed: int,
+    cold_mib: int | None,
+    check_iterations: bool,
+    check_layers: int | None,
 ) -> None:
     """Time every operator of MODEL (a catalog name or a HuggingFace config.json) in
     PyTorch with random weights, and write an llmserve profile folder.
 
     Use it in a scenario with ``perf: <folder>``; ``llmserve profiles check <folder>``
-    summarises it.
+    summarises it. ``--check-iterations`` times whole forward passes of the model
+    (every layer, residuals, KV writes) and reports how far the profile's prediction
+    for each batch is from them.
     """
     from llmserve_env.perf.model_arch import load_model_arch
     from llmserve_env.perf.profile_format import write_profile
@@ -114,6 +139,8 @@ def profile(
     except ImportError:
         click.echo("error: llmserve profile needs PyTorch (pip install torch)", err=True)
         sys.exit(2)
+    if check_iterations and tp != 1:
+        raise click.UsageError("--check-iterations runs one device: use it with --tp 1")
     if threads is not None:
         torch.set_num_threads(threads)
     try:
@@ -133,6 +160,7 @@ def profile(
             device_name=device_name,
             seed=seed,
             sample_power=not no_power,
+            cold_mib=cold_mib,
         )
         result = profile_model(arch, options, log=lambda line: click.echo(f"  {line}", err=True))
     except ValueError as exc:
@@ -146,3 +174,45 @@ def profile(
         f"wrote {folder}/ ({meta.model} on {meta.device}, {meta.dtype}, tp={meta.tp}, "
         f"{meta.provenance.get('duration_s', 0):.1f} s)"
     )
+    if check_iterations:
+        _check(result, arch, options, check_layers, folder)
+
+
+def _check(result: Any, arch: Any, options: Any, layers: int | None, folder: Path) -> None:
+    """Run the iteration check, print its table, write ``iteration_check.json``."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from llmserve_env.output import write_json_atomic
+    from llmserve_env.perf.iteration_check import check_iterations
+
+    check = check_iterations(
+        result, arch, options, num_layers=layers, log=lambda line: click.echo(f"  {line}", err=True)
+    )
+    graphs = any(r.graph_s is not None for r in check.results)
+    table = Table(title=f"whole iterations, {check.num_layers} layers, {check.device}")
+    for column in ("batch", "tokens", "measured ms", "predicted ms", "error %"):
+        table.add_column(column, justify="left" if column == "batch" else "right")
+    if graphs:
+        table.add_column("CUDA graph ms", justify="right")
+        table.add_column("error vs graph %", justify="right")
+    for r in check.results:
+        row = [
+            r.case.label,
+            str(r.case.num_tokens),
+            f"{r.measured_s * 1e3:.3f}",
+            f"{r.predicted_s * 1e3:.3f}",
+            f"{r.err_pct:+.1f}",
+        ]
+        if graphs:
+            row += [
+                "-" if r.graph_s is None else f"{r.graph_s * 1e3:.3f}",
+                "-" if r.graph_err_pct is None else f"{r.graph_err_pct:+.1f}",
+            ]
+        table.add_row(*row)
+    Console().print(table)
+    summary = f"mean absolute error {check.mape_pct():.1f} %"
+    if graphs:
+        summary += f" (against the CUDA graphs {check.mape_pct(graphs=True):.1f} %)"
+    click.echo(summary)
+    write_json_atomic(folder / "iteration_check.json", check.as_dict())

@@ -49,11 +49,18 @@ from llmserve_env.perf.profiler_torch import (
     TORCH_DTYPES,
     Timer,
     TorchLayer,
+    cold_calls,
     power_sampling,
     sample,
 )
 
 _BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+
+DEFAULT_COLD_MIB = 256
+"""Distinct data an operator cycles through when timed: above every GPU's L2 and what
+this project's CPU keeps cached (a 23 MB weight matrix times one token in 0.84 ms
+warm, in 1.08 ms cycling through 92 MB of copies and 1.48-1.50 ms through 184 or
+369 MB)."""
 
 
 @dataclass(frozen=True)
@@ -145,6 +152,13 @@ class ProfilerOptions:
             the GPU when known, else what the driver reports).
         seed: Seed of the random weights and inputs.
         sample_power: Sample board power through NVML on NVIDIA GPUs.
+        cold_mib: Each operator with weights (or a KV cache) cycles through copies of
+            them totalling this many MiB, so that it reads them from memory as in the
+            model, not from a cache they stayed in
+            (:func:`~llmserve_env.perf.profiler_torch.cold_calls`); ``None``: 256 MiB,
+            or twice the GPU's L2 if that is more; 0: the same tensors every call (warm
+            caches). Whole iterations (:mod:`~llmserve_env.perf.iteration_check`) flush
+            this much before each timed call instead.
     """
 
     device: str = "auto"
@@ -157,6 +171,7 @@ class ProfilerOptions:
     device_name: str | None = None
     seed: int = 0
     sample_power: bool = True
+    cold_mib: int | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in TORCH_DTYPES:
@@ -167,6 +182,18 @@ class ProfilerOptions:
             raise ValueError("tp and repeat must be >= 1 and warmup >= 0")
         if self.num_layers is not None and self.num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
+        if self.cold_mib is not None and self.cold_mib < 0:
+            raise ValueError(f"cold_mib must be >= 0, got {self.cold_mib}")
+
+    def cold_bytes(self, torch: Any, device: Any) -> int:
+        """Bytes of distinct data a timed operator cycles through on ``device``."""
+        if self.cold_mib is not None:
+            return self.cold_mib * 2**20
+        floor = DEFAULT_COLD_MIB * 2**20
+        if device.type == "cuda":
+            l2 = int(getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0))
+            return max(floor, 2 * l2)
+        return floor
 
 
 # --------------------------------------------------------------------------- profiling
@@ -178,8 +205,11 @@ def _active_expert_grid(arch: ModelArch, tokens: int) -> list[int]:
     return sorted(v for v in values if v >= 1)
 
 
-def _dense_ops(layer: TorchLayer, timer: Timer, tokens: tuple[int, ...]) -> dict[str, Curve]:
+def _dense_ops(
+    layer: TorchLayer, timer: Timer, tokens: tuple[int, ...], cold: int
+) -> dict[str, Curve]:
     torch, arch = layer.torch, layer.arch
+    linear, embed = torch.nn.functional.linear, torch.nn.functional.embedding
     hd = arch.head_dim
     times: dict[str, list[float]] = {}
 
@@ -195,47 +225,64 @@ def _dense_ops(layer: TorchLayer, timer: Timer, tokens: tuple[int, ...]) -> dict
         k = qkv[:, layer.heads * hd : (layer.heads + layer.kv_heads) * hd].reshape(
             n, layer.kv_heads, hd
         )
-        add("embedding", timer(partial(layer.embedding, ids)))
+        add(
+            "embedding",
+            timer(cold_calls(partial(_lookup, embed, ids), [layer.embedding.weight], cold)),
+        )
         add("layernorm", timer(partial(layer.rms_norm, x)))
-        add("qkv_proj", timer(partial(layer.qkv, x)))
+        add("qkv_proj", timer(cold_calls(partial(linear, x), [layer.qkv.weight], cold)))
         add("rotary_emb", timer(partial(layer.rotary, q, k, positions)))
         attn_out = torch.randn(n, layer.heads * hd, device=layer.device, dtype=layer.dtype)
-        add("o_proj", timer(partial(layer.o, attn_out)))
+        add("o_proj", timer(cold_calls(partial(linear, attn_out), [layer.o.weight], cold)))
         add("final_layernorm", timer(partial(layer.rms_norm, x)))
         if not arch.is_moe:
             gu = layer.gate_up(x)
             act = layer.silu_and_mul(gu)
-            add("gate_up_proj", timer(partial(layer.gate_up, x)))
+            add("gate_up_proj", timer(cold_calls(partial(linear, x), [layer.gate_up.weight], cold)))
             add("act_fn", timer(partial(layer.silu_and_mul, gu)))
-            add("down_proj", timer(partial(layer.down, act)))
+            add("down_proj", timer(cold_calls(partial(linear, act), [layer.down.weight], cold)))
     x_axis = np.array(tokens, dtype=np.float64)
     return {name: Curve(x_axis, np.array(t)) for name, t in times.items()}
 
 
-def _per_seq_ops(layer: TorchLayer, timer: Timer, seqs: tuple[int, ...]) -> dict[str, Curve]:
+def _lookup(embed: Callable[..., Any], ids: Any, weight: Any) -> Any:
+    return embed(ids, weight)
+
+
+def _per_seq_ops(
+    layer: TorchLayer, timer: Timer, seqs: tuple[int, ...], cold: int
+) -> dict[str, Curve]:
     torch = layer.torch
+    linear = torch.nn.functional.linear
     head, sampler = [], []
     for n in seqs:
         x = layer.hidden(n)
         logits = layer.lm_head(x)
-
-        head.append(timer(partial(layer.lm_head, x)) * 1e6)
+        head.append(timer(cold_calls(partial(linear, x), [layer.lm_head.weight], cold)) * 1e6)
         sampler.append(timer(partial(sample, torch, logits)) * 1e6)
     x_axis = np.array(seqs, dtype=np.float64)
     return {"lm_head": Curve(x_axis, np.array(head)), "sampler": Curve(x_axis, np.array(sampler))}
 
 
-def _attention(layer: TorchLayer, timer: Timer, grid: ProfileGrid) -> AttentionPoints:
+def _attend(layer: TorchLayer, q: Any, mask: Any, causal: bool, k: Any, v: Any) -> Any:
+    return layer.sdpa(q, k, v, mask=mask, causal=causal)
+
+
+def _attention(layer: TorchLayer, timer: Timer, grid: ProfileGrid, cold: int) -> AttentionPoints:
     prefill = np.zeros((len(grid.prefill_chunks), len(grid.prefill_contexts)))
     for i, chunk in enumerate(grid.prefill_chunks):
         for j, ctx in enumerate(grid.prefill_contexts):
             q, k, v, mask = layer.prefill_inputs(chunk, ctx)
-            prefill[i, j] = timer(partial(layer.sdpa, q, k, v, mask=mask, causal=ctx == 0))
+            calls = cold_calls(partial(_attend, layer, q, mask, ctx == 0), [k, v], cold)
+            prefill[i, j] = timer(calls)
+            del calls
     decode = np.zeros((len(grid.decode_batches), len(grid.decode_contexts)))
     for i, batch in enumerate(grid.decode_batches):
         for j, ctx in enumerate(grid.decode_contexts):
             q, k, v = layer.decode_inputs(batch, ctx)
-            decode[i, j] = timer(partial(layer.sdpa, q, k, v))
+            calls = cold_calls(partial(_attend, layer, q, None, False), [k, v], cold)
+            decode[i, j] = timer(calls)
+            del calls
     prefill *= 1e6
     decode *= 1e6
     axes = [
@@ -261,17 +308,26 @@ def _attention(layer: TorchLayer, timer: Timer, grid: ProfileGrid) -> AttentionP
     )
 
 
-def _moe(layer: TorchLayer, timer: Timer, tokens: tuple[int, ...]) -> MoePoints:
+def _moe(layer: TorchLayer, timer: Timer, tokens: tuple[int, ...], cold: int) -> MoePoints:
     rows: list[tuple[int, int, float]] = []
     for n in tokens:
         x = layer.hidden(n)
         for active in _active_expert_grid(layer.arch, n):
-            rows.append((n, active, timer(partial(layer.moe, x, active)) * 1e6))
+            # Copies of the experts the call reads (the first ``active``), not of all.
+            experts = [layer.w13[:active], layer.w2[:active]]
+            calls = cold_calls(partial(layer.moe, x, active), experts, cold)
+            rows.append((n, active, timer(calls) * 1e6))
+            del calls
     table = np.array(rows, dtype=np.float64)
     return MoePoints(table[:, 0], table[:, 1], table[:, 2])
 
 
-def _resolve_device(torch: Any, name: str) -> Any:
+def resolve_torch_device(torch: Any, name: str) -> Any:
+    """The torch device ``name`` (``auto``: CUDA when available) names.
+
+    Raises:
+        ValueError: CUDA without a GPU, or a device type other than cuda and cpu.
+    """
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
@@ -323,26 +379,27 @@ def profile_model(
         raise ImportError("llmserve profile needs PyTorch: pip install torch") from exc
     opts = options or ProfilerOptions()
     say = log or (lambda line: None)
-    device = _resolve_device(torch, opts.device)
+    device = resolve_torch_device(torch, opts.device)
     torch.manual_seed(opts.seed)
+    cold = opts.cold_bytes(torch, device)
     timer = Timer(torch, device, opts.warmup, opts.repeat)
     started = time.perf_counter()
     with torch.inference_mode(), power_sampling(torch, device, opts.sample_power) as power:
         layer = TorchLayer(torch, arch, opts.dtype, opts.tp, device)
         say(f"dense operators over {len(opts.grid.tokens)} token counts")
-        dense = _dense_ops(layer, timer, opts.grid.tokens)
+        dense = _dense_ops(layer, timer, opts.grid.tokens, cold)
         say(f"per-sequence operators over {len(opts.grid.seqs)} sequence counts")
-        per_seq = _per_seq_ops(layer, timer, opts.grid.seqs)
+        per_seq = _per_seq_ops(layer, timer, opts.grid.seqs, cold)
         say("attention: prefill chunks x contexts, decode batches x contexts")
-        attention = _attention(layer, timer, opts.grid)
+        attention = _attention(layer, timer, opts.grid, cold)
         moe = None
         if arch.is_moe:
             say("MoE blocks over tokens x active experts")
-            moe = _moe(layer, timer, opts.grid.tokens)
+            moe = _moe(layer, timer, opts.grid.tokens, cold)
     elapsed = time.perf_counter() - started
     name, reported = _device_label(torch, device)
     return Profile(
-        meta=_meta(arch, opts, name, reported, torch, device, power, elapsed),
+        meta=_meta(arch, opts, name, reported, torch, device, power, elapsed, cold),
         dense=dense,
         per_sequence=per_seq,
         attention=attention,
@@ -359,6 +416,7 @@ def _meta(
     device: Any,
     power: dict[str, Any],
     elapsed_s: float,
+    cold_bytes: int,
 ) -> ProfileMeta:
     ar = ("all_reduce",) if opts.tp > 1 else ()
     mlp = ("moe",) if arch.is_moe else ("gate_up_proj", "act_fn", "down_proj")
@@ -385,6 +443,7 @@ def _meta(
         "timing": "cuda events" if device.type == "cuda" else "time.perf_counter (median)",
         "warmup": opts.warmup,
         "repeat": opts.repeat,
+        "cold_mib": cold_bytes / 2**20,
         "measured_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "duration_s": round(elapsed_s, 3),
         "grid": {k: list(getattr(opts.grid, k)) for k in opts.grid.__dataclass_fields__},
