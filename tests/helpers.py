@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,6 +16,18 @@ from llmserve_env.sim.router import make_router
 from llmserve_env.sim.simulation import Simulation
 from llmserve_env.sim.stats import ItlHistogram
 from llmserve_env.sim.workload.base import WorkloadData
+
+TINY_LLAMA = Path(__file__).resolve().parents[1] / "profiles/models/llmserve/tiny-llama.json"
+"""The catalog's tiny Llama config (profiler tests on CPU)."""
+
+
+def tiny_moe_config(folder: Path) -> Path:
+    """The tiny Llama with 4 experts of which 2 per token, written into ``folder``."""
+    config = json.loads(TINY_LLAMA.read_text())
+    config |= {"num_local_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 128}
+    path = folder / "tiny-moe.json"
+    path.write_text(json.dumps(config))
+    return path
 
 
 class LinearLatency:

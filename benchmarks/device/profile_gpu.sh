@@ -42,5 +42,5 @@ LLMSERVE=(python3 -c 'import sys; from llmserve_env.cli.main import main; sys.ar
         --check-iterations "${PROFILE_GRID[@]}"
 } 2>&1 | tee "$OUT/profile.log"
 python3 benchmarks/validation/profiler_iterations.py --device "$DEVICE" --model "$MODEL" \
-    --dtype "$DTYPE" "${BENCH_GRID[@]}" --cold-mib 0 --threads 0 --json "$OUT/warm.json" \
+    --dtype "$DTYPE" "${BENCH_GRID[@]}" --cold-mib 0 --rounds 1 --threads 0 --json "$OUT/warm.json" \
     2>&1 | tee -a "$OUT/profile.log"

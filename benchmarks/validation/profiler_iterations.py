@@ -3,7 +3,8 @@
 Profiles a model with the PyTorch profiler, then runs whole forward passes of the same
 model (every layer with its own weights, residual adds, KV writes) for a set of batches
 and compares each with the profile's prediction (``llmserve_env.perf.iteration_check``).
-Runs once per ``--cold-mib`` value, so the profiler's cold-weight timing (the default)
+Runs ``--rounds`` times per ``--cold-mib`` value, the settings alternating, and reports
+per batch the medians over rounds, so the profiler's cold-weight timing (the default)
 can be set against warm caches (``0``, how operators were timed before). Prints the
 VALIDATION.md table ("Our profiler against whole iterations"). Usage::
 
@@ -26,6 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from llmserve_env.perf.iteration_check import check_iterations
@@ -68,30 +70,66 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.max_tokens or args.max_context:
         grid = grid.bounded(args.max_tokens, args.max_context)
     out: dict[str, Any] = {"model": args.model or "small-llama (inline config)", "runs": []}
-    for cold in args.cold_mib:
-        options = ProfilerOptions(
-            device=args.device,
-            dtype=args.dtype,
-            grid=grid,
-            warmup=args.warmup,
-            repeat=args.repeat,
-            seed=args.seed,
-            cold_mib=cold,
-        )
-        started = time.perf_counter()
-        profile = profile_model(arch, options)
-        profiled_s = time.perf_counter() - started
-        # The whole iterations always run with the default setting (cold on CUDA).
-        check = check_iterations(profile, arch, replace(options, cold_mib=None))
-        run_out = check.as_dict() | {"cold_mib": cold, "profile_s": profiled_s}
-        if args.keep_profile and cold == args.cold_mib[0]:
-            from llmserve_env.output import write_json_atomic
-            from llmserve_env.perf.profile_format import write_profile
+    rounds: dict[int, list[dict[str, Any]]] = {cold: [] for cold in args.cold_mib}
+    for index in range(args.rounds):  # settings alternate, so slow drift hits each alike
+        for cold in args.cold_mib:
+            options = ProfilerOptions(
+                device=args.device,
+                dtype=args.dtype,
+                grid=grid,
+                warmup=args.warmup,
+                repeat=args.repeat,
+                seed=args.seed,
+                cold_mib=cold,
+            )
+            started = time.perf_counter()
+            profile = profile_model(arch, options)
+            profiled_s = time.perf_counter() - started
+            # The whole iterations always run with the default setting (cold on CUDA).
+            check = check_iterations(profile, arch, replace(options, cold_mib=None))
+            rounds[cold].append(check.as_dict() | {"profile_s": profiled_s})
+            if args.keep_profile and index == 0 and cold == args.cold_mib[0]:
+                from llmserve_env.output import write_json_atomic
+                from llmserve_env.perf.profile_format import write_profile
 
-            folder = write_profile(profile, args.keep_profile)
-            write_json_atomic(folder / "iteration_check.json", check.as_dict())
-        out["runs"].append(run_out)
+                folder = write_profile(profile, args.keep_profile)
+                write_json_atomic(folder / "iteration_check.json", check.as_dict())
+    for cold, done in rounds.items():
+        out["runs"].append(_median_run(cold, done))
     return out
+
+
+def _median_run(cold: int, rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per case the median over rounds of the measured and predicted times (the error
+    is the medians'); each round's mean absolute error is kept as well."""
+    first = rounds[0]
+    cases = []
+    for i, case in enumerate(first["cases"]):
+        measured = float(np.median([r["cases"][i]["measured_ms"] for r in rounds]))
+        predicted = float(np.median([r["cases"][i]["predicted_ms"] for r in rounds]))
+        row = {k: case[k] for k in ("label", "num_tokens")}
+        row |= {
+            "measured_ms": measured,
+            "predicted_ms": predicted,
+            "err_pct": 100.0 * (predicted - measured) / measured,
+        }
+        if "graph_ms" in case:
+            graph = float(np.median([r["cases"][i]["graph_ms"] for r in rounds]))
+            row |= {"graph_ms": graph, "graph_err_pct": 100.0 * (predicted - graph) / graph}
+        cases.append(row)
+    result: dict[str, Any] = {
+        "cold_mib": cold,
+        "device": first["device"],
+        "num_layers": first["num_layers"],
+        "setting": first["setting"],
+        "cases": cases,
+        "mape_pct": float(np.mean([abs(c["err_pct"]) for c in cases])),
+        "round_mape_pct": [r["mape_pct"] for r in rounds],
+        "rounds": rounds,
+    }
+    if all("graph_err_pct" in c for c in cases):
+        result["graph_mape_pct"] = float(np.mean([abs(c["graph_err_pct"]) for c in cases]))
+    return result
 
 
 def table(out: dict[str, Any]) -> str:
@@ -107,6 +145,12 @@ def table(out: dict[str, Any]) -> str:
             row += f" {c['measured_ms']:.2f} | {c['predicted_ms']:.2f} | {c['err_pct']:+.1f} |"
         lines.append(row)
     lines.append("| mean absolute error | |" + "".join(f" | | {r['mape_pct']:.1f} |" for r in runs))
+    lines.append(
+        "| each round's | |"
+        + "".join(
+            " | | " + " / ".join(f"{m:.1f}" for m in r["round_mape_pct"]) + " |" for r in runs
+        )
+    )
     if "graph_mape_pct" in runs[0]:
         lines.append(
             "| mean absolute error vs CUDA graphs | |"
@@ -132,6 +176,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="profile and check this often per setting"
+    )
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (0: torch's)")
     parser.add_argument("--keep-profile", type=Path, help="write the first run's profile here")
     parser.add_argument("--json", type=Path, help="write every figure here")

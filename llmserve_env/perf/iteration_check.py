@@ -9,10 +9,12 @@ contexts, decode batches, mixed batches) on the profiler's device, and sets each
 measured iteration against :class:`~llmserve_env.perf.profile_model.ProfileLatencyModel`'s
 prediction from the profile.
 
-A forward pass does what the profiled operators do plus what they leave out, as a
-serving engine's model runner would: residual adds, the write of the new tokens' keys
-and values into the cache, the gather of each sequence's last hidden state before the
-final norm, and the Python dispatch of every kernel. On CUDA each case is also
+A forward pass has vLLM's structure (``LlamaForCausalLM``: the residual stream with its
+adds fused into the next norm, the final norm over every token, the LM head on each
+sequence's last one) and does what the profiled operators do plus what they leave out:
+slicing and reshaping between operators, the concatenation of the attention outputs,
+and the Python dispatch of every kernel; it writes the new keys and values into the
+cache in place (the profile's ``reshape_and_cache`` times a scatter of them). On CUDA each case is also
 captured as a CUDA graph and its replays timed (``cuda_graphs``), the way vLLM runs
 its steps; the eager time then includes kernel launches that the graph removes.
 
@@ -73,12 +75,12 @@ class IterationCase:
     @property
     def num_tokens(self) -> int:
         """Tokens the iteration computes."""
-        return sum(self.prefill_new) + self.num_decodes
+        return self.shape().num_tokens
 
     @property
     def num_seqs(self) -> int:
         """Sequences in the batch."""
-        return len(self.prefill_new) + self.num_decodes
+        return self.shape().num_seqs
 
     def shape(self) -> BatchShape:
         """The simulator's description of this iteration."""
@@ -294,22 +296,26 @@ class _Forward:
         hd = arch.head_dim
         h = first.embedding(self.ids)
         n = h.shape[0]
-        for layer in self.layers:
-            x = layer.rms_norm(h)
+        residual = None
+        for layer in self.layers:  # vLLM's LlamaDecoderLayer, residual stream and all
+            if residual is None:
+                residual, x = h, layer.rms_norm(h)
+            else:
+                x, residual = layer.add_rms_norm(h, residual)
             qkv = layer.qkv(x)
             q = qkv[:, : layer.heads * hd].reshape(n, layer.heads, hd)
             k = qkv[:, layer.heads * hd : (layer.heads + layer.kv_heads) * hd]
             k = k.reshape(n, layer.kv_heads, hd)
             v = qkv[:, (layer.heads + layer.kv_heads) * hd :].reshape(n, layer.kv_heads, hd)
             q, k = layer.rotary(q, k, self.positions)
-            h = h + layer.o(self._attention(layer, q, k, v))
-            x = layer.rms_norm(h)
+            h = layer.o(self._attention(layer, q, k, v))
+            x, residual = layer.add_rms_norm(h, residual)
             if arch.is_moe:
-                h = h + layer.moe(x, self.active)
+                h = layer.moe(x, self.active)
             else:
-                h = h + layer.down(layer.silu_and_mul(layer.gate_up(x)))
-        last = first.rms_norm(h[self.last])
-        return sample(self.torch, first.lm_head(last))
+                h = layer.down(layer.silu_and_mul(layer.gate_up(x)))
+        x, _ = first.add_rms_norm(h, residual)  # the model's final norm, every token
+        return sample(self.torch, first.lm_head(x[self.last]))
 
 
 def _graph_timer(torch: Any, timer: Timer, fn: Callable[[], object]) -> float:

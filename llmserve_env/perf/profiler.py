@@ -3,13 +3,17 @@
 The profiler builds one decoder layer of the model from its configuration (our
 :class:`~llmserve_env.perf.model_arch.ModelArch`, i.e. a catalog name or any HuggingFace
 ``config.json``) with random weights, as plain torch modules: linear layers for the
-fused QKV, O, gate-up and down projections and the LM head, RMSNorm, SiLU-and-mul,
-rotary embedding, attention through ``torch.nn.functional.scaled_dot_product_attention``
+fused QKV, O, gate-up and down projections and the LM head, RMSNorm with the residual
+add before it (vLLM's fused add + norm), SiLU-and-mul, rotary embedding, the write of
+the new keys and values into the KV cache (``reshape_and_cache``), attention through
+``torch.nn.functional.scaled_dot_product_attention``
 (prefill: one chunk after a cached context, causal; decode: a batch of one-token queries
 over equal KV lengths), routed experts for MoE models, and the sampler. Every operator is
 timed over a grid (tokens, chunk x context, decodes x KV length, sequences, tokens x
 active experts) on the chosen device: on CUDA with CUDA events after warm-up, on the CPU
-with ``time.perf_counter``. The result is a profile in llmserve's format
+with ``time.perf_counter``, each operator with weights or a KV cache cycling through
+copies of them so that it reads them from memory as in the model
+(:func:`~llmserve_env.perf.profiler_torch.cold_calls`). The result is a profile in llmserve's format
 (``profiles/README.md``) whose ``meta.yaml`` records the torch version, device name,
 date, grid and, on NVIDIA GPUs with ``nvidia-ml-py`` installed, the board power NVML
 reported while profiling.
@@ -229,12 +233,18 @@ def _dense_ops(
             "embedding",
             timer(cold_calls(partial(_lookup, embed, ids), [layer.embedding.weight], cold)),
         )
-        add("layernorm", timer(partial(layer.rms_norm, x)))
+        residual = layer.hidden(n)
+        add("layernorm", timer(partial(layer.add_rms_norm, x, residual)))
         add("qkv_proj", timer(cold_calls(partial(linear, x), [layer.qkv.weight], cold)))
         add("rotary_emb", timer(partial(layer.rotary, q, k, positions)))
+        # The cache holds other requests' blocks too: write into a region of 4 n slots.
+        k_cache = torch.zeros(4 * n, layer.kv_heads, hd, device=layer.device, dtype=layer.dtype)
+        slots = torch.randperm(4 * n, device=layer.device)[:n]
+        write = partial(_write, layer, k, torch.randn_like(k), slots)
+        add("reshape_and_cache", timer(cold_calls(write, [k_cache, k_cache.clone()], cold)))
         attn_out = torch.randn(n, layer.heads * hd, device=layer.device, dtype=layer.dtype)
         add("o_proj", timer(cold_calls(partial(linear, attn_out), [layer.o.weight], cold)))
-        add("final_layernorm", timer(partial(layer.rms_norm, x)))
+        add("final_layernorm", timer(partial(layer.add_rms_norm, x, residual)))
         if not arch.is_moe:
             gu = layer.gate_up(x)
             act = layer.silu_and_mul(gu)
@@ -247,6 +257,10 @@ def _dense_ops(
 
 def _lookup(embed: Callable[..., Any], ids: Any, weight: Any) -> Any:
     return embed(ids, weight)
+
+
+def _write(layer: TorchLayer, k: Any, v: Any, slots: Any, k_cache: Any, v_cache: Any) -> None:
+    layer.cache_write(k, v, k_cache, v_cache, slots)
 
 
 def _per_seq_ops(
@@ -426,6 +440,7 @@ def _meta(
             "layernorm",
             "qkv_proj",
             "rotary_emb",
+            "reshape_and_cache",
             "attention",
             "o_proj",
             *ar,

@@ -237,6 +237,18 @@ class TorchLayer:
         var = x.float().pow(2).mean(-1, keepdim=True)
         return (x.float() * self.torch.rsqrt(var + 1e-6)).to(x.dtype) * self.norm_weight
 
+    def add_rms_norm(self, x: Any, residual: Any) -> tuple[Any, Any]:
+        """RMSNorm of ``x + residual``, and the sum: vLLM's fused add + norm, which every
+        norm of the model runs but the first layer's input norm."""
+        h = x + residual
+        return self.rms_norm(h), h
+
+    def cache_write(self, k: Any, v: Any, k_cache: Any, v_cache: Any, slots: Any) -> None:
+        """Write the keys and values ``[n, kv_heads, hd]`` of ``n`` new tokens into the
+        cache ``[slots, kv_heads, hd]`` at ``slots`` (vLLM's ``reshape_and_cache``)."""
+        k_cache.index_copy_(0, slots, k)
+        v_cache.index_copy_(0, slots, v)
+
     def silu_and_mul(self, x: Any) -> Any:
         """SiLU of the gate half times the up half."""
         gate, up = x.chunk(2, dim=-1)

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from tests.helpers import TINY_LLAMA, tiny_moe_config
+
 torch = pytest.importorskip("torch", reason="the profiler needs PyTorch")
 
 from llmserve_env.perf.compiled import compile_profile  # noqa: E402
@@ -23,8 +25,7 @@ from llmserve_env.perf.profile_model import ProfileLatencyModel  # noqa: E402
 from llmserve_env.perf.profiler import ProfileGrid, ProfilerOptions, profile_model  # noqa: E402
 from llmserve_env.perf.profiler_torch import Timer, cold_calls  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
-TINY = ROOT / "profiles" / "models" / "llmserve" / "tiny-llama.json"
+TINY = TINY_LLAMA
 GRID = ProfileGrid(
     tokens=(1, 8, 64, 256),
     seqs=(1, 8, 32),
@@ -110,11 +111,7 @@ def test_layer_count_sets_the_prediction(tiny_profile) -> None:  # type: ignore[
 
 
 def test_moe_model_checks(tmp_path: Path) -> None:
-    config = json.loads(TINY.read_text())
-    config |= {"num_local_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 128}
-    path = tmp_path / "tiny-moe.json"
-    path.write_text(json.dumps(config))
-    arch = load_model_arch(str(path))
+    arch = load_model_arch(str(tiny_moe_config(tmp_path)))
     grid = replace(GRID, tokens=(1, 8, 64), prefill_chunks=(16, 64), decode_batches=(1, 8))
     options = ProfilerOptions(device="cpu", dtype="fp32", grid=grid, warmup=0, repeat=1)
     profile = profile_model(arch, options)

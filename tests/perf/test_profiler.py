@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+
+from tests.helpers import TINY_LLAMA, tiny_moe_config
 
 torch = pytest.importorskip("torch", reason="the profiler needs PyTorch")
 
@@ -18,8 +19,7 @@ from llmserve_env.perf.profile_format import read_profile, write_profile  # noqa
 from llmserve_env.perf.profile_model import ProfileLatencyModel  # noqa: E402
 from llmserve_env.perf.profiler import ProfileGrid, ProfilerOptions, profile_model  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
-TINY = ROOT / "profiles" / "models" / "llmserve" / "tiny-llama.json"
+TINY = TINY_LLAMA
 GRID = ProfileGrid(
     tokens=(1, 8, 64, 256),
     seqs=(1, 8),
@@ -65,11 +65,7 @@ def test_tiny_model_profile_loads_and_predicts(tmp_path: Path) -> None:
 
 
 def test_moe_model_has_a_moe_table(tmp_path: Path) -> None:
-    config = json.loads(TINY.read_text())
-    config |= {"num_local_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 128}
-    path = tmp_path / "tiny-moe.json"
-    path.write_text(json.dumps(config))
-    arch = load_model_arch(str(path))
+    arch = load_model_arch(str(tiny_moe_config(tmp_path)))
     grid = ProfileGrid(
         tokens=(1, 8),
         seqs=(1,),
