@@ -141,6 +141,8 @@ def profile(
         sys.exit(2)
     if check_iterations and tp != 1:
         raise click.UsageError("--check-iterations runs one device: use it with --tp 1")
+    if check_layers is not None and not check_iterations:
+        raise click.UsageError("--check-layers only applies with --check-iterations")
     if threads is not None:
         torch.set_num_threads(threads)
     try:

@@ -185,3 +185,6 @@ def test_cli_check_iterations(tmp_path: Path) -> None:
     refused = CliRunner().invoke(main, [*args, "--tp", "2", "--check-iterations"])
     assert refused.exit_code != 0 and "--tp 1" in refused.output
     assert not (tmp_path / "refused").exists()  # refused before profiling
+    alone = CliRunner().invoke(main, [*args, "--check-layers", "2"])
+    assert alone.exit_code != 0 and "only applies with --check-iterations" in alone.output
+    assert not (tmp_path / "refused").exists()
