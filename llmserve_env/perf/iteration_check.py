@@ -332,6 +332,28 @@ def _graph_timer(torch: Any, timer: Timer, fn: Callable[[], object]) -> float:
     return timer(graph.replay)
 
 
+def _measure(
+    torch: Any,
+    layers: list[TorchLayer],
+    case: IterationCase,
+    timer: Timer,
+    model: ProfileLatencyModel,
+    graphs: bool,
+) -> IterationResult:
+    """One case: eager forward passes, CUDA-graph replays if asked, the prediction."""
+    forward = _Forward(torch, layers, case)
+    measured = timer(forward)
+    graph_s: float | None = None
+    graph_error: str | None = None
+    if graphs:
+        try:
+            graph_s = _graph_timer(torch, timer, forward)
+        except RuntimeError as exc:  # capture refused by this torch/driver
+            graph_error = f"{type(exc).__name__}: {exc}"
+    predicted = model.iteration_time_s(case.shape())
+    return IterationResult(case, measured, predicted, graph_s, graph_error)
+
+
 def check_iterations(
     profile: Profile,
     arch: ModelArch,
@@ -390,23 +412,12 @@ def check_iterations(
             TorchLayer(torch, arch, opts.dtype, 1, device, head=i == 0) for i in range(layers_n)
         ]
         for case in chosen:
-            forward = _Forward(torch, layers, case)
-            measured = timer(forward)
-            graph_s: float | None = None
-            graph_error: str | None = None
-            if graphs:
-                try:
-                    graph_s = _graph_timer(torch, timer, forward)
-                except RuntimeError as exc:  # capture refused by this torch/driver
-                    graph_error = f"{type(exc).__name__}: {exc}"
-            predicted = model.iteration_time_s(case.shape())
-            result = IterationResult(case, measured, predicted, graph_s, graph_error)
+            result = _measure(torch, layers, case, timer, model, graphs)
             results.append(result)
             say(
-                f"{case.label}: measured {measured * 1e3:.3f} ms, predicted "
-                f"{predicted * 1e3:.3f} ms ({result.err_pct:+.1f} %)"
+                f"{case.label}: measured {result.measured_s * 1e3:.3f} ms, predicted "
+                f"{result.predicted_s * 1e3:.3f} ms ({result.err_pct:+.1f} %)"
             )
-            del forward
     setting: dict[str, Any] = {
         "dtype": opts.dtype,
         "warmup": opts.warmup,
