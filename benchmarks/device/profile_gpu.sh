@@ -10,8 +10,8 @@
 #
 # On a machine without this project's dependencies, put wheels of pydantic,
 # pydantic-core, annotated-types, typing-inspection, typing-extensions, gymnasium and
-# farama-notifications for its Python in .whl/ (see VALIDATION.md, "Our profiler
-# against whole iterations"); they are installed into /tmp/site. PyTorch with CUDA
+# farama-notifications for its Python in .whl/ (benchmarks/device/fetch_wheels.sh
+# fetches them for CPython 3.12); they are installed into /tmp/site. PyTorch with CUDA
 # must be there already. Writes into $OUT (default out/device), at most 7 files:
 #   profile/            the profile (meta.yaml, dense.csv, per_sequence.csv,
 #                       attention.csv) and its iteration_check.json
