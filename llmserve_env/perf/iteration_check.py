@@ -147,7 +147,8 @@ def default_cases(grid: ProfileGrid) -> list[IterationCase]:
                 f"prefills {mid // 2} + {mid // 2} after {ctx}", (mid // 2, mid // 2), (0, ctx)
             )
         )
-    return cases
+    unique = {case.label: case for case in reversed(cases)}  # a grid of few rows repeats
+    return [case for case in cases if unique.get(case.label) is case]
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,19 @@ def test_default_cases_stay_inside_the_grid() -> None:
     assert any(ctx > 0 for c in cases for ctx in c.prefill_ctx)
 
 
+def test_a_grid_of_single_rows_gives_each_case_once() -> None:
+    grid = ProfileGrid(
+        tokens=(16,),
+        seqs=(1,),
+        prefill_chunks=(16,),
+        prefill_contexts=(0,),
+        decode_batches=(1,),
+        decode_contexts=(16,),
+    )
+    labels = [c.label for c in default_cases(grid)]
+    assert labels == ["prefill 16", "decode 1 x 17", "prefill 16 + decode 1 x 17"]
+
+
 def test_cases_validate_their_shape() -> None:
     with pytest.raises(ValueError, match="one cached context per prefill chunk"):
         IterationCase("bad", (16,), ())
