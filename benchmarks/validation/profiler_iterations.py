@@ -113,8 +113,9 @@ def _median_run(cold: int, rounds: list[dict[str, Any]]) -> dict[str, Any]:
             "predicted_ms": predicted,
             "err_pct": 100.0 * (predicted - measured) / measured,
         }
-        if "graph_ms" in case:
-            graph = float(np.median([r["cases"][i]["graph_ms"] for r in rounds]))
+        replays = [r["cases"][i]["graph_ms"] for r in rounds if "graph_ms" in r["cases"][i]]
+        if replays:  # a round whose capture failed has none
+            graph = float(np.median(replays))
             row |= {"graph_ms": graph, "graph_err_pct": 100.0 * (predicted - graph) / graph}
         cases.append(row)
     result: dict[str, Any] = {

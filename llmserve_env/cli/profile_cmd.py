@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -188,8 +189,13 @@ def _check(result: Any, arch: Any, options: Any, layers: int | None, folder: Pat
     from llmserve_env.output import write_json_atomic
     from llmserve_env.perf.iteration_check import check_iterations
 
+    # Whole iterations keep their default cache setting whatever --cold-mib said.
     check = check_iterations(
-        result, arch, options, num_layers=layers, log=lambda line: click.echo(f"  {line}", err=True)
+        result,
+        arch,
+        replace(options, cold_mib=None),
+        num_layers=layers,
+        log=lambda line: click.echo(f"  {line}", err=True),
     )
     graphs = any(r.graph_s is not None for r in check.results)
     table = Table(title=f"whole iterations, {check.num_layers} layers, {check.device}")

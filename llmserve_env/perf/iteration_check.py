@@ -328,7 +328,7 @@ def _graph_timer(torch: Any, timer: Timer, fn: Callable[[], object]) -> float:
             fn()
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, stream=stream):
         fn()
     return timer(graph.replay)
 

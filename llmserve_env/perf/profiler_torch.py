@@ -269,7 +269,10 @@ class TorchLayer:
     def sdpa(self, q: Any, k: Any, v: Any, mask: Any = None, causal: bool = False) -> Any:
         """Attention with grouped KV heads (native GQA where torch has it)."""
         f = self.torch.nn.functional.scaled_dot_product_attention
-        if self._gqa_native:
+        # A mask with grouped heads has only PyTorch's math kernel on CUDA (flash takes no
+        # mask, the memory-efficient kernel no GQA), which materialises the fp32 scores:
+        # 24 GiB for a 8,192-token chunk after 16,384. Equal heads keep it fused.
+        if self._gqa_native and not (mask is not None and q.device.type == "cuda"):
             try:
                 return f(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=True)
             except TypeError:  # torch < 2.5
