@@ -41,7 +41,7 @@ from llmserve_env.perf.model_arch import ModelArch
 from llmserve_env.perf.profile_format import Profile
 from llmserve_env.perf.profile_model import ProfileLatencyModel, expected_active_experts
 from llmserve_env.perf.profiler import ProfileGrid, ProfilerOptions, resolve_torch_device
-from llmserve_env.perf.profiler_torch import Timer, TorchLayer, sample
+from llmserve_env.perf.profiler_torch import Timer, TorchLayer, sample, timing_method
 
 
 @dataclass(frozen=True)
@@ -425,7 +425,7 @@ def check_iterations(
         "repeat": opts.repeat,
         "cache_flush_mib": flush / 2**20,
         "torch": str(torch.__version__),
-        "timing": "cuda events" if device.type == "cuda" else "time.perf_counter (median)",
+        "timing": timing_method(device),
         "cuda_graphs": graphs,
     }
     if device.type == "cpu":

@@ -13,8 +13,8 @@ timed over a grid (tokens, chunk x context, decodes x KV length, sequences, toke
 active experts) on the chosen device: on CUDA with CUDA events after warm-up, on the CPU
 with ``time.perf_counter``, each operator with weights or a KV cache cycling through
 copies of them so that it reads them from memory as in the model
-(:func:`~llmserve_env.perf.profiler_torch.cold_calls`). The result is a profile in llmserve's format
-(``profiles/README.md``) whose ``meta.yaml`` records the torch version, device name,
+(:func:`~llmserve_env.perf.profiler_torch.cold_calls`). The result is a profile in
+llmserve's format (``profiles/README.md``) whose ``meta.yaml`` records the torch version, device name,
 date, grid and, on NVIDIA GPUs with ``nvidia-ml-py`` installed, the board power NVML
 reported while profiling.
 
@@ -56,6 +56,7 @@ from llmserve_env.perf.profiler_torch import (
     cold_calls,
     power_sampling,
     sample,
+    timing_method,
 )
 
 _BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
@@ -231,7 +232,7 @@ def _dense_ops(
         )
         add(
             "embedding",
-            timer(cold_calls(partial(_lookup, embed, ids), [layer.embedding.weight], cold)),
+            timer(cold_calls(partial(embed, ids), [layer.embedding.weight], cold)),
         )
         residual = layer.hidden(n)
         add("layernorm", timer(partial(layer.add_rms_norm, x, residual)))
@@ -240,7 +241,7 @@ def _dense_ops(
         # The cache holds other requests' blocks too: write into a region of 4 n slots.
         k_cache = torch.zeros(4 * n, layer.kv_heads, hd, device=layer.device, dtype=layer.dtype)
         slots = torch.randperm(4 * n, device=layer.device)[:n]
-        write = partial(_write, layer, k, torch.randn_like(k), slots)
+        write = partial(layer.cache_write, k, torch.randn_like(k), slots)
         add("reshape_and_cache", timer(cold_calls(write, [k_cache, k_cache.clone()], cold)))
         attn_out = torch.randn(n, layer.heads * hd, device=layer.device, dtype=layer.dtype)
         add("o_proj", timer(cold_calls(partial(linear, attn_out), [layer.o.weight], cold)))
@@ -253,14 +254,6 @@ def _dense_ops(
             add("down_proj", timer(cold_calls(partial(linear, act), [layer.down.weight], cold)))
     x_axis = np.array(tokens, dtype=np.float64)
     return {name: Curve(x_axis, np.array(t)) for name, t in times.items()}
-
-
-def _lookup(embed: Callable[..., Any], ids: Any, weight: Any) -> Any:
-    return embed(ids, weight)
-
-
-def _write(layer: TorchLayer, k: Any, v: Any, slots: Any, k_cache: Any, v_cache: Any) -> None:
-    layer.cache_write(k, v, k_cache, v_cache, slots)
 
 
 def _per_seq_ops(
@@ -278,23 +271,20 @@ def _per_seq_ops(
     return {"lm_head": Curve(x_axis, np.array(head)), "sampler": Curve(x_axis, np.array(sampler))}
 
 
-def _attend(layer: TorchLayer, q: Any, mask: Any, causal: bool, k: Any, v: Any) -> Any:
-    return layer.sdpa(q, k, v, mask=mask, causal=causal)
-
-
 def _attention(layer: TorchLayer, timer: Timer, grid: ProfileGrid, cold: int) -> AttentionPoints:
     prefill = np.zeros((len(grid.prefill_chunks), len(grid.prefill_contexts)))
     for i, chunk in enumerate(grid.prefill_chunks):
         for j, ctx in enumerate(grid.prefill_contexts):
             q, k, v, mask = layer.prefill_inputs(chunk, ctx)
-            calls = cold_calls(partial(_attend, layer, q, mask, ctx == 0), [k, v], cold)
+            attend = partial(layer.sdpa, q, mask=mask, causal=ctx == 0)
+            calls = cold_calls(attend, [k, v], cold)
             prefill[i, j] = timer(calls)
             del calls
     decode = np.zeros((len(grid.decode_batches), len(grid.decode_contexts)))
     for i, batch in enumerate(grid.decode_batches):
         for j, ctx in enumerate(grid.decode_contexts):
             q, k, v = layer.decode_inputs(batch, ctx)
-            calls = cold_calls(partial(_attend, layer, q, None, False), [k, v], cold)
+            calls = cold_calls(partial(layer.sdpa, q), [k, v], cold)
             decode[i, j] = timer(calls)
             del calls
     prefill *= 1e6
@@ -455,7 +445,7 @@ def _meta(
         "torch": str(torch.__version__),
         "device": reported,
         "device_type": device.type,
-        "timing": "cuda events" if device.type == "cuda" else "time.perf_counter (median)",
+        "timing": timing_method(device),
         "warmup": opts.warmup,
         "repeat": opts.repeat,
         "cold_mib": cold_bytes / 2**20,

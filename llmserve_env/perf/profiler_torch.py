@@ -29,6 +29,11 @@ TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 # --------------------------------------------------------------------------- timing
 
 
+def timing_method(device: Any) -> str:
+    """How :class:`Timer` times on ``device``, for provenance."""
+    return "cuda events" if device.type == "cuda" else "time.perf_counter (median)"
+
+
 class Timer:
     """Times a callable on one device: CUDA events after warm-up, or perf_counter.
 
@@ -243,7 +248,7 @@ class TorchLayer:
         h = x + residual
         return self.rms_norm(h), h
 
-    def cache_write(self, k: Any, v: Any, k_cache: Any, v_cache: Any, slots: Any) -> None:
+    def cache_write(self, k: Any, v: Any, slots: Any, k_cache: Any, v_cache: Any) -> None:
         """Write the keys and values ``[n, kv_heads, hd]`` of ``n`` new tokens into the
         cache ``[slots, kv_heads, hd]`` at ``slots`` (vLLM's ``reshape_and_cache``)."""
         k_cache.index_copy_(0, slots, k)
