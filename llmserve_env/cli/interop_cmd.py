@@ -230,8 +230,9 @@ def write_plots(report: Any, directory: Path) -> list[Path]:
 @click.option(
     "--approximate-ep",
     is_flag=True,
-    help="Simulate data-parallel MoE ranks as independent instances with every expert "
-    "(expert parallelism is not supported; without this flag such runs are refused).",
+    help="Simulate each data-parallel rank as an independent instance holding every "
+    "expert, instead of vLLM's data + expert parallelism (the older approximation, kept "
+    "for comparison; it also admits expert-parallel layouts the engine refuses).",
 )
 @_collectives_option
 @click.option(

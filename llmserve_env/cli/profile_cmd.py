@@ -219,6 +219,8 @@ def _check(result: Any, arch: Any, options: Any, layers: int | None, folder: Pat
             ]
         table.add_row(*row)
     Console().print(table)
+    for case, why in check.skipped:
+        click.echo(f"skipped {case.label} ({case.num_tokens} tokens): out of memory: {why}")
     summary = f"mean absolute error {check.mape_pct():.1f} %"
     if graphs:
         summary += f" (against the CUDA graphs {check.mape_pct(graphs=True):.1f} %)"

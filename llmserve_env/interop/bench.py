@@ -750,7 +750,8 @@ def validate_run(
         profiles: LLMServingSim ``perf/`` root; default: found next to ``bench/``,
             else ``perf: auto``.
         dataset: The trace; default: ``meta.json``'s.
-        allow_unsupported: Approximate expert parallelism instead of refusing.
+        allow_unsupported: Drop expert-parallel grouping for the independent-instance
+            approximation (see :class:`ImportOptions`).
         overrides: Engine keys to override.
         collectives: Where tensor-parallel collectives come from (see
             :func:`bench_setup`).

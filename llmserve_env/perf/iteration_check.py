@@ -191,12 +191,14 @@ class IterationCheck:
         num_layers: Layers of the model run (and of the prediction).
         device: What the driver reports (or ``cpu``).
         setting: Dtype, repetitions, threads and the like, for the record.
+        skipped: Cases the device had no memory for, with the allocator's message.
     """
 
     results: list[IterationResult]
     num_layers: int
     device: str
     setting: dict[str, Any] = field(default_factory=dict)
+    skipped: list[tuple[IterationCase, str]] = field(default_factory=list)
 
     def mape_pct(self, graphs: bool = False) -> float:
         """Mean absolute error of the predictions, percent (eager or graph replays)."""
@@ -227,6 +229,8 @@ class IterationCheck:
             "mape_pct": self.mape_pct(),
             "cases": rows,
         }
+        if self.skipped:
+            out["skipped"] = [asdict(case) | {"error": why} for case, why in self.skipped]
         if any(r.graph_s is not None for r in self.results):
             out["graph_mape_pct"] = self.mape_pct(graphs=True)
         return out
@@ -355,6 +359,14 @@ def _measure(
     return IterationResult(case, measured, predicted, graph_s, graph_error)
 
 
+def _out_of_memory(torch: Any, exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation failure (CUDA's own type, or the CPU allocator's)."""
+    oom = getattr(torch, "OutOfMemoryError", None)
+    if isinstance(exc, MemoryError) or (oom is not None and isinstance(exc, oom)):
+        return True
+    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+
+
 def check_iterations(
     profile: Profile,
     arch: ModelArch,
@@ -407,13 +419,25 @@ def check_iterations(
     flush = opts.cold_bytes(torch, device) if device.type == "cuda" else 0
     timer = Timer(torch, device, opts.warmup, opts.repeat, flush)
     graphs = cuda_graphs and device.type == "cuda"
-    results = []
+    results: list[IterationResult] = []
+    skipped: list[tuple[IterationCase, str]] = []
     with torch.inference_mode():
         layers = [
             TorchLayer(torch, arch, opts.dtype, 1, device, head=i == 0) for i in range(layers_n)
         ]
         for case in chosen:
-            result = _measure(torch, layers, case, timer, model, graphs)
+            try:
+                result = _measure(torch, layers, case, timer, model, graphs)
+            except (RuntimeError, MemoryError) as exc:
+                if not _out_of_memory(torch, exc):
+                    raise
+                # One batch too large for the device ends that case, not the check.
+                why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                skipped.append((case, why))
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                say(f"{case.label}: skipped, out of memory ({why})")
+                continue
             results.append(result)
             say(
                 f"{case.label}: measured {result.measured_s * 1e3:.3f} ms, predicted "
@@ -431,4 +455,4 @@ def check_iterations(
     if device.type == "cpu":
         setting["cpu_threads"] = int(torch.get_num_threads())
     reported = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    return IterationCheck(results, layers_n, str(reported), setting)
+    return IterationCheck(results, layers_n, str(reported), setting, skipped)

@@ -201,3 +201,18 @@ def test_cli_check_iterations(tmp_path: Path) -> None:
     alone = CliRunner().invoke(main, [*args, "--check-layers", "2"])
     assert alone.exit_code != 0 and "only applies with --check-iterations" in alone.output
     assert not (tmp_path / "refused").exists()
+
+
+def test_a_case_too_large_for_memory_is_skipped_not_fatal(tiny_profile) -> None:  # type: ignore[no-untyped-def]
+    arch, options, profile = tiny_profile
+    fits = IterationCase("decode", num_decodes=8, decode_kv=64)
+    huge = IterationCase("huge", num_decodes=4, decode_kv=2**40)  # a ~PiB KV cache
+    lines: list[str] = []
+    check = check_iterations(profile, arch, options, cases=[huge, fits], log=lines.append)
+    assert [r.case for r in check.results] == [fits]
+    assert [case for case, _ in check.skipped] == [huge]
+    assert "allocate" in check.skipped[0][1]
+    assert any(line.startswith("huge: skipped, out of memory") for line in lines)
+    data = json.loads(json.dumps(check.as_dict()))
+    assert [row["label"] for row in data["skipped"]] == ["huge"]
+    assert [row["label"] for row in data["cases"]] == ["decode"]
