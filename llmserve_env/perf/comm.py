@@ -19,8 +19,6 @@ device sends in total, for send/recv the bytes sent.
 
 from __future__ import annotations
 
-import csv
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,7 @@ import numpy as np
 
 from llmserve_env.config.errors import DataFileError
 from llmserve_env.perf.base import FloatArray
+from llmserve_env.perf.csv_table import read_csv_columns
 from llmserve_env.perf.hardware import DeviceSpec
 
 Collective = Literal["all_reduce", "all_gather", "reduce_scatter", "all_to_all", "send_recv"]
@@ -243,37 +242,51 @@ class CollectiveTable:
             if not path.is_file():
                 continue
             found = True
-            for key, curve in _read_vidur_csv(path, op).items():
-                curves[key] = curve
+            for workers, (sizes, ms) in read_vidur_network(path, op).items():
+                curves[(op, workers)] = (sizes, ms * 1e-3)
         if not found:
             raise DataFileError(folder, "neither all_reduce.csv nor send_recv.csv found")
         return cls(curves, fallback=fallback, source=f"vidur:{folder.name}")
 
 
-def _read_vidur_csv(path: Path, op: str) -> dict[tuple[str, int], tuple[FloatArray, FloatArray]]:
+def read_vidur_network(path: Path, op: str) -> dict[int, tuple[FloatArray, FloatArray]]:
+    """Vidur's ``all_reduce.csv`` or ``send_recv.csv``: the intra-node curve per GPU count.
+
+    Vidur measures each GPU count both with all workers on one node and spread over
+    nodes (``devices_per_node`` below ``num_workers``: the inter-node network, 25x
+    slower at 31 MB on ``a100_dgx``); only the single-node rows describe one
+    instance's scale-up link, so only they are kept (a file without the column is
+    all single-node). Repeated sizes take the median.
+
+    Returns:
+        ``{num_workers: (sizes in bytes, median times in ms)}``, sizes ascending.
+
+    Raises:
+        DataFileError: a missing column or a bad value, naming the file and line.
+    """
     column = f"time_stats.{op}.median"
-    groups: dict[int, dict[int, list[float]]] = {}
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = {column, "size", "num_workers"} - set(reader.fieldnames or ())
-        if missing:
-            raise DataFileError(path, f"missing columns {sorted(missing)}")
-        for row in reader:
-            workers = int(row["num_workers"])
-            # All workers on one node: the intra-node (scale-up) curve.
-            per_node = int(row.get("devices_per_node") or workers)
-            if per_node != workers:
-                continue
-            try:
-                size, ms = int(float(row["size"])), float(row[column])
-            except ValueError as exc:
-                raise DataFileError(path, f"bad value: {exc}") from exc
-            if not math.isfinite(ms) or ms <= 0:
-                continue
-            groups.setdefault(workers, {}).setdefault(size, []).append(ms)
-    curves: dict[tuple[str, int], tuple[FloatArray, FloatArray]] = {}
-    for workers, by_size in groups.items():
-        sizes = np.array(sorted(by_size), dtype=np.float64)
-        times = np.array([np.median(by_size[int(s)]) * 1e-3 for s in sizes], dtype=np.float64)
-        curves[(op, workers)] = (sizes, times)
+    cols = read_csv_columns(
+        path,
+        numeric=(column, "num_workers", "size", "devices_per_node"),
+        optional=("devices_per_node",),
+        integer=("num_workers", "size", "devices_per_node"),
+    )
+    n = cols.numbers
+    workers = n["num_workers"].astype(int)
+    per_node = n["devices_per_node"].astype(int) if "devices_per_node" in n else workers
+    groups: dict[int, dict[float, list[float]]] = {}
+    for w, node, size, ms, line in zip(
+        workers, per_node, n["size"], n[column], cols.lines, strict=True
+    ):
+        if ms <= 0:
+            raise DataFileError(path, f"column {column!r} must be > 0, got {ms}", line=int(line))
+        if node == w:
+            groups.setdefault(int(w), {}).setdefault(float(size), []).append(float(ms))
+    curves: dict[int, tuple[FloatArray, FloatArray]] = {}
+    for w, by_size in groups.items():
+        sizes = sorted(by_size)
+        curves[w] = (
+            np.array(sizes, dtype=np.float64),
+            np.array([np.median(by_size[size]) for size in sizes], dtype=np.float64),
+        )
     return curves

@@ -9,7 +9,9 @@
   ``time_stats.attn_prefill.median`` / ``time_stats.attn_decode.median`` in ms by
   ``batch_size``, ``prefill_chunk_size``, ``kv_cache_size``, ``is_prefill``).
 - ``network/<topology>/{all_reduce,send_recv}.csv``: collective timings in ms by
-  ``num_workers`` and ``size`` (bytes).
+  ``num_workers`` and ``size`` (bytes); only the rows with every worker on one node
+  (``devices_per_node == num_workers``) are the instance's collectives
+  (:func:`~llmserve_env.perf.comm.read_vidur_network`).
 
 Conversion: medians (repeated sizes averaged), times x 1000 to microseconds; operator names kept (``emb``
 becomes ``embedding``), layer sequence as Vidur charges it (two residual ``add`` per
@@ -24,13 +26,14 @@ their sums, as Vidur charges them).
 from __future__ import annotations
 
 import csv
-from collections import defaultdict
+import re
 from pathlib import Path
 
 import numpy as np
 
 from llmserve_env.config.errors import DataFileError
 from llmserve_env.perf import analytical_ops
+from llmserve_env.perf.comm import read_vidur_network
 from llmserve_env.perf.csv_table import read_csv_columns
 from llmserve_env.perf.hardware import DeviceSpec
 from llmserve_env.perf.importers.common import (
@@ -82,13 +85,35 @@ _SEQUENCE = LayerSequence(
 )
 
 
-def _median_curves(path: Path, tp: int) -> dict[str, Curve]:
+# Vidur's shape columns and the architecture field each must equal (its ``vocab_size``
+# is the padded embedding, 32,768 for Llama-2's 32,000, so it is not compared).
+_SHAPE_COLUMNS = {
+    "n_head": "num_heads",
+    "n_kv_head": "num_kv_heads",
+    "n_embd": "hidden_size",
+    "n_expanded_embd": "intermediate_size",
+}
+
+
+def _median_curves(path: Path, tp: int, arch: ModelArch) -> dict[str, Curve]:
     columns = [f"time_stats.{op}.median" for op in _OPS]
     cols = read_csv_columns(
         path,
-        numeric=(*columns, "num_tokens", "num_tensor_parallel_workers"),
-        integer=("num_tokens", "num_tensor_parallel_workers"),
+        numeric=(*columns, "num_tokens", "num_tensor_parallel_workers", *_SHAPE_COLUMNS),
+        optional=tuple(_SHAPE_COLUMNS),
+        integer=("num_tokens", "num_tensor_parallel_workers", *_SHAPE_COLUMNS),
     )
+    for column, field in _SHAPE_COLUMNS.items():
+        if column not in cols.numbers:
+            continue
+        found = sorted({int(v) for v in cols.numbers[column]})
+        expected = int(getattr(arch, field))
+        if found != [expected]:
+            raise DataFileError(
+                path,
+                f"column {column} is {found}, but {arch.name} has {field} {expected}: "
+                "this file profiles another model (pass the --model it was measured for)",
+            )
     mask = cols.numbers["num_tensor_parallel_workers"] == tp
     if not mask.any():
         have = sorted({int(v) for v in cols.numbers["num_tensor_parallel_workers"]})
@@ -113,25 +138,10 @@ def _network(folder: Path, tp: int) -> tuple[dict[tuple[str, int], Curve], list[
         if not path.is_file():
             continue
         files.append(path)
-        cols = read_csv_columns(
-            path,
-            numeric=(f"time_stats.{op}.median", "num_workers", "size"),
-            integer=("num_workers", "size"),
-        )
-        mask = cols.numbers["num_workers"] == tp
-        if not mask.any():
-            continue
-        by_size: dict[float, list[float]] = defaultdict(list)
-        for size, t in zip(
-            cols.numbers["size"][mask],
-            cols.numbers[f"time_stats.{op}.median"][mask],
-            strict=True,
-        ):
-            by_size[float(size)].append(float(t) * 1e3)
-        sizes = sorted(by_size)
-        out[(op, tp)] = Curve(
-            np.array(sizes), np.array([float(np.median(by_size[s])) for s in sizes])
-        )
+        curves = read_vidur_network(path, op)
+        if tp in curves:
+            sizes, ms = curves[tp]
+            out[(op, tp)] = Curve(sizes, ms * 1e3)
     if not files:
         raise DataFileError(folder, "no all_reduce.csv or send_recv.csv here")
     return out, files
@@ -250,13 +260,19 @@ def import_vidur(
     if path.is_dir():
         path = path / "mlp.csv"
     arch = model_arch_for(model, path, arch)
-    dense = _median_curves(path, tp)
+    dense = _median_curves(path, tp, arch)
     files = [path]
     warnings = ["Vidur times no LM head: lm_head filled by roofline"]
     collectives: dict[tuple[str, int], Curve] = {}
     if network is not None and tp > 1:
         collectives, net_files = _network(Path(network), tp)
         files += net_files
+        gpu = Path(network).name.split("_")[0].lower()  # Vidur's folders: a100_dgx, ...
+        if re.fullmatch(r"[a-z]+\d+", gpu) and gpu not in device.name.lower():
+            warnings.append(
+                f"network folder {Path(network).name!r} looks measured on {gpu.upper()}, "
+                f"not {device.name}: its collectives are that machine's"
+            )
     elif tp > 1:
         warnings.append("no network profile: collectives are left to the device's link model")
     attn_path = Path(attention_csv) if attention_csv else path.parent / "attention.csv"
