@@ -4,6 +4,8 @@ profiles) as an llmserve scenario file plus converted profile folders."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from llmserve_env.config.errors import DataFileError
+from llmserve_env.config.errors import DataFileError, ScenarioError
 from llmserve_env.config.loader import validate_scenario
 from llmserve_env.interop.llmservingsim_config import (
     ConvertedCluster,
@@ -201,34 +203,86 @@ def import_llmservingsim_setup(
     converted = convert_cluster(config, dataset, options, relative_to=out_dir)
     setup = ImportedSetup(out_path, notes=list(converted.notes))
     groups = [g for node in converted.scenario["cluster"]["nodes"] for g in node["instances"]]
-    written: dict[Path, Path] = {}
-    for index, group in enumerate(groups):
-        _, arch, _, tp, dtype, hardware = converted.instances[index]
-        if profiles is None:
-            group["perf"] = "auto"
-            continue
-        folder = find_llmservingsim_profile(profiles, hardware, arch.name, dtype, tp)
-        if folder not in written:
-            result = convert_profile(folder, converted, index, collectives)
-            target = out_dir / "profiles" / result.relative_dir
-            write_profile(result.profile, target)
-            written[folder] = target
-            setup.profile_dirs.append(target)
-            setup.warnings.extend(result.warnings)
-        group["perf"] = os.path.relpath(written[folder], out_dir)
-    data = converted.scenario
-    validate_scenario(data, source=str(out_path), base_dir=out_dir)
+    # Profiles are written to a staging folder and the scenario validated against it;
+    # only a valid import moves them into ``profiles/`` and writes the scenario, so a
+    # refused one leaves nothing behind (and replaces nothing).
+    first_new = _first_missing(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    header = [
-        f"# Imported by `llmserve import llmservingsim` from {Path(config)}",
-        f"# trace: {dataset}",
-        "# LLMServingSim defaults kept: block 16, 2048 batched tokens, no batch-size cap",
-        "# (max_num_seqs 1024), round-robin routing, 16-bit weights.",
-        *(f"# {note}" for note in setup.notes),
-    ]
-    text = yaml.safe_dump(_ordered(data), sort_keys=False, width=100)
-    out_path.write_text("\n".join(header) + "\n" + text, encoding="utf-8")
+    staging = Path(tempfile.mkdtemp(prefix=".llmserve-import-", dir=out_dir))
+    try:
+        staged: dict[Path, Path] = {}  # source profile folder -> its relative target
+        uses: list[tuple[dict[str, Any], Path]] = []  # instance group, its profile's target
+        for index, group in enumerate(groups):
+            _, arch, _, tp, dtype, hardware = converted.instances[index]
+            if profiles is None:
+                group["perf"] = "auto"
+                continue
+            folder = find_llmservingsim_profile(profiles, hardware, arch.name, dtype, tp)
+            if folder not in staged:
+                result = convert_profile(folder, converted, index, collectives)
+                write_profile(result.profile, staging / result.relative_dir)
+                staged[folder] = result.relative_dir
+                setup.warnings.extend(result.warnings)
+            group["perf"] = os.path.relpath(staging / staged[folder], out_dir)
+            uses.append((group, staged[folder]))
+        data = converted.scenario
+        try:
+            validate_scenario(data, source=f"{out_path} (as imported)", base_dir=out_dir)
+        except ScenarioError as exc:
+            raise ScenarioError(
+                [(_with_flag(where), msg) for where, msg in exc.problems], exc.source
+            ) from None
+        for group, rel in uses:
+            group["perf"] = os.path.relpath(out_dir / "profiles" / rel, out_dir)
+        for rel in staged.values():
+            target = out_dir / "profiles" / rel
+            if target.exists():
+                shutil.rmtree(target)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging / rel, target)
+            setup.profile_dirs.append(target)
+        header = [
+            f"# Imported by `llmserve import llmservingsim` from {Path(config)}",
+            f"# trace: {dataset}",
+            "# LLMServingSim defaults kept: block 16, 2048 batched tokens, no batch-size cap",
+            "# (max_num_seqs 1024), round-robin routing, 16-bit weights.",
+            *(f"# {note}" for note in setup.notes),
+        ]
+        text = yaml.safe_dump(_ordered(data), sort_keys=False, width=100)
+        tmp = staging / out_path.name
+        tmp.write_text("\n".join(header) + "\n" + text, encoding="utf-8")
+        os.replace(tmp, out_path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if first_new is not None:
+            shutil.rmtree(first_new, ignore_errors=True)
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
     return setup
+
+
+# Engine keys the import sets from its command-line flags.
+_FLAGS = {
+    "block_size": "--block-size",
+    "max_num_batched_tokens": "--max-num-batched-tokens",
+    "max_num_seqs": "--max-num-seqs",
+}
+
+
+def _with_flag(where: str) -> str:
+    """A problem's location, with the flag it came from when an engine knob did."""
+    key = where.rsplit(": ", 1)[-1].rsplit(".", 1)[-1]
+    return f"{where} (from {_FLAGS[key]})" if key in _FLAGS and "engine." in where else where
+
+
+def _first_missing(folder: Path) -> Path | None:
+    """The outermost of ``folder`` and its parents that does not exist yet."""
+    missing = None
+    for path in (folder, *folder.parents):
+        if path.exists():
+            return missing
+        missing = path
+    return missing
 
 
 def _ordered(data: dict[str, Any]) -> dict[str, Any]:

@@ -56,6 +56,32 @@ def test_import_then_run(shared: Path, tmp_path: Path) -> None:
     assert json.loads(result.output.strip().splitlines()[-1])["num_finished"] == 30
 
 
+def test_refused_import_writes_nothing_and_replaces_nothing(shared: Path, tmp_path: Path) -> None:
+    current = shared / "llmservingsim/current"
+    args = [
+        "import", "llmservingsim",
+        str(current / "cluster_config/single_node_single_instance.json"),
+        "--dataset", str(current / "workloads/sharegpt-llama-3.1-8b-300-sps10.jsonl"),
+        "--profiles", str(current / "perf"),
+    ]  # fmt: skip
+    fresh = tmp_path / "new" / "dir"
+    bad = CliRunner().invoke(main, [*args, "--block-size", "7", "-o", str(fresh / "s.yaml")])
+    assert bad.exit_code == 2
+    assert "engine.block_size (from --block-size): invalid value 7" in bad.output
+    assert not (tmp_path / "new").exists()  # nothing half-written, no empty folders
+    done = tmp_path / "done"
+    good = CliRunner().invoke(main, [*args, "-o", str(done / "s.yaml")])
+    assert good.exit_code == 0, good.output
+    before = {p: p.read_bytes() for p in done.rglob("*") if p.is_file()}
+    assert len(before) > 2 and (done / "s.yaml") in before
+    again = CliRunner().invoke(main, [*args, "--block-size", "7", "-o", str(done / "s.yaml")])
+    assert again.exit_code == 2
+    assert {p: p.read_bytes() for p in done.rglob("*") if p.is_file()} == before
+    # A second valid import over the first replaces it in place and still runs.
+    assert CliRunner().invoke(main, [*args, "-o", str(done / "s.yaml")]).exit_code == 0
+    assert sorted(p for p in done.rglob("*") if p.is_file()) == sorted(before)
+
+
 def test_import_refuses_disaggregation(shared: Path, tmp_path: Path) -> None:
     args = [
         "import", "llmservingsim",
