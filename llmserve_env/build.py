@@ -179,6 +179,8 @@ def check_references(scenario: Scenario) -> None:
             except DataFileError as exc:
                 problems.append((f"{key}.model", str(exc)))
                 continue
+            if (why := arch.tensor_parallel_problem(group.tp)) is not None:
+                problems.append((f"{key}.tp", f"{group.model}: {why}"))
             try:
                 device = scenario_device(scenario, group.device)
             except KeyError as exc:

@@ -60,6 +60,25 @@ class ModelArch:
         """True for mixture-of-experts models."""
         return self.num_experts > 0
 
+    def tensor_parallel_problem(self, tp: int) -> str | None:
+        """Why vLLM cannot shard this model over ``tp`` GPUs, or ``None`` if it can.
+
+        vLLM's rules: query heads divisible by ``tp``; key/value heads divisible by
+        ``tp``, or, when fewer than ``tp``, dividing it (each is then replicated); the
+        dense MLP's width divisible by ``tp`` (column-parallel linear layers).
+        """
+        kv = self.num_kv_heads
+        if self.num_heads % tp:
+            return f"{self.num_heads} attention heads are not divisible by tp {tp}"
+        if (kv >= tp and kv % tp) or (kv < tp and tp % kv):
+            return (
+                f"{kv} key/value heads cannot be split over tp {tp} "
+                "(they must divide by it, or divide it when fewer)"
+            )
+        if not self.is_moe and self.intermediate_size % tp:
+            return f"MLP width {self.intermediate_size} is not divisible by tp {tp}"
+        return None
+
     @property
     def attn_params_per_layer(self) -> int:
         """Weights of q, k, v and o projections in one layer."""

@@ -334,13 +334,20 @@ def resolve_torch_device(torch: Any, name: str) -> Any:
     """
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(
+            f"device {name!r}: not a torch device; use auto, cpu, cuda or cuda:N"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(
             "CUDA was asked for but torch sees no GPU (torch.cuda.is_available() is False)"
         )
     if device.type not in ("cuda", "cpu"):
-        raise ValueError(f"device {name!r}: only cuda and cpu are supported")
+        raise ValueError(
+            f"device {name!r}: only cuda and cpu are supported (auto, cpu, cuda or cuda:N)"
+        )
     return device
 
 
@@ -382,6 +389,8 @@ def profile_model(
     except ImportError as exc:  # pragma: no cover - exercised without torch only
         raise ImportError("llmserve profile needs PyTorch: pip install torch") from exc
     opts = options or ProfilerOptions()
+    if (why := arch.tensor_parallel_problem(opts.tp)) is not None:
+        raise ValueError(f"{arch.name}: {why}; vLLM cannot run it at this tp")
     say = log or (lambda line: None)
     device = resolve_torch_device(torch, opts.device)
     torch.manual_seed(opts.seed)

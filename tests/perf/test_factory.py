@@ -158,3 +158,20 @@ def test_cudagraph_capture_sizes_need_a_profile_model(tmp_path: Path) -> None:
     data["engine"] = {"cudagraph_capture_sizes": []}
     with pytest.raises(ScenarioError, match="at least one size"):
         validate_scenario(data, base_dir=tmp_path)
+
+
+def test_a_tp_vllm_cannot_shard_names_the_key() -> None:
+    data = _scenario("auto", Path("."))
+    data["cluster"]["nodes"][0]["instances"][0] |= {
+        "model": "meta-llama/Llama-3.1-8B",
+        "tp": 3,
+        "perf": "analytical",
+    }
+    data["cluster"]["nodes"][0]["num_devices"] = 4
+    scenario = validate_scenario(data)
+    with pytest.raises(
+        ScenarioError,
+        match=r"cluster\.nodes\[0\]\.instances\[0\]\.tp: .*32 attention heads are not "
+        r"divisible by tp 3",
+    ):
+        build_simulation(scenario)

@@ -143,3 +143,30 @@ def test_cli(tmp_path: Path) -> None:
     assert read_profile(out).meta.device == "my-cpu"
     bad = CliRunner().invoke(main, ["profile", "no-such-model", "-o", str(tmp_path / "x")])
     assert bad.exit_code != 0 and "unknown model" in bad.output
+
+
+def test_tp_that_vllm_cannot_shard_is_refused(tmp_path: Path) -> None:
+    arch = load_model_arch(str(TINY))  # 4 heads, 2 key/value heads
+    assert arch.tensor_parallel_problem(1) is None
+    assert arch.tensor_parallel_problem(4) is None  # KV heads replicated, 2 divides 4
+    assert "4 attention heads are not divisible by tp 3" in str(arch.tensor_parallel_problem(3))
+    with pytest.raises(ValueError, match="not divisible by tp 3"):
+        profile_model(arch, ProfilerOptions(device="cpu", dtype="fp32", tp=3, grid=GRID))
+    from llmserve_env.cli.main import main
+
+    out = tmp_path / "p"
+    args = ["profile", str(TINY), "-o", str(out), "--device", "cpu", "--quick", "--tp", "3"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "not divisible by tp 3" in result.output
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [("tpu", "not a torch device; use auto, cpu, cuda"), ("xla", "only cuda and cpu")],
+)
+def test_unknown_device_names_the_choices(name: str, message: str) -> None:
+    from llmserve_env.perf.profiler import resolve_torch_device
+
+    with pytest.raises(ValueError, match=message):
+        resolve_torch_device(torch, name)
