@@ -97,6 +97,8 @@ def import_llmservingsim(
     setup = import_llmservingsim_setup(cluster, dataset, output, options, profiles, collectives)
     for warning in setup.warnings:
         _err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    for note in setup.notes:  # also in the scenario's header
+        _err.print(f"note: {note}", highlight=False)
     for folder in setup.profile_dirs:
         click.echo(f"wrote {folder}")
     click.echo(f"wrote {setup.scenario_path}")

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from llmserve_env.config.errors import DataFileError
+from llmserve_env.config.errors import DataFileError, ScenarioError
 from llmserve_env.config.loader import validate_scenario
 from llmserve_env.config.schema import Scenario
 from llmserve_env.interop.llmservingsim_config import ImportOptions, convert_cluster
@@ -517,9 +517,26 @@ def bench_setup(
         if profiles is not None:
             group["perf"] = str(_bench_profile(run, Path(profiles), converted, index, collectives))
     data["workload"] = {"kind": "trace", "path": str(dataset), "format": "llmservingsim"}
-    scenario = validate_scenario(data, source=str(run.config_path))
+    try:
+        scenario = validate_scenario(data, source=str(run.config_path))
+    except ScenarioError as exc:
+        if not overrides:
+            raise
+        # A bad override is the flag's fault, not the config's: say so.
+        raise ScenarioError(
+            [_override_problem(where, msg, overrides) for where, msg in exc.problems],
+            f"{run.config_path} with --set {', '.join(overrides)}",
+        ) from None
     workload, wl_notes = bench_workload(run)
     return SimSetup(scenario, workload, notes + wl_notes)
+
+
+def _override_problem(where: str, msg: str, overrides: dict[str, Any]) -> tuple[str, str]:
+    """A validation problem, located at ``--set KEY`` when an override caused it."""
+    for key in overrides:
+        if where.endswith(f"engine.{key}"):
+            return f"--set {key}", msg
+    return where, msg
 
 
 # --------------------------------------------------------------------------- compare

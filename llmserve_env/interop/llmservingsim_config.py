@@ -193,6 +193,62 @@ def _unsupported(config: dict[str, Any], options: ImportOptions) -> list[tuple[s
     return found
 
 
+# The keys of LLMServingSim's cluster configs (both schemas; the power section's
+# components are read by ``node_power``), per level.
+_KNOWN_KEYS: dict[str, frozenset[str]] = {
+    "": frozenset({"cxl_mem", "link_bw", "link_latency", "nodes", "num_nodes"}),
+    "nodes[]": frozenset({"cpu_mem", "instances", "num_instances", "power"}),
+    "nodes[].instances[]": frozenset(
+        {
+            "block_size",
+            "dp_group",
+            "dtype",
+            "enable_chunked_prefill",
+            "enable_prefix_caching",
+            "ep_size",
+            "hardware",
+            "kv_cache_dtype",
+            "long_prefill_token_threshold",
+            "max_num_batched_tokens",
+            "max_num_seqs",
+            "model_name",
+            "npu_group",
+            "npu_mem",
+            "npu_num",
+            "num_npus",
+            "pd_type",
+            "placement",
+            "pp_size",
+            "tp_size",
+        }
+    ),
+    "nodes[].instances[].npu_mem": frozenset({"mem_bw", "mem_latency", "mem_size", "mem_util"}),
+    "nodes[].cpu_mem": frozenset({"mem_bw", "mem_latency", "mem_size", "pim_config"}),
+    "cxl_mem": frozenset({"mem_bw", "mem_latency", "mem_size", "num_devices"}),
+}
+
+
+def unknown_keys(config: dict[str, Any]) -> list[str]:
+    """Dotted keys of ``config`` that are not LLMServingSim cluster-config keys."""
+    found: list[str] = []
+
+    def visit(section: Any, level: str, where: str) -> None:
+        if not isinstance(section, dict):
+            return
+        known = _KNOWN_KEYS[level]
+        found.extend(f"{where}{k}" for k in section if k not in known)
+        for k, v in section.items():
+            child = f"{level}.{k}" if level else k
+            if isinstance(v, list) and f"{child}[]" in _KNOWN_KEYS:
+                for i, item in enumerate(v):
+                    visit(item, f"{child}[]", f"{where}{k}[{i}].")
+            elif child in _KNOWN_KEYS:
+                visit(v, child, f"{where}{k}.")
+
+    visit(config, "", "")
+    return found
+
+
 def _ep_size(inst: dict[str, Any]) -> int:
     return int(inst.get("ep_size", 1) or 1)
 
@@ -261,6 +317,14 @@ def _tp(inst: dict[str, Any], key: str, path: Path) -> int:
         raise DataFileError(path, f"{key}: no tp_size, npu_num or num_npus")
     if not isinstance(tp, int) or tp < 1:
         raise DataFileError(path, f"{key}: tensor-parallel degree must be a whole number >= 1")
+    if "tp_size" in inst and isinstance(inst.get("num_npus"), int):
+        pp = int(inst.get("pp_size", 1) or 1)
+        if inst["num_npus"] != tp * pp:
+            raise DataFileError(
+                path,
+                f"{key}.num_npus: {inst['num_npus']} NPUs, but tp_size {tp} x pp_size {pp} "
+                f"needs {tp * pp}",
+            )
     return tp
 
 
@@ -285,7 +349,10 @@ def _instance_group(
     tp = _tp(inst, key, path)
     dtype_raw = str(inst.get("dtype") or "bfloat16")
     if dtype_raw not in _DTYPES:
-        raise DataFileError(path, f"{key}.dtype: unsupported dtype {dtype_raw!r}")
+        raise DataFileError(
+            path,
+            f"{key}.dtype: unsupported dtype {dtype_raw!r}; allowed: {', '.join(_DTYPES)}",
+        )
     dtype = _DTYPES[dtype_raw]
     engine: dict[str, Any] = {}
     mem = inst.get("npu_mem") or {}
@@ -303,6 +370,12 @@ def _instance_group(
         out.notes.append(
             f"{key}: npu_mem {mem['mem_size']} GB x mem_util {mem.get('mem_util', 1.0)} -> "
             f"gpu_memory_utilization {engine['gpu_memory_utilization']} of {device.mem_gib:g} GiB"
+        )
+    unused = [f"{k} {mem[k]}" for k in ("mem_bw", "mem_latency") if k in mem]
+    if unused:
+        out.notes.append(
+            f"{key}.npu_mem: {', '.join(unused)} not used; the device is the catalog's "
+            f"{device.name} ({device.mem_bw_gbps:g} GB/s), as its profiles measured it"
         )
     for knob in (
         "max_num_seqs",
@@ -357,6 +430,10 @@ def convert_cluster(
     if problems:
         raise UnsupportedFeatureError(str(path), problems)
     out = ConvertedCluster(scenario={})
+    out.notes += [
+        f"{where}: not an LLMServingSim key this import knows; ignored"
+        for where in unknown_keys(config)
+    ]
     out.link_bw_gbps = float(config.get("link_bw", 0.0) or 0.0)
     out.link_latency_us = float(config.get("link_latency", 0.0) or 0.0) / 1e3
     nodes = []
@@ -431,6 +508,13 @@ def convert_cluster(
     workload: dict[str, Any] = {"kind": "trace", "path": str(shown), "format": "llmservingsim"}
     if options.num_reqs is not None:
         workload["num_requests"] = options.num_reqs
+        with dataset_path.open(encoding="utf-8") as handle:
+            available = sum(1 for line in handle if line.strip())
+        if options.num_reqs > available:
+            out.notes.append(
+                f"--num-reqs {options.num_reqs}: the trace has {available} requests; "
+                f"all {available} are used"
+            )
     cluster: dict[str, Any] = {"nodes": nodes}
     if out.link_bw_gbps > 0 and config.get("num_nodes", 1) > 1:
         cluster["inter_node_bw_gbps"] = out.link_bw_gbps

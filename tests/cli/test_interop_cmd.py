@@ -95,6 +95,15 @@ def test_import_refuses_disaggregation(shared: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "pdd.yaml").exists()
 
 
+def test_validate_blames_a_bad_override_on_the_flag(shared: Path) -> None:
+    run = shared / "llmservingsim/current/bench/RTXPRO6000/Llama-3.1-8B"
+    args = ["validate", str(run), "--set", "gpu_memory_utilization=1.7"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    assert "--set gpu_memory_utilization: Input should be less than or equal to 1" in result.output
+    assert "config.json: cluster" not in result.output
+
+
 def test_validate_json_and_plots(shared: Path, tmp_path: Path) -> None:
     run = shared / "llmservingsim/current/bench/RTXPRO6000/Llama-3.1-8B"
     result = CliRunner().invoke(main, ["validate", str(run), "--json", "-o", str(tmp_path / "v")])

@@ -3,6 +3,7 @@ refused and with what message; LLMServingSim's defaults; an imported setup runs.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from llmserve_env.interop.llmservingsim_config import (
     ImportOptions,
     UnsupportedFeatureError,
     convert_cluster,
+    unknown_keys,
 )
 from llmserve_env.interop.llmservingsim_import import import_llmservingsim_setup
 
@@ -118,6 +120,55 @@ def test_current_schema_tp(shared: Path) -> None:
     (group,) = converted.scenario["cluster"]["nodes"][0]["instances"]
     assert group["tp"] == 2 and group["device"] == "RTX4090"
     assert converted.link_bw_gbps > 0
+
+
+def _single(shared: Path, tmp_path: Path, **changes: object) -> Path:
+    """The current schema's single-instance config with instance keys changed."""
+    config = json.loads(
+        (shared / CURRENT / "cluster_config/single_node_single_instance.json").read_text()
+    )
+    config["nodes"][0]["instances"][0] |= changes
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def test_unknown_and_unused_keys_are_noted(shared: Path, tmp_path: Path) -> None:
+    path = _single(shared, tmp_path, foo_unknown=2)
+    config = json.loads(path.read_text())
+    config["bar_unknown"] = 1
+    path.write_text(json.dumps(config))
+    notes = convert_cluster(path, shared / TRACE, ImportOptions()).notes
+    assert "bar_unknown: not an LLMServingSim key this import knows; ignored" in notes
+    assert any(n.startswith("nodes[0].instances[0].foo_unknown: not an") for n in notes)
+    # The config's own memory bandwidth is not the model's, and the import says so.
+    assert any("npu_mem: mem_bw 1597" in n and "1792 GB/s" in n for n in notes)
+    # Every shipped config uses known keys only.
+    for sample in sorted((shared / CURRENT / "cluster_config").glob("*.json")):
+        assert unknown_keys(json.loads(sample.read_text())) == [], sample
+
+
+def test_more_requests_than_the_trace_has_is_noted(shared: Path, tmp_path: Path) -> None:
+    path = _single(shared, tmp_path)
+    notes = convert_cluster(path, shared / TRACE, ImportOptions(num_reqs=100_000)).notes
+    assert "--num-reqs 100000: the trace has 300 requests; all 300 are used" in notes
+    assert not any(
+        "--num-reqs" in n
+        for n in convert_cluster(path, shared / TRACE, ImportOptions(num_reqs=30)).notes
+    )
+
+
+def test_npu_count_must_match_tp_times_pp(shared: Path, tmp_path: Path) -> None:
+    path = _single(shared, tmp_path, tp_size=2)  # num_npus stays 1
+    with pytest.raises(
+        DataFileError, match=r"instances\[0\]\.num_npus: 1 NPUs, but tp_size 2 x pp_size 1 needs 2"
+    ):
+        convert_cluster(path, shared / TRACE, ImportOptions())
+
+
+def test_unsupported_dtype_lists_the_allowed(shared: Path, tmp_path: Path) -> None:
+    with pytest.raises(DataFileError, match=r"dtype 'fp8'; allowed: bfloat16, bf16, float16"):
+        convert_cluster(_single(shared, tmp_path, dtype="fp8"), shared / TRACE, ImportOptions())
 
 
 def test_malformed_config(tmp_path: Path, shared: Path) -> None:
