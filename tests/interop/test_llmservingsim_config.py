@@ -57,10 +57,23 @@ PAPER_SETUPS: dict[str, list[str] | None] = {
 }
 
 
-def _options(name: str) -> ImportOptions:
+def _trace(config: str) -> tuple[Path, int]:
+    """The trace and request count SETUPS.md gives the run of ``config``."""
+    if config.startswith("figure_6/"):
+        return PAPER / "dataset/sharegpt_pulse_req10_n3_delay60.jsonl", 30
+    if config.startswith("figure_7/"):
+        return PAPER / "dataset/sharegpt_pulse_req50_n6_delay15_pc.jsonl", 300
+    if config == "figure_5/A6000/config/SM_config.json":
+        return PAPER / "dataset/sharegpt_req300_rate10_phi.jsonl", 300
+    if config.endswith("SM_config.json"):  # figure 5 H100 and figure 8: Mixtral
+        return PAPER / "dataset/sharegpt_req300_rate10_mixtral.jsonl", 300
+    return TRACE, 300  # figure 10's trace is not named; the Llama one serves
+
+
+def _options(name: str, num_reqs: int) -> ImportOptions:
     ps = "MD+PC+PS" in name
     return ImportOptions(
-        num_reqs=300,
+        num_reqs=num_reqs,
         enable_prefix_caching="PC" in name,
         enable_prefix_sharing=ps,
         prefix_storage="CPU" if ps else None,
@@ -68,19 +81,30 @@ def _options(name: str) -> ImportOptions:
 
 
 @pytest.mark.parametrize("config", sorted(PAPER_SETUPS))
-def test_paper_setups(shared: Path, config: str) -> None:
+def test_paper_setups(shared: Path, config: str, tmp_path: Path) -> None:
     path = shared / PAPER / "evaluation" / config
     expected = PAPER_SETUPS[config]
+    trace, num_reqs = _trace(config)
     if expected is None:
-        converted = convert_cluster(path, shared / TRACE, _options(config))
+        converted = convert_cluster(path, shared / trace, _options(config, num_reqs))
         engine = converted.scenario["engine"]
         assert engine["block_size"] == 16 and engine["max_num_batched_tokens"] == 2048
         assert engine["enable_prefix_caching"] == ("PC" in config)
         assert converted.scenario["router"]["policy"] == "round_robin"
-        assert converted.scenario["workload"]["num_requests"] == 300
+        assert converted.scenario["workload"]["num_requests"] == num_reqs
+        # The whole import, the paper's profiles converted too, gives a valid scenario.
+        out = tmp_path / "s.yaml"
+        setup = import_llmservingsim_setup(
+            path, shared / trace, out, _options(config, num_reqs), shared / PAPER / "perf_models"
+        )
+        assert setup.profile_dirs and all((d / "meta.yaml").is_file() for d in setup.profile_dirs)
+        scenario = load_scenario(out)
+        assert all(
+            g.perf.startswith(str(tmp_path)) for n in scenario.cluster.nodes for g in n.instances
+        )
         return
     with pytest.raises(UnsupportedFeatureError) as info:
-        convert_cluster(path, shared / TRACE, _options(config))
+        convert_cluster(path, shared / trace, _options(config, num_reqs))
     for fragment in expected:
         assert fragment in str(info.value)
 
