@@ -627,7 +627,8 @@ def describe_instances(scenario: Scenario) -> list[dict[str, object]]:
                 "num_blocks": p.num_blocks,
                 "kv_cache_gib": p.num_blocks
                 * p.block_size
-                * plan.arch.kv_bytes_per_token(plan.group.dtype)
+                * plan.arch.kv_bytes_per_token_per_gpu(plan.group.dtype, plan.group.tp)
+                * plan.group.tp
                 / GIB,
                 "max_num_seqs": p.max_num_seqs,
                 "max_num_batched_tokens": p.max_num_batched_tokens,

@@ -215,7 +215,7 @@ def _op_lists(
     q = getattr(common.GEMMQuantMode, _QUANT[dtype])
     bf16 = common.GEMMQuantMode.bfloat16
     h, hd = arch.hidden_size, arch.head_dim
-    heads, kv_heads = max(1, arch.num_heads // tp), max(1, arch.num_kv_heads // tp)
+    heads, kv_heads = max(1, arch.num_heads // tp), arch.kv_heads_per_gpu(tp)
     dense = [
         ops.Embedding("embedding", 1, arch.vocab_size // tp, h, 0.3),
         ops.ElementWise("add_norm_1", 1, 2 * h, 2 * h, 0.8),

@@ -32,7 +32,7 @@ def attention_points(
     flops_rate = device.peak_flops(dtype) * cal.eff_attn
     bw = device.mem_bw_gbps * 1e9 * cal.eff_mem
     q_width = arch.num_heads * arch.head_dim / tp
-    kv_per_token = 2 * arch.num_kv_heads * arch.head_dim * DTYPE_BYTES[dtype] / tp
+    kv_per_token = 2 * arch.kv_heads_per_gpu(tp) * arch.head_dim * DTYPE_BYTES[dtype]
     chunks = [0] + [16 * 2**i for i in range(8)]
     contexts = [0] + [16 * 2**i for i in range(11)]
     decodes = [0] + [2**i for i in range(9)]

@@ -136,7 +136,7 @@ def num_kv_blocks(
     else:
         reserve = activation_reserve_gib * GIB
     available = requested - weights - reserve
-    block_bytes = block_size * arch.kv_bytes_per_token(kv_dtype or dtype) / tp
+    block_bytes = block_size * arch.kv_bytes_per_token_per_gpu(kv_dtype or dtype, tp)
     blocks = int(available // block_bytes)
     if blocks <= 0:
         raise ValueError(

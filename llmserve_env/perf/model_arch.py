@@ -137,6 +137,16 @@ class ModelArch:
         """KV-cache bytes one token occupies across all layers (whole model, all GPUs)."""
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * DTYPE_BYTES[dtype]
 
+    def kv_heads_per_gpu(self, tp: int) -> int:
+        """Key/value heads each of ``tp`` GPUs holds: its share, or one replicated head
+        when there are fewer heads than GPUs (vLLM's ``QKVParallelLinear``)."""
+        return max(1, self.num_kv_heads // tp)
+
+    def kv_bytes_per_token_per_gpu(self, dtype: str, tp: int) -> int:
+        """KV-cache bytes one token occupies on each GPU of a ``tp``-way instance."""
+        heads = self.kv_heads_per_gpu(tp)
+        return 2 * self.num_layers * heads * self.head_dim * DTYPE_BYTES[dtype]
+
 
 def _get(cfg: dict[str, Any], path: Path, *keys: str, default: Any = None) -> Any:
     for key in keys:

@@ -209,7 +209,7 @@ class TorchLayer:
         self.dtype = getattr(torch, TORCH_DTYPES[dtype])
         h, hd = arch.hidden_size, arch.head_dim
         self.heads = max(1, arch.num_heads // tp)
-        self.kv_heads = max(1, arch.num_kv_heads // tp)
+        self.kv_heads = arch.kv_heads_per_gpu(tp)
         kw = {"device": device, "dtype": self.dtype}
         if head:
             self.embedding = nn.Embedding(max(1, arch.vocab_size // tp), h, **kw)

@@ -289,7 +289,7 @@ class RooflineModel:
         # Attention per layer per GPU.
         self._q_width = arch.num_heads * arch.head_dim / tp
         self._kv_bytes_per_token_all_layers = (
-            2 * layers * arch.num_kv_heads * arch.head_dim * kvb / tp
+            2 * layers * arch.kv_heads_per_gpu(tp) * arch.head_dim * kvb
         )
         # Elementwise traffic (norms, rotary, activation, residual) per token, all layers.
         inter = (

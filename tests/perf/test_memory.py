@@ -69,6 +69,30 @@ def test_tensor_parallel_blocks_are_per_gpu() -> None:
     assert blocks == int(per_gpu // (16 * arch.kv_bytes_per_token("bf16") / 2))
 
 
+def test_kv_heads_fewer_than_gpus_are_replicated() -> None:
+    """Qwen3-30B-A3B has 4 KV heads: at tp 8 each GPU holds one (vLLM replicates), the
+    same KV per token as at tp 4, so its cache holds no more tokens per GPU."""
+    arch = load_model_arch("Qwen/Qwen3-30B-A3B-Instruct-2507")
+    assert arch.num_kv_heads == 4
+    one_head = 2 * arch.num_layers * arch.head_dim * 2
+    assert arch.kv_bytes_per_token_per_gpu("bf16", 4) == one_head
+    assert arch.kv_bytes_per_token_per_gpu("bf16", 8) == one_head
+    assert arch.kv_bytes_per_token_per_gpu("bf16", 2) == 2 * one_head
+    device = resolve_device("H100")
+    kwargs = {
+        "dtype": "bf16",
+        "block_size": 16,
+        "gpu_memory_utilization": 0.9,
+        "max_num_batched_tokens": 2048,
+        "max_num_seqs": 256,
+    }
+    tp4 = memory.num_kv_blocks(arch, device, tp=4, **kwargs)  # type: ignore[arg-type]
+    tp8 = memory.num_kv_blocks(arch, device, tp=8, **kwargs)  # type: ignore[arg-type]
+    # tp 8 frees weight memory only (about 7 GiB per GPU): a few thousand more blocks,
+    # not twice as many.
+    assert tp4 < tp8 < 1.2 * tp4
+
+
 def test_cuda_total_defaults_to_the_nominal_capacity() -> None:
     assert resolve_device("RTX PRO 6000").cuda_mem_bytes == 96 * GIB
     rtx4090 = resolve_device("RTX 4090")
