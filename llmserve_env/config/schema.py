@@ -283,7 +283,10 @@ class InstanceGroup(StrictModel):
     def _perf_source(cls, value: str, info: ValidationInfo) -> str:
         if value in ("auto", "analytical"):
             return value
-        return _resolve_path(value, info)
+        try:
+            return _resolve_path(value, info)
+        except ValueError as exc:
+            raise ValueError(f"{exc}; allowed: auto, analytical or a profile folder") from None
 
 
 class NodePowerConfig(StrictModel):

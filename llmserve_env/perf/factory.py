@@ -208,8 +208,11 @@ def make_latency_model(
 
     Raises:
         DataFileError: a profile folder that is malformed or describes another instance.
-        ValueError: capture sizes for a model that is not profile-driven.
+        ValueError: capture sizes for a model that is not profile-driven, or a ``tp``
+            vLLM cannot shard the model over.
     """
+    if (why := arch.tensor_parallel_problem(tp)) is not None:
+        raise ValueError(f"{arch.name}: {why}")
     if expert_parallel_size > 1:
         return _expert_parallel_model(
             arch, device, tp, dtype, perf_setting, capture_sizes, expert_parallel_size

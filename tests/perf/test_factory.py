@@ -175,3 +175,15 @@ def test_a_tp_vllm_cannot_shard_names_the_key() -> None:
         r"divisible by tp 3",
     ):
         build_simulation(scenario)
+
+
+def test_unknown_perf_source_lists_the_choices(tmp_path: Path) -> None:
+    with pytest.raises(ScenarioError, match="allowed: auto, analytical or a profile folder"):
+        validate_scenario(_scenario("roofline", tmp_path), base_dir=tmp_path)
+
+
+def test_factory_refuses_a_tp_vllm_cannot_shard() -> None:
+    arch = load_model_arch("meta-llama/Llama-3.1-8B")
+    for tp in (3, 64):
+        with pytest.raises(ValueError, match=f"not divisible by tp {tp}"):
+            factory.make_latency_model(arch, H100, tp, "bf16", "analytical")
