@@ -612,7 +612,10 @@ def build_simulation(
 
 
 def describe_instances(scenario: Scenario) -> list[dict[str, object]]:
-    """One row per instance: name, node, model, device, tp, KV blocks and knobs."""
+    """One row per instance: name, node, model, device, tp, KV blocks, knobs and the
+    latency model ``perf`` resolved to."""
+    from llmserve_env.perf.factory import latency_source
+
     rows = []
     for plan in plan_instances(scenario):
         p = plan.params
@@ -633,6 +636,7 @@ def describe_instances(scenario: Scenario) -> list[dict[str, object]]:
                 "max_num_seqs": p.max_num_seqs,
                 "max_num_batched_tokens": p.max_num_batched_tokens,
                 "max_model_len": p.max_model_len,
+                "latency_model": latency_source(make_latency_model(plan)),
             }
         )
     return rows

@@ -83,6 +83,8 @@ def _summary_table(summary: dict[str, Any], title: str) -> Table:
             f"{summary['wall_time_s']:.2f} s" + (f" ({speed:,.0f} req/s)" if speed else ""),
         )
     )
+    for source in sorted(set((summary.get("latency_models") or {}).values())):
+        rows.append(("latency model", source))
     for name, value in rows:
         table.add_row(name, value)
     return table
@@ -120,6 +122,7 @@ def run(
     """Run SCENARIO (a shipped name or a YAML path) to completion."""
     from llmserve_env.build import build_simulation, load_scenario
     from llmserve_env.output import to_json, write_outputs
+    from llmserve_env.perf.factory import latency_source
 
     cfg = load_scenario(scenario, overrides, seed=seed)
     start = time.perf_counter()
@@ -147,6 +150,7 @@ def run(
     else:
         summary = sim.run()
     summary = {"scenario": cfg.name, "seed": cfg.seed, **summary, "build_time_s": build_s}
+    summary["latency_models"] = {inst.name: latency_source(inst.latency) for inst in sim.instances}
     if not no_output:
         directory = output or Path("runs") / cfg.name.replace("/", "_")
         tables = {}

@@ -520,6 +520,7 @@ def aiconfigurator_model(
     kv_dtype: str | None = None,
     use_cache: bool = True,
     expert_parallel_size: int = 1,
+    reasons: list[str] | None = None,
 ) -> LatencyModel | None:
     """The aiconfigurator-backed latency model, or ``None`` when it cannot be built.
 
@@ -536,6 +537,8 @@ def aiconfigurator_model(
         use_cache: Read and write the on-disk caches.
         expert_parallel_size: Data-parallel ranks the experts are split over (the MoE
             table of one rank, :func:`aiconfigurator_profile`; 1: none).
+        reasons: Gets why, when the answer is ``None`` for a device it covers (for one
+            it does not, the roofline is simply the model, not a fallback).
     """
     try:
         arch = load_model_arch(arch) if isinstance(arch, str) else arch
@@ -548,6 +551,9 @@ def aiconfigurator_model(
         return _model(arch, device, tp, dtype, kv_dtype, use_cache, expert_parallel_size)
     except (AiconfigUnavailable, KeyError) as exc:
         logger.info("aiconfigurator model unavailable, falling back: %s", exc)
+        covered = aiconfigurator_version() is not None and aiconfigurator_system(device)
+        if reasons is not None and covered:
+            reasons.append(str(exc.args[0]) if exc.args else type(exc).__name__)
         return None
 
 

@@ -155,19 +155,38 @@ def load_profile_tables(
 
 
 def _aiconfigurator(
-    arch: ModelArch, device: DeviceSpec, tp: int, dtype: str, expert_parallel_size: int = 1
+    arch: ModelArch,
+    device: DeviceSpec,
+    tp: int,
+    dtype: str,
+    expert_parallel_size: int = 1,
+    reasons: list[str] | None = None,
 ) -> LatencyModel | None:
     try:
         module = importlib.import_module("llmserve_env.perf.aiconfig")
     except ImportError:
+        if reasons is not None:
+            reasons.append("aiconfigurator-core is not installed")
         return None
-    factory = getattr(module, "aiconfigurator_model", None)
-    if factory is None:
-        return None
-    model: LatencyModel | None = factory(
-        arch, device, tp, dtype, expert_parallel_size=expert_parallel_size
+    model: LatencyModel | None = module.aiconfigurator_model(
+        arch, device, tp, dtype, expert_parallel_size=expert_parallel_size, reasons=reasons
     )
     return model
+
+
+def _fallback_roofline(roofline: RooflineModel, reasons: list[str]) -> RooflineModel:
+    """The roofline ``perf: auto`` fell back to, its name saying why."""
+    if reasons:
+        why = reasons[0].split(" at /")[0]  # aiconfigurator's messages end in a data path
+        roofline.name += f" (no aiconfigurator tables: {why[:200]})"
+    return roofline
+
+
+def latency_source(model: LatencyModel) -> str:
+    """What a latency model is built from, for reports: a profile folder,
+    ``aiconfigurator:<device>`` or ``roofline:<device>`` (with why ``auto`` fell back)."""
+    name = getattr(model, "name", "")
+    return str(name) if name else type(model).__name__
 
 
 def _unpadded(
@@ -227,10 +246,11 @@ def make_latency_model(
             if folder is not None:
                 tables = load_profile_tables(folder, arch, device, tp, dtype)
                 return ProfileLatencyModel(tables, arch, name=str(folder), padding=padding)
-            model = _aiconfigurator(arch, device, tp, dtype)
+            reasons: list[str] = []
+            model = _aiconfigurator(arch, device, tp, dtype, reasons=reasons)
             if model is not None:
                 return _unpadded(model, "aiconfigurator-core's tables", perf_setting, capture_sizes)
-            roofline = RooflineModel(arch, device, tp=tp, dtype=dtype)
+            roofline = _fallback_roofline(RooflineModel(arch, device, tp=tp, dtype=dtype), reasons)
             return _unpadded(roofline, "the roofline model", perf_setting, capture_sizes)
         case _:
             tables = load_profile_tables(perf_setting, arch, device, tp, dtype)
@@ -264,9 +284,14 @@ def _expert_parallel_model(
     roofline model."""
     ep = ExpertParallel.for_model(arch, dtype, dp_size, expert_parallel_comm(device))
     folder: str | Path | None = perf_setting
+    reasons: list[str] = []
     if perf_setting == "auto":
         folder = find_measured_profile(device, arch.name, dtype, tp)
-        measured = None if folder is not None else _aiconfigurator(arch, device, tp, dtype, dp_size)
+        measured = (
+            None
+            if folder is not None
+            else _aiconfigurator(arch, device, tp, dtype, dp_size, reasons=reasons)
+        )
         if isinstance(measured, ProfileLatencyModel):
             model = ProfileLatencyModel(
                 measured.tables, arch, name=measured.name, expert_parallel=ep
@@ -274,6 +299,7 @@ def _expert_parallel_model(
             return _unpadded(model, "aiconfigurator-core's tables", perf_setting, capture_sizes)
     if folder is None or perf_setting == "analytical":
         roofline = RooflineModel(arch, device, tp=tp, dtype=dtype, expert_parallel=ep)
+        roofline = _fallback_roofline(roofline, reasons)
         return _unpadded(roofline, "the roofline model", perf_setting, capture_sizes)
     padding = TokenPadding(capture_sizes) if capture_sizes else None
     tables = load_profile_tables(folder, arch, device, tp, dtype)

@@ -251,6 +251,8 @@ class RooflineModel:
     ) -> None:
         if tp < 1:
             raise ValueError(f"tp must be >= 1, got {tp}")
+        self.name = f"roofline:{device.name}"
+        """Which model this is, for reports (``perf: auto`` adds why it fell back)."""
         for name, value in (("dtype", dtype), ("kv_dtype", kv_dtype or dtype)):
             if value not in DTYPE_BYTES:
                 raise ValueError(f"unknown {name} {value!r}; known: {', '.join(DTYPE_BYTES)}")

@@ -53,7 +53,11 @@ def test_import_then_run(shared: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     result = CliRunner().invoke(main, ["run", str(out), "--json", "--no-output"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output.strip().splitlines()[-1])["num_finished"] == 30
+    summary = json.loads(result.output.strip().splitlines()[-1])
+    assert summary["num_finished"] == 30
+    # The run says which latency model each instance used: the imported profile.
+    assert summary["latency_models"]
+    assert all("profiles" in source for source in summary["latency_models"].values())
 
 
 def test_refused_import_writes_nothing_and_replaces_nothing(shared: Path, tmp_path: Path) -> None:

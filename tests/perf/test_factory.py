@@ -42,7 +42,7 @@ def test_analytical_is_the_roofline() -> None:
 
 
 def test_auto_falls_back_to_the_roofline(measured: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(factory, "_aiconfigurator", lambda *args: None)
+    monkeypatch.setattr(factory, "_aiconfigurator", lambda *args, **kwargs: None)
     assert isinstance(factory.make_latency_model(ARCH, H100, 1, "bf16", "auto"), RooflineModel)
 
 
@@ -50,12 +50,14 @@ def test_auto_prefers_aiconfigurator_over_the_roofline(
     measured: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sentinel = RooflineModel(ARCH, H100)
-    monkeypatch.setattr(factory, "_aiconfigurator", lambda *args: sentinel)
+    monkeypatch.setattr(factory, "_aiconfigurator", lambda *args, **kwargs: sentinel)
     assert factory.make_latency_model(ARCH, H100, 1, "bf16", "auto") is sentinel
 
 
 def test_auto_prefers_a_measured_profile(measured: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(factory, "_aiconfigurator", lambda *args: pytest.fail("not reached"))
+    monkeypatch.setattr(
+        factory, "_aiconfigurator", lambda *args, **kwargs: pytest.fail("not reached")
+    )
     write_profile(crafted_profile(), measured / "H100-SXM/meta-llama/Llama-3.1-8B/bf16/tp1")
     model = factory.make_latency_model(ARCH, H100, 1, "bf16", "auto")
     assert isinstance(model, ProfileLatencyModel)
@@ -187,3 +189,24 @@ def test_factory_refuses_a_tp_vllm_cannot_shard() -> None:
     for tp in (3, 64):
         with pytest.raises(ValueError, match=f"not divisible by tp {tp}"):
             factory.make_latency_model(arch, H100, tp, "bf16", "analytical")
+
+
+def test_latency_source_names_what_perf_resolved_to(tmp_path: Path) -> None:
+    roofline = factory.make_latency_model(ARCH, H100, 1, "bf16", "analytical")
+    assert factory.latency_source(roofline) == "roofline:H100-SXM"
+    write_profile(crafted_profile(), tmp_path / "prof")
+    profiled = factory.make_latency_model(ARCH, H100, 1, "bf16", str(tmp_path / "prof"))
+    assert factory.latency_source(profiled) == str(tmp_path / "prof")
+    mi300x = factory.make_latency_model(ARCH, resolve_device("MI300X"), 1, "bf16", "auto")
+    assert factory.latency_source(mi300x) == "roofline:MI300X"  # the model there, no fallback
+
+
+def test_auto_says_why_it_fell_back_on_a_covered_device() -> None:
+    pytest.importorskip("aiconfigurator_core", reason="aiconfigurator-core is not installed")
+    a100 = resolve_device("A100")
+    fp8 = factory.make_latency_model(ARCH, a100, 1, "fp8", "auto")
+    assert isinstance(fp8, RooflineModel)
+    assert factory.latency_source(fp8).startswith("roofline:A100-SXM-80GB (no aiconfigurator")
+    assert "fp8" in factory.latency_source(fp8)
+    bf16 = factory.make_latency_model(ARCH, a100, 1, "bf16", "auto")
+    assert factory.latency_source(bf16) == "aiconfigurator:A100-SXM-80GB"
