@@ -174,8 +174,19 @@ def _aiconfigurator(
     return model
 
 
+def _measured_collectives(device: DeviceSpec) -> CommModel | None:
+    """vLLM's collectives on ``device`` as aiconfigurator-core measured them, if it did."""
+    try:
+        module = importlib.import_module("llmserve_env.perf.aiconfig")
+    except ImportError:
+        return None
+    table: CommModel | None = module.vllm_collective_table(device)
+    return table
+
+
 def _fallback_roofline(roofline: RooflineModel, reasons: list[str]) -> RooflineModel:
-    """The roofline ``perf: auto`` fell back to, its name saying why."""
+    """The roofline ``perf: auto`` fell back to, its name saying why (it has the
+    device's measured collectives where aiconfigurator-core has them)."""
     if reasons:
         why = reasons[0].split(" at /")[0]  # aiconfigurator's messages end in a data path
         roofline.name += f" (no aiconfigurator tables: {why[:200]})"
@@ -250,7 +261,11 @@ def make_latency_model(
             model = _aiconfigurator(arch, device, tp, dtype, reasons=reasons)
             if model is not None:
                 return _unpadded(model, "aiconfigurator-core's tables", perf_setting, capture_sizes)
-            roofline = _fallback_roofline(RooflineModel(arch, device, tp=tp, dtype=dtype), reasons)
+            comm = _measured_collectives(device) if tp > 1 else None
+            roofline = RooflineModel(arch, device, tp=tp, dtype=dtype, comm=comm)
+            if comm is not None:
+                roofline.name += " with measured collectives"
+            roofline = _fallback_roofline(roofline, reasons)
             return _unpadded(roofline, "the roofline model", perf_setting, capture_sizes)
         case _:
             tables = load_profile_tables(perf_setting, arch, device, tp, dtype)

@@ -210,3 +210,17 @@ def test_auto_says_why_it_fell_back_on_a_covered_device() -> None:
     assert "fp8" in factory.latency_source(fp8)
     bf16 = factory.make_latency_model(ARCH, a100, 1, "bf16", "auto")
     assert factory.latency_source(bf16) == "aiconfigurator:A100-SXM-80GB"
+
+
+def test_auto_fallback_keeps_the_devices_measured_collectives() -> None:
+    pytest.importorskip("aiconfigurator_core", reason="aiconfigurator-core is not installed")
+    from llmserve_env.perf.comm import CollectiveTable
+
+    phi = load_model_arch("microsoft/Phi-mini-MoE-instruct")  # no MoE data in aiconfigurator
+    model = factory.make_latency_model(phi, H100, 2, "bf16", "auto")
+    assert isinstance(model, RooflineModel) and isinstance(model.comm, CollectiveTable)
+    assert "with measured collectives" in factory.latency_source(model)
+    # perf: analytical stays the calibrated roofline throughout, its link model included.
+    analytical = factory.make_latency_model(phi, H100, 2, "bf16", "analytical")
+    assert isinstance(analytical, RooflineModel)
+    assert not isinstance(analytical.comm, CollectiveTable)
