@@ -204,3 +204,19 @@ def test_decode_steps_never_get_faster_as_the_batch_grows() -> None:
     # (2,001 us at 1 decode, 1,997 us at 2: within 1 %), not 3.9 ms at 1 as before.
     assert all(b >= 0.99 * a for a, b in itertools.pairwise(steps))
     assert steps[0] < 1.1 * steps[3]
+
+
+@needs_aiconfigurator
+def test_moe_block_never_beats_reading_its_experts() -> None:
+    """L40S's measured MoE entry for Qwen3-30B-A3B at one token (34 us) is below reading
+    the eight experts it routes to (87 us at 864 GB/s): the profile takes the floor."""
+    arch = load_model_arch("Qwen/Qwen3-30B-A3B-Instruct-2507")
+    device = resolve_device("L40S")
+    profile = aiconfig.aiconfigurator_profile(arch, device, 1, "bf16")
+    curve = profile.dense["moe_experts"]
+    expert_bytes = 3 * arch.hidden_size * arch.moe_intermediate_size * 2
+    one_token_floor_us = arch.experts_per_token * expert_bytes / (device.mem_bw_gbps * 1e3)
+    assert curve.x[0] == 1 and curve.time_us[0] == pytest.approx(one_token_floor_us, rel=1e-3)
+    assert np.all(
+        curve.time_us >= aiconfig._expert_read_floor_us(arch, device, 1, "bf16", curve.x) - 1e-9
+    )
