@@ -149,7 +149,8 @@ class CollectiveTable:
 
     Below the smallest measured size the time is flat (latency-bound); above the largest
     it grows linearly with bytes from the last point (bandwidth-bound). A collective or
-    device count without a curve uses ``fallback``; with none, looking it up raises.
+    device count without a curve uses ``fallback``, never below the measured curve of
+    the largest smaller count; with no fallback, looking it up raises.
 
     Args:
         curves: ``(op, num_devices) -> (bytes, seconds)``, sizes strictly increasing.
@@ -210,7 +211,13 @@ class CollectiveTable:
                     f"no measured {op} over {num_devices} devices in {self.source or 'table'} "
                     f"and no fallback; measured: {self.keys()}"
                 )
-            return self.fallback.times_s(op, sizes, num_devices)
+            out = self.fallback.times_s(op, sizes, num_devices)
+            # More devices never make a collective of the same message faster: a
+            # fallback below the largest measured count beneath it takes that curve.
+            below = [n for (o, n) in self._curves if o == op and n < num_devices]
+            if below:
+                out = np.maximum(out, self.times_s(op, sizes, max(below)))
+            return out
         x, log_x, log_y = curve
         clipped = np.clip(sizes, x[0], x[-1])
         out = np.exp(np.interp(np.log(clipped), log_x, log_y))

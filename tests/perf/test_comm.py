@@ -100,8 +100,12 @@ def test_table_interpolates_in_log_log_space() -> None:
 def test_table_falls_back_and_reports_missing() -> None:
     table = _table()
     assert table.has("all_reduce", 4) and not table.has("all_reduce", 8)
+    # The fallback, but never below the measured 4-device curve.
     assert table.time_s("all_reduce", 1e6, 8) == pytest.approx(
-        AlphaBetaComm(100.0, 1e-6, 1.0).time_s("all_reduce", 1e6, 8)
+        max(
+            AlphaBetaComm(100.0, 1e-6, 1.0).time_s("all_reduce", 1e6, 8),
+            table.time_s("all_reduce", 1e6, 4),
+        )
     )
     bare = CollectiveTable({("all_reduce", 4): (np.array([1.0, 2.0]), np.array([1.0, 2.0]))})
     with pytest.raises(KeyError, match="no measured all_gather"):
@@ -187,3 +191,14 @@ def test_aiconfigurator_vllm_all_reduce_table() -> None:
     assert newest is not None and "/vllm/0.19.0 " not in newest.source
     assert vllm_collective_table("RTX-PRO-6000", "0.10.2") is None
     assert vllm_collective_table("RTX4090", "0.19.0") is None
+
+
+def test_an_unmeasured_device_count_is_never_faster_than_a_smaller_measured_one() -> None:
+    sizes = np.array([1e3, 1e6, 1e9])
+    measured = {("all_reduce", 8): (sizes, np.array([20e-6, 25e-6, 5e-3]))}
+    cheap = AlphaBetaComm(bandwidth_gbps=10_000.0, latency_s=1e-7)  # far faster than measured
+    table = CollectiveTable(measured, fallback=cheap)
+    at16 = table.times_s("all_reduce", sizes, 16)
+    assert np.all(at16 >= table.times_s("all_reduce", sizes, 8))
+    # Below the smallest measured count the fallback stands as it is.
+    assert table.time_s("all_reduce", 1e6, 4) == pytest.approx(cheap.time_s("all_reduce", 1e6, 4))
