@@ -588,7 +588,8 @@ def aiconfigurator_model(
         logger.info("aiconfigurator model unavailable, falling back: %s", exc)
         covered = aiconfigurator_version() is not None and aiconfigurator_system(device)
         if reasons is not None and covered:
-            reasons.append(str(exc.args[0]) if exc.args else type(exc).__name__)
+            why = str(exc.args[0]) if exc.args else type(exc).__name__
+            reasons.append(why.split(" at /")[0][:200])  # the engine's end in a data path
         return None
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 from llmserve_env.config.errors import DataFileError
 from llmserve_env.paths import profiles_dir
@@ -154,6 +155,14 @@ def load_profile_tables(
     return cached_compile(f"{key}:{_fill_key(device)}", build)
 
 
+def _aiconfig() -> ModuleType | None:
+    """The aiconfigurator-backed module, or ``None`` where it cannot be imported."""
+    try:
+        return importlib.import_module("llmserve_env.perf.aiconfig")
+    except ImportError:
+        return None
+
+
 def _aiconfigurator(
     arch: ModelArch,
     device: DeviceSpec,
@@ -162,11 +171,8 @@ def _aiconfigurator(
     expert_parallel_size: int = 1,
     reasons: list[str] | None = None,
 ) -> LatencyModel | None:
-    try:
-        module = importlib.import_module("llmserve_env.perf.aiconfig")
-    except ImportError:
-        if reasons is not None:
-            reasons.append("aiconfigurator-core is not installed")
+    module = _aiconfig()
+    if module is None:
         return None
     model: LatencyModel | None = module.aiconfigurator_model(
         arch, device, tp, dtype, expert_parallel_size=expert_parallel_size, reasons=reasons
@@ -174,22 +180,27 @@ def _aiconfigurator(
     return model
 
 
-def _measured_collectives(device: DeviceSpec) -> CommModel | None:
-    """vLLM's collectives on ``device`` as aiconfigurator-core measured them, if it did."""
-    try:
-        module = importlib.import_module("llmserve_env.perf.aiconfig")
-    except ImportError:
-        return None
-    table: CommModel | None = module.vllm_collective_table(device)
-    return table
-
-
-def _fallback_roofline(roofline: RooflineModel, reasons: list[str]) -> RooflineModel:
-    """The roofline ``perf: auto`` fell back to, its name saying why (it has the
-    device's measured collectives where aiconfigurator-core has them)."""
+def _roofline(
+    arch: ModelArch,
+    device: DeviceSpec,
+    tp: int,
+    dtype: str,
+    reasons: list[str],
+    expert_parallel: ExpertParallel | None = None,
+    measured_collectives: bool = False,
+) -> RooflineModel:
+    """The roofline model, named for reports. ``perf: auto`` falling back to it on a
+    device aiconfigurator-core covers passes why (``reasons``) and asks for that device's
+    measured vLLM collectives (``measured_collectives``), used where there are any."""
+    module = _aiconfig() if measured_collectives and tp > 1 else None
+    comm: CommModel | None = None if module is None else module.vllm_collective_table(device)
+    roofline = RooflineModel(
+        arch, device, tp=tp, dtype=dtype, comm=comm, expert_parallel=expert_parallel
+    )
+    if comm is not None:
+        roofline.name += " with measured collectives"
     if reasons:
-        why = reasons[0].split(" at /")[0]  # aiconfigurator's messages end in a data path
-        roofline.name += f" (no aiconfigurator tables: {why[:200]})"
+        roofline.name += f" (no aiconfigurator tables: {reasons[0]})"
     return roofline
 
 
@@ -261,11 +272,7 @@ def make_latency_model(
             model = _aiconfigurator(arch, device, tp, dtype, reasons=reasons)
             if model is not None:
                 return _unpadded(model, "aiconfigurator-core's tables", perf_setting, capture_sizes)
-            comm = _measured_collectives(device) if tp > 1 else None
-            roofline = RooflineModel(arch, device, tp=tp, dtype=dtype, comm=comm)
-            if comm is not None:
-                roofline.name += " with measured collectives"
-            roofline = _fallback_roofline(roofline, reasons)
+            roofline = _roofline(arch, device, tp, dtype, reasons, measured_collectives=True)
             return _unpadded(roofline, "the roofline model", perf_setting, capture_sizes)
         case _:
             tables = load_profile_tables(perf_setting, arch, device, tp, dtype)
@@ -275,11 +282,8 @@ def make_latency_model(
 def expert_parallel_comm(device: DeviceSpec) -> CommModel:
     """Collectives between expert-parallel ranks on ``device``: NVIDIA's measured NCCL
     curves where aiconfigurator-core has them, else the device's alpha-beta link model."""
-    try:
-        from llmserve_env.perf.aiconfig import collective_table
-    except ImportError:
-        return alpha_beta_for(device)
-    table = collective_table(device)
+    module = _aiconfig()
+    table = None if module is None else module.collective_table(device)
     return alpha_beta_for(device) if table is None else table
 
 
@@ -313,8 +317,7 @@ def _expert_parallel_model(
             )
             return _unpadded(model, "aiconfigurator-core's tables", perf_setting, capture_sizes)
     if folder is None or perf_setting == "analytical":
-        roofline = RooflineModel(arch, device, tp=tp, dtype=dtype, expert_parallel=ep)
-        roofline = _fallback_roofline(roofline, reasons)
+        roofline = _roofline(arch, device, tp, dtype, reasons, expert_parallel=ep)
         return _unpadded(roofline, "the roofline model", perf_setting, capture_sizes)
     padding = TokenPadding(capture_sizes) if capture_sizes else None
     tables = load_profile_tables(folder, arch, device, tp, dtype)

@@ -168,7 +168,7 @@ class WorkModel:
         self._head_flops_per_seq = 2.0 * arch.vocab_size * arch.hidden_size / tp
         self._head_bytes = arch.vocab_size * arch.hidden_size * wb / tp
         self._attn_flops_per_kv = 4.0 * layers * arch.num_heads * arch.head_dim / tp
-        self._kv_bytes_per_token = 2 * layers * arch.kv_heads_per_gpu(tp) * arch.head_dim * wb
+        self._kv_bytes_per_token = arch.kv_bytes_per_token_per_gpu(dtype, tp)
         inter = (
             arch.moe_intermediate_size * arch.experts_per_token
             if arch.is_moe

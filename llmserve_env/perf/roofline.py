@@ -267,7 +267,6 @@ class RooflineModel:
             device.scaleup_bw_gbps, cal.comm_latency_s, cal.comm_eff, cal.comm_base_s
         )
         wb = DTYPE_BYTES[dtype]
-        kvb = DTYPE_BYTES[kv_dtype or dtype]
         self._flops_gemm = device.peak_flops(dtype) * cal.eff_gemm
         self._flops_attn = device.peak_flops(dtype) * cal.eff_attn
         self._bw = device.mem_bw_gbps * 1e9 * cal.eff_mem
@@ -290,9 +289,7 @@ class RooflineModel:
         self._lm_head_bytes = self._lm_head_params * wb
         # Attention per layer per GPU.
         self._q_width = arch.num_heads * arch.head_dim / tp
-        self._kv_bytes_per_token_all_layers = (
-            2 * layers * arch.kv_heads_per_gpu(tp) * arch.head_dim * kvb
-        )
+        self._kv_bytes_per_token_all_layers = arch.kv_bytes_per_token_per_gpu(kv_dtype or dtype, tp)
         # Elementwise traffic (norms, rotary, activation, residual) per token, all layers.
         inter = (
             arch.moe_intermediate_size * arch.experts_per_token
