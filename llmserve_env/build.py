@@ -20,7 +20,7 @@ from llmserve_env.config.errors import DataFileError, ScenarioError
 from llmserve_env.config.loader import load_scenario_file
 from llmserve_env.config.schema import EngineConfig, InstanceGroup, Scenario, TraceWorkload
 from llmserve_env.paths import scenarios_dir
-from llmserve_env.perf.base import LatencyModel
+from llmserve_env.perf.base import BatchShape, LatencyModel
 from llmserve_env.perf.cudagraph import default_capture_sizes
 from llmserve_env.perf.hardware import GIB, DeviceSpec, device_catalog, resolve_device
 from llmserve_env.perf.memory import num_kv_blocks, weights_bytes_per_device
@@ -369,7 +369,7 @@ def make_latency_model(plan: InstancePlan) -> LatencyModel:
 
     group = plan.group
     try:
-        return perf_factory.make_latency_model(
+        model = perf_factory.make_latency_model(
             plan.arch,
             plan.device,
             group.tp,
@@ -380,6 +380,53 @@ def make_latency_model(plan: InstancePlan) -> LatencyModel:
         )
     except (DataFileError, ValueError) as exc:
         raise ScenarioError([(f"{plan.key}.perf", str(exc))]) from exc
+    _check_plausible(plan, model, perf_factory.latency_source(model))
+    return model
+
+
+MAX_ITERATION_S = 3600.0
+"""The longest one engine iteration may take. No real forward pass comes near an hour;
+a latency model that predicts one has figures in the wrong units (a device's TFLOP/s or
+GB/s, a profile's time column), and simulating it would step the time series through
+every second of it."""
+
+
+def _check_plausible(plan: InstancePlan, model: LatencyModel, source: str) -> None:
+    """Refuse a latency model whose iterations are not finite positive times under
+    :data:`MAX_ITERATION_S`: a prefill of the whole token budget and one short decode.
+
+    Raises:
+        ScenarioError: at the scenario's own device figures (``devices.<name>``) or the
+            instance group's ``perf``, naming the time and the model that gave it.
+    """
+    group = plan.group
+    budget = plan.params.max_num_batched_tokens
+    probes = {
+        f"a prefill of {budget} tokens": BatchShape((budget,), (0,)),
+        "one decode of 1,024 tokens": BatchShape(
+            num_decodes=1, decode_kv_sum=1024, decode_kv_max=1024, decode_kv_min=1024
+        ),
+    }
+    for what, shape in probes.items():
+        seconds = model.iteration_time_s(shape)
+        if math.isfinite(seconds) and 0.0 < seconds <= MAX_ITERATION_S:
+            continue
+        if group.perf in ("auto", "analytical") and plan.device.name not in device_catalog():
+            key = f"devices.{group.device}"
+            fix = "its figures' units (bf16_tflops in TFLOP/s, mem_bw_gbps in GB/s)"
+        else:
+            key = f"{plan.key}.perf"
+            fix = "the latency model's units (a profile's times are in us)"
+        raise ScenarioError(
+            [
+                (
+                    key,
+                    f"one iteration of {what} of {plan.arch.name} on {plan.device.name} "
+                    f"takes {seconds:.3g} s by {source}; an iteration must take a finite "
+                    f"time above 0 and at most {MAX_ITERATION_S:.0f} s: check {fix}",
+                )
+            ]
+        )
 
 
 # --------------------------------------------------------------------------- simulation

@@ -6,7 +6,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import click
 import yaml
@@ -128,6 +128,8 @@ def run(
     start = time.perf_counter()
     sim = build_simulation(cfg)
     build_s = time.perf_counter() - start
+    for note in cast("list[str]", sim.workload.meta.get("notes", [])):
+        _err.print(f"note: {note}", highlight=False, soft_wrap=True)
     show_progress = _err.is_terminal and not as_json
     if show_progress:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn

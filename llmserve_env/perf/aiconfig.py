@@ -85,13 +85,14 @@ and the kernel tables, timed one kernel at a time, already carry per-kernel floo
 CUDA graphs partly hide, so any added overhead raised the TPOT error (0 ms: 18.7 %,
 1 ms: 19.6 %, 2 ms: 23.0 % mean absolute error over 279 cases)."""
 
-QUERY_VERSION = 4
+QUERY_VERSION = 5
 """Bumped when the operator list, the grids or how an operator is charged change
 (invalidates cached answers and compiled profiles). 2: the logits all-gather moves
 16-bit logits (the padded vocabulary), not FP32, as the profile format's per-sequence
 collective. 3: token- and sequence-parallel curves never fall as the size grows
 (:func:`_padded`). 4: MoE blocks no faster than reading the experts they hit
-(:func:`_expert_read_floor_us`)."""
+(:func:`_expert_read_floor_us`). 5: FP8 MoE from vLLM's own ``Fp8MoEMethod`` table
+(``fp8_block``) where measured (:data:`_MOE_QUANTS`)."""
 
 # Grids: token counts, sequence counts, chunk x cached context, decodes x KV length.
 TOKENS = (
@@ -131,6 +132,14 @@ DECODE_BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 DECODE_KV = (1, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
 
 _QUANT = {"bf16": "bfloat16", "fp16": "bfloat16", "fp8": "fp8"}
+_MOE_QUANTS = {"bf16": ("bfloat16",), "fp16": ("bfloat16",), "fp8": ("fp8_block", "fp8")}
+"""aiconfigurator's MoE tables for each of our dtypes, the one vLLM's own method runs
+first. For FP8 that is ``fp8_block``, measured with vLLM's ``Fp8MoEMethod``: the method
+that ``--quantization fp8`` and the block-scaled FP8 checkpoints model vendors publish
+(Qwen3-*-FP8, DeepSeek-V3) load. aiconfigurator's ``fp8`` table is ModelOpt's
+per-tensor method, on Hopper through a FlashInfer CUTLASS kernel 2-4x slower than BF16
+(H100, Mixtral-8x7B tp 2, 64 tokens: 1.24 ms against 0.56 ms BF16 and 0.29 ms
+``fp8_block``); it serves only systems with no ``fp8_block`` data (RTX PRO 6000)."""
 _MOE_DISTRIBUTIONS = ("power_law_1.01", "power_law_1.2", "balanced")
 """Routing distributions of the MoE tables, most realistic first (the first one measured
 for the model's expert shape is used)."""
@@ -205,6 +214,7 @@ def _op_lists(
     database: Any,
     distribution: str,
     expert_parallel_size: int = 1,
+    moe_quant: str = "bfloat16",
 ) -> dict[str, Any]:
     """aiconfigurator operators (one call each) of one model shard, by table."""
     from aiconfigurator_core.sdk import common
@@ -227,7 +237,7 @@ def _op_lists(
         ops.ElementWise("final_norm", 1, h, h, 0.8),
     ]
     if arch.is_moe:
-        moe_q = getattr(common.MoEQuantMode, _QUANT[dtype])
+        moe_q = getattr(common.MoEQuantMode, moe_quant)
         dense += [
             ops.GEMM("router_gemm", 1, arch.num_experts, h, bf16),
             ops.MoE(
@@ -302,14 +312,23 @@ def _query_engine(
         return [float(row[1]) * 1e3 for row in rows]  # the engine answers in ms
 
     with _quiet_sdk():
-        for distribution in _MOE_DISTRIBUTIONS if arch.is_moe else _MOE_DISTRIBUTIONS[:1]:
-            lists = _op_lists(arch, tp, dtype, kv_dtype, database, distribution, ep)
+        # The first MoE table (quant mode, then routing distribution) measured for the
+        # model's expert shape; a dense model has one candidate.
+        candidates = list(
+            itertools.product(_MOE_QUANTS[dtype], _MOE_DISTRIBUTIONS)
+            if arch.is_moe
+            else [("", _MOE_DISTRIBUTIONS[0])]
+        )
+        for i, (moe_quant, distribution) in enumerate(candidates):
+            lists = _op_lists(
+                arch, tp, dtype, kv_dtype, database, distribution, ep, moe_quant or "bfloat16"
+            )
             js = {name: str(build_ops_json(items)) for name, items in lists.items() if items}
             try:
                 first = handle.evaluate_ops_json(js["dense"], is_context=True, batch_size=1, s=1)
                 break
             except Exception:
-                if distribution == _MOE_DISTRIBUTIONS[-1]:
+                if i == len(candidates) - 1:
                     raise
         out: dict[str, FloatArray] = {
             "dense_us": np.array([run(js["dense"], context=True, batch=1, s=m) for m in TOKENS]).T,
@@ -339,6 +358,7 @@ def _query_engine(
     out["dense_names"] = np.array([str(row[0]) for row in first])
     out["data_version"] = np.array(version)
     out["moe_distribution"] = np.array(distribution if arch.is_moe else "")
+    out["moe_quant"] = np.array(moe_quant)
     return out
 
 
@@ -508,6 +528,7 @@ def aiconfigurator_profile(
             "system": system,
             "engine": f"{BACKEND} {raw['data_version']}",
             "moe_distribution": str(raw["moe_distribution"]) or None,
+            "moe_quant": str(raw["moe_quant"]) or None,
             "query_key": _cache_key(arch, system, tp, dtype, kv_dtype, ep),
             **({"expert_parallel_size": ep} if ep > 1 else {}),
             "converted_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),

@@ -125,3 +125,23 @@ def test_console_script_entry_point() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["num_arrived"] == 20
+
+
+def test_run_notes_a_trace_shorter_than_num_requests(tmp_path: Path) -> None:
+    trace = tmp_path / "t.csv"
+    trace.write_text(
+        "arrived_at,num_prefill_tokens,num_decode_tokens\n"
+        + "".join(f"{0.1 * i},{100 + i},{8}\n" for i in range(6))
+    )
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text(
+        "cluster: {nodes: [{instances: [{model: meta-llama/Llama-3.1-8B, device: H100-SXM}]}]}\n"
+        f"workload: {{kind: trace, path: {trace}, num_requests: 40}}\n"
+    )
+    result = CliRunner().invoke(main, ["run", str(scenario), "--json", "--no-output"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["num_arrived"] == 6
+    assert (
+        f"note: workload.num_requests is 40, but {trace} has 6 requests: all 6 are replayed"
+        in " ".join(result.stderr.split())
+    )

@@ -219,6 +219,24 @@ def test_a_scenario_describes_its_own_device(tmp_path: Path) -> None:
     assert faster_run["mean_tpot_ms"] < described_run["mean_tpot_ms"]
 
 
+def test_a_described_device_in_the_wrong_units_is_refused(tmp_path: Path) -> None:
+    """Figures a trillion times too small (FLOP/s and B/s where TFLOP/s and GB/s go)
+    make each iteration take years; the build says so instead of simulating them."""
+    from llmserve_env.build import build_simulation
+
+    tiny = _H100_FIGURES.replace("bf16_tflops: 989", "bf16_tflops: 1.0e-9").replace(
+        "mem_bw_gbps: 3350", "mem_bw_gbps: 1.0e-9"
+    )
+    scenario = load_scenario(str(_write(tmp_path, tiny + GOOD.replace("H100-SXM", "my-npu"))))
+    with pytest.raises(
+        ScenarioError,
+        match=r"devices\.my-npu: one iteration of a prefill of \d+ tokens of "
+        r"meta-llama/Llama-3.1-8B on my-npu takes [\d.e+]+ s by roofline:my-npu.*"
+        r"bf16_tflops in TFLOP/s, mem_bw_gbps in GB/s",
+    ):
+        build_simulation(scenario)
+
+
 def test_described_devices_are_checked(tmp_path: Path) -> None:
     shadow = _H100_FIGURES.replace("my-npu:", "h100:") + GOOD
     with pytest.raises(ScenarioError, match=r"devices\.h100.*catalog's 'H100-SXM' already"):

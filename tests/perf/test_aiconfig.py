@@ -220,3 +220,29 @@ def test_moe_block_never_beats_reading_its_experts() -> None:
     assert np.all(
         curve.time_us >= aiconfig._expert_read_floor_us(arch, device, 1, "bf16", curve.x) - 1e-9
     )
+
+
+@needs_aiconfigurator
+@pytest.mark.parametrize(
+    ("device", "table"), [("H100-SXM", "fp8_block"), ("H200", "fp8_block"), ("RTX PRO 6000", "fp8")]
+)
+def test_fp8_moe_takes_vllms_own_fp8_method_where_measured(device: str, table: str) -> None:
+    """FP8 experts come from the ``fp8_block`` table (vLLM's ``Fp8MoEMethod``) where one
+    exists and from ModelOpt's ``fp8`` table otherwise; either way an FP8 decode reads
+    half the expert bytes and is faster than BF16's (ModelOpt's Hopper kernel was 2-4x
+    slower than BF16)."""
+    arch = load_model_arch("mistralai/Mixtral-8x7B-v0.1")
+    fp8 = aiconfig.aiconfigurator_profile(arch, device, 2, "fp8")
+    bf16 = aiconfig.aiconfigurator_profile(arch, device, 2, "bf16")
+    assert fp8.meta.provenance["moe_quant"] == table
+    assert bf16.meta.provenance["moe_quant"] == "bfloat16"
+    fp8_curve, bf16_curve = fp8.dense["moe_experts"], bf16.dense["moe_experts"]
+    decode = fp8_curve.x <= 256
+    assert np.all(fp8_curve.time_us[decode] < bf16_curve.time_us[decode])
+
+
+@needs_aiconfigurator
+def test_dense_models_have_no_moe_table() -> None:
+    profile = aiconfig.aiconfigurator_profile("meta-llama/Llama-3.1-8B", "H100-SXM", 1, "fp8")
+    assert profile.meta.provenance["moe_quant"] is None
+    assert "moe_experts" not in profile.dense

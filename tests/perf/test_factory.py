@@ -224,3 +224,29 @@ def test_auto_fallback_keeps_the_devices_measured_collectives() -> None:
     analytical = factory.make_latency_model(phi, H100, 2, "bf16", "analytical")
     assert isinstance(analytical, RooflineModel)
     assert not isinstance(analytical.comm, CollectiveTable)
+
+
+def test_a_profile_in_the_wrong_units_is_refused(tmp_path: Path) -> None:
+    """A profile whose times are a billion times too long (seconds written as us, then
+    scaled again) would step the time series through years of simulated time."""
+    from dataclasses import replace
+
+    from llmserve_env.build import MAX_ITERATION_S
+    from llmserve_env.perf.profile_format import Curve
+
+    profile = crafted_profile()
+    slow = replace(
+        profile, dense={k: Curve(c.x, c.time_us * 1e9) for k, c in profile.dense.items()}
+    )
+    write_profile(slow, tmp_path / "slow")
+    scenario = validate_scenario(_scenario("slow", tmp_path), base_dir=tmp_path)
+    with pytest.raises(
+        ScenarioError,
+        match=rf"instances\[0\]\.perf: one iteration of a prefill of 8192 tokens .* takes "
+        rf"[\d.e+]+ s by .*slow.*at most {MAX_ITERATION_S:.0f} s: check the latency model's "
+        r"units",
+    ):
+        build_simulation(scenario)
+    write_profile(profile, tmp_path / "fine")
+    fine = validate_scenario(_scenario("fine", tmp_path), base_dir=tmp_path)
+    assert build_simulation(fine).run()["num_finished"] == 20

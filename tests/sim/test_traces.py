@@ -284,7 +284,7 @@ def ten_requests(tmp_path: Path) -> Path:
 def test_load_trace_scaling(ten_requests: Path) -> None:
     plain = load_trace(_trace_cfg(ten_requests))
     np.testing.assert_allclose(plain.arrival_s, np.arange(10.0))
-    assert plain.meta == {"format": "vidur", "num_requests_in_file": 10}
+    assert plain.meta == {"format": "vidur", "num_requests_in_file": 10, "notes": []}
     slow = load_trace(_trace_cfg(ten_requests, time_scale=2.0))
     np.testing.assert_allclose(slow.arrival_s, 2 * np.arange(10.0))
     fast = load_trace(_trace_cfg(ten_requests, time_scale=2.0, rate_scale=4.0))
@@ -300,6 +300,20 @@ def test_load_trace_window_and_count(ten_requests: Path) -> None:
     first_two = load_trace(_trace_cfg(ten_requests, start_s=3.0, num_requests=2))
     np.testing.assert_allclose(first_two.arrival_s, [0.0, 1.0])
     np.testing.assert_array_equal(first_two.output_tokens, [40, 50])
+    assert first_two.meta["notes"] == [] and data.meta["notes"] == []
+
+
+def test_load_trace_notes_a_count_beyond_the_trace(ten_requests: Path) -> None:
+    """num_requests above what is left replays everything and says so, unless a
+    duration_s window is the cut (where num_requests is only a cap)."""
+    short = load_trace(_trace_cfg(ten_requests, start_s=3.0, num_requests=50))
+    assert len(short) == 7
+    assert short.meta["notes"] == [
+        f"workload.num_requests is 50, but {ten_requests} has 7 requests after start_s=3: "
+        "all 7 are replayed"
+    ]
+    windowed = load_trace(_trace_cfg(ten_requests, duration_s=4.0, num_requests=50))
+    assert len(windowed) == 4 and windowed.meta["notes"] == []
 
 
 def test_load_trace_clips_lengths(ten_requests: Path) -> None:

@@ -448,7 +448,9 @@ def load_trace(cfg: TraceWorkload) -> WorkloadData:
         cfg: The validated workload section (``path`` already resolved).
 
     Returns:
-        The requests; ``meta`` has ``format`` and ``num_requests_in_file``.
+        The requests; ``meta`` has ``format``, ``num_requests_in_file`` and ``notes``
+        (what the cuts did that the scenario may not expect: a ``num_requests`` above
+        the requests left, with no ``duration_s`` window).
 
     Raises:
         DataFileError: If the file is malformed, matches no format, or no request is
@@ -476,6 +478,14 @@ def load_trace(cfg: TraceWorkload) -> WorkloadData:
             f"no requests left after start_s={cfg.start_s} and duration_s={cfg.duration_s} "
             f"(the scaled trace spans 0 to {arrival[-1] + cfg.start_s:.6g} s)",
         )
+    notes: list[str] = []
+    if cfg.num_requests is not None and cfg.duration_s is None and len(index) < cfg.num_requests:
+        # With duration_s, num_requests is a cap on the window and may well not bind.
+        cuts = f" after start_s={cfg.start_s:g}" if cfg.start_s else ""
+        notes.append(
+            f"workload.num_requests is {cfg.num_requests}, but {path} has {len(index)} "
+            f"requests{cuts}: all {len(index)} are replayed"
+        )
     prompt = data.prompt_tokens[index]
     output = data.output_tokens[index]
     if cfg.max_prompt_tokens is not None:
@@ -495,5 +505,5 @@ def load_trace(cfg: TraceWorkload) -> WorkloadData:
         priority=data.priority[index],
         session_id=data.session_id[index],
         contents=contents,
-        meta={"format": fmt, "num_requests_in_file": len(data)},
+        meta={"format": fmt, "num_requests_in_file": len(data), "notes": notes},
     )
