@@ -151,6 +151,12 @@ def profile(
     except KeyError as exc:
         raise click.BadParameter(str(exc.args[0]), param_hint="MODEL") from exc
     grid = (ProfileGrid.quick() if quick else ProfileGrid()).bounded(max_tokens, max_context)
+    if kept := grid.above(max_tokens, max_context):
+        click.echo(
+            f"note: the grid keeps points above --max-tokens / --max-context: {'; '.join(kept)} "
+            "(each axis needs one value, decode contexts two)",
+            err=True,
+        )
     try:
         options = ProfilerOptions(
             device=device,

@@ -50,8 +50,15 @@ def import_profiles(
     from llmserve_env.config.errors import DataFileError
     from llmserve_env.perf.hardware import resolve_device
     from llmserve_env.perf.importers import llmservingsim, llmservingsim_paper, vidur
-    from llmserve_env.perf.profile_format import write_profile
+    from llmserve_env.perf.importers.common import flat_curve_warnings
+    from llmserve_env.perf.profile_format import check_written, write_profile
 
+    source = src.resolve()
+    if dest.resolve() == source or source in dest.resolve().parents:
+        raise click.BadParameter(
+            f"{dest} is inside the source {src}; write the import elsewhere",
+            param_hint="--output",
+        )
     match kind:
         case "llmservingsim":
             results = llmservingsim.import_llmservingsim(src)
@@ -65,10 +72,12 @@ def import_profiles(
             except KeyError as exc:
                 raise DataFileError(device, str(exc.args[0])) from exc
             results = [vidur.import_vidur(src, model=model, device=spec, tp=tp, network=network)]
-    for result in results:
-        target = dest if len(results) == 1 else dest / result.relative_dir
+    targets = [dest if len(results) == 1 else dest / r.relative_dir for r in results]
+    for result, target in zip(results, targets, strict=True):
+        check_written(result.profile, target)  # all or nothing: check every one first
+    for result, target in zip(results, targets, strict=True):
         write_profile(result.profile, target)
-        for warning in result.warnings:
+        for warning in [*result.warnings, *flat_curve_warnings(result.profile)]:
             _err.print(f"[yellow]warning:[/] {warning}", highlight=False)
         click.echo(f"wrote {target}")
 

@@ -29,7 +29,7 @@ from llmserve_env.perf.base import FloatArray
 from llmserve_env.perf.compiled import analytical_collectives
 from llmserve_env.perf.hardware import DeviceSpec
 from llmserve_env.perf.importers import llmservingsim, llmservingsim_paper
-from llmserve_env.perf.importers.common import ImportResult
+from llmserve_env.perf.importers.common import ImportResult, flat_curve_warnings
 from llmserve_env.perf.profile_format import COLLECTIVE_OPS, Curve, Profile, write_profile
 
 
@@ -222,7 +222,7 @@ def import_llmservingsim_setup(
                 result = convert_profile(folder, converted, index, collectives)
                 write_profile(result.profile, staging / result.relative_dir)
                 staged[folder] = result.relative_dir
-                setup.warnings.extend(result.warnings)
+                setup.warnings.extend([*result.warnings, *flat_curve_warnings(result.profile)])
             group["perf"] = os.path.relpath(staging / staged[folder], out_dir)
             uses.append((group, staged[folder]))
         data = converted.scenario

@@ -10,6 +10,8 @@ compilation into lookup tables lives in :mod:`llmserve_env.perf.tables`.
 from __future__ import annotations
 
 import hashlib
+import shutil
+import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,6 +23,7 @@ from numpy.typing import NDArray
 
 from llmserve_env.config.errors import DataFileError
 from llmserve_env.perf.csv_table import CsvColumns, read_csv_columns, write_csv
+from llmserve_env.perf.model_arch import DTYPE_BYTES
 
 FORMAT_NAME = "llmserve-profile"
 FORMAT_VERSION = 1
@@ -410,6 +413,9 @@ def read_meta(path: str | Path) -> ProfileMeta:
     provenance = data.get("provenance") or {}
     if not isinstance(provenance, dict):
         raise fail("provenance", "expected a mapping")
+    for key in ("dtype", "kv_dtype"):
+        if (key == "dtype" or data.get(key) is not None) and str(data[key]) not in DTYPE_BYTES:
+            raise fail(key, f"{data[key]!r} is not one of {', '.join(DTYPE_BYTES)}")
     return ProfileMeta(
         device=str(data["device"]),
         model=str(data["model"]),
@@ -507,6 +513,19 @@ def read_attention(path: Path) -> AttentionPoints:
             path,
             "a row with prefill_chunk_tokens=0 and num_decodes=0 describes an empty batch",
             line=int(cols.lines[empty[0]]),
+        )
+    prefill, decode = n["prefill_chunk_tokens"] > 0, n["num_decodes"] > 0
+    if not prefill.any() or not decode.any():
+        raise DataFileError(
+            path,
+            "needs prefill rows (prefill_chunk_tokens > 0) and decode rows (num_decodes > 0); "
+            f"it has {int(prefill.sum())} and {int(decode.sum())}",
+        )
+    if len(np.unique(n["decode_context_tokens"][decode])) < 2:
+        raise DataFileError(
+            path,
+            "decode rows at one decode_context_tokens value only: at least two are needed "
+            "to interpolate decode attention over the KV length",
         )
     return AttentionPoints(*(n[c] for c in ATTENTION_COLUMNS))
 
@@ -696,16 +715,7 @@ def _curve_rows(curves: Mapping[str, Curve]) -> Iterator[tuple[object, ...]]:
             yield op, int(x), float(t)
 
 
-def write_profile(profile: Profile, path: str | Path) -> Path:
-    """Write a profile folder (created if needed; files of the format are replaced).
-
-    Returns:
-        The folder.
-    """
-    folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in PROFILE_FILES:
-        (folder / name).unlink(missing_ok=True)
+def _write_files(profile: Profile, folder: Path) -> None:
     text = yaml.safe_dump(profile.meta.as_dict(), sort_keys=False, width=100)
     (folder / "meta.yaml").write_text(text, encoding="utf-8")
     write_csv(folder / "dense.csv", DENSE_COLUMNS, _curve_rows(profile.dense))
@@ -752,4 +762,68 @@ def write_profile(profile: Profile, path: str | Path) -> Path:
                 for x, t in zip(curve.x, curve.time_us, strict=True)
             ),
         )
+
+
+def check_written(profile: Profile, where: str | Path = "profile") -> None:
+    """Write ``profile`` to a scratch folder, read it back and compile it, so that a
+    profile this package would refuse to load is refused before it is written.
+
+    Raises:
+        DataFileError: at ``where``, with what reading or compiling the written folder
+            found, located at the file of the format (``dense.csv:2: ...``).
+    """
+    from llmserve_env.perf.compiled import compile_profile  # compiled imports this module
+
+    with tempfile.TemporaryDirectory(prefix="llmserve-profile-") as scratch:
+        folder = Path(scratch)
+        _write_files(profile, folder)
+        try:
+            written = read_profile(folder)
+            if written.meta.tp == 1 or written.collectives:
+                compile_profile(written)
+        except (DataFileError, ValueError) as exc:
+            message = str(exc).replace(f"{folder}/", "").replace(str(folder), "the profile")
+            raise DataFileError(where, f"not a valid profile, nothing written: {message}") from exc
+
+
+def write_profile(profile: Profile, path: str | Path) -> Path:
+    """Write a profile folder (created if needed; files of the format are replaced).
+
+    The profile is checked first (:func:`check_written`), then written to a scratch
+    folder beside ``path`` and moved into place file by file, so a refused or failed
+    write leaves an existing profile as it was; other files in the folder are kept.
+
+    Returns:
+        The folder.
+
+    Raises:
+        DataFileError: the profile would not load, or ``path`` is not a folder.
+    """
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise DataFileError(folder, "exists and is not a folder")
+    check_written(profile, folder)
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    except OSError as exc:
+        for created in missing[1:]:
+            shutil.rmtree(created, ignore_errors=True)
+        raise DataFileError(folder, f"cannot create the folder: {exc.strerror}") from exc
+    try:
+        _write_files(profile, staging)
+        folder.mkdir(exist_ok=True)
+        for name in PROFILE_FILES:
+            written = staging / name
+            if written.is_file():
+                written.replace(folder / name)
+            else:
+                (folder / name).unlink(missing_ok=True)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        for created in missing:  # the folders this call made, deepest first
+            shutil.rmtree(created, ignore_errors=True)
+        raise DataFileError(folder, f"cannot write the profile: {exc}") from exc
+    shutil.rmtree(staging, ignore_errors=True)
     return folder

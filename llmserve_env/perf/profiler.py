@@ -107,6 +107,23 @@ class ProfileGrid:
         ):
             object.__setattr__(self, name, tuple(sorted(set(getattr(self, name)))))
 
+    def above(self, max_tokens: int | None, max_context: int | None) -> list[str]:
+        """The axes with values above the bounds, as ``name [values]`` (for a note)."""
+        bounds = {
+            "tokens": max_tokens,
+            "seqs": max_tokens,
+            "prefill_chunks": max_tokens,
+            "decode_batches": max_tokens,
+            "prefill_contexts": max_context,
+            "decode_contexts": max_context,
+        }
+        out = []
+        for name, bound in bounds.items():
+            over = [v for v in getattr(self, name) if bound is not None and v > bound]
+            if over:
+                out.append(f"{name} {over}")
+        return out
+
     @classmethod
     def quick(cls) -> ProfileGrid:
         """A small grid: seconds on a CPU for a tiny model."""
@@ -120,13 +137,17 @@ class ProfileGrid:
         )
 
     def bounded(self, max_tokens: int | None = None, max_context: int | None = None) -> ProfileGrid:
-        """The grid without points above ``max_tokens`` new tokens / ``max_context`` cached."""
+        """The grid without points above ``max_tokens`` new tokens / ``max_context`` cached.
 
-        def cap(values: tuple[int, ...], bound: int | None) -> tuple[int, ...]:
+        Each axis keeps its smallest value, and the decode contexts their two smallest
+        (decode attention needs a slope over the KV length), even above the bound;
+        :meth:`above` lists what was kept so."""
+
+        def cap(values: tuple[int, ...], bound: int | None, least: int = 1) -> tuple[int, ...]:
             if bound is None:
                 return values
             kept = tuple(v for v in values if v <= bound)
-            return kept or (min(values),)
+            return kept if len(kept) >= least else values[:least]
 
         return replace(
             self,
@@ -135,7 +156,7 @@ class ProfileGrid:
             prefill_chunks=cap(self.prefill_chunks, max_tokens),
             decode_batches=cap(self.decode_batches, max_tokens),
             prefill_contexts=cap(self.prefill_contexts, max_context),
-            decode_contexts=cap(self.decode_contexts, max_context),
+            decode_contexts=cap(self.decode_contexts, max_context, least=2),
         )
 
 
@@ -189,6 +210,11 @@ class ProfilerOptions:
             raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
         if self.cold_mib is not None and self.cold_mib < 0:
             raise ValueError(f"cold_mib must be >= 0, got {self.cold_mib}")
+        if len(self.grid.decode_contexts) < 2:
+            raise ValueError(
+                f"grid decode_contexts {self.grid.decode_contexts}: at least two are needed "
+                "(decode attention is interpolated over the KV length)"
+            )
 
     def cold_bytes(self, torch: Any, device: Any) -> int:
         """Bytes of distinct data a timed operator cycles through on ``device``."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,33 @@ def test_collectives_choice_is_checked(shared: Path, tmp_path: Path, command: st
     assert result.exit_code == 2
     assert "Invalid value for '--collectives'" in result.output
     assert "'nvlink' is not one of 'measured', 'link'" in result.output
+
+
+def test_profiles_import_refuses_an_output_inside_the_source(shared: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(shared / "llmservingsim/current/perf/RTX4090", src)
+    before = sorted(p.relative_to(src) for p in src.rglob("*"))
+    tp1 = next(src.rglob("tp1"))
+    for out in (tp1, tp1 / "converted"):
+        result = CliRunner().invoke(
+            main, ["profiles", "import", "llmservingsim", str(tp1), "-o", str(out)]
+        )
+        assert result.exit_code == 2 and "inside the source" in result.output
+    assert sorted(p.relative_to(src) for p in src.rglob("*")) == before
+
+
+def test_profiles_import_warns_about_one_point_curves(shared: Path, tmp_path: Path) -> None:
+    src = tmp_path / "RTX4090/meta-llama/Llama-3.1-8B/bf16"
+    shutil.copytree(shared / "llmservingsim/current/perf/RTX4090/meta-llama/Llama-3.1-8B/bf16", src)
+    dense = src / "tp1/dense.csv"
+    lines = dense.read_text().splitlines()
+    kept = [
+        lines[0],
+        *(r for r in lines[1:] if not r.startswith("act_fn,") or r.startswith("act_fn,1,")),
+    ]
+    dense.write_text("\n".join(kept) + "\n")
+    result = CliRunner().invoke(
+        main, ["profiles", "import", "llmservingsim", str(src / "tp1"), "-o", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "act_fn (dense) is measured at one size (1) only" in " ".join(result.output.split())

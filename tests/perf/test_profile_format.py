@@ -194,3 +194,53 @@ def test_per_sequence_collective_round_trip(tmp_path: Path) -> None:
     plain = write_profile(crafted_profile(tp=2), tmp_path / "plain")
     assert "collective_bytes_per_seq" not in yaml.safe_load((plain / "meta.yaml").read_text())
     assert read_profile(plain).meta.collective_bytes_per_seq == 0
+
+
+def test_a_refused_write_keeps_the_existing_profile(tmp_path: Path) -> None:
+    """write_profile checks first and moves files into place only then: a profile that
+    would not load leaves the folder as it was (it used to delete the old files first)."""
+    from dataclasses import replace
+
+    from llmserve_env.perf.profile_format import AttentionPoints, Curve
+
+    folder = write_profile(crafted_profile(), tmp_path / "p")
+    (folder / "notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    good = crafted_profile()
+    a = good.attention
+    assert a is not None
+    decode = a.num_decodes > 0
+    one_context = AttentionPoints(
+        *(
+            c[~decode | (a.decode_context_tokens == a.decode_context_tokens[decode].min())]
+            for c in (
+                a.prefill_chunk_tokens,
+                a.prefill_context_tokens,
+                a.num_decodes,
+                a.decode_context_tokens,
+                a.time_us,
+            )
+        )
+    )
+    bad = {
+        "one decode context": (
+            replace(good, attention=one_context),
+            r"attention\.csv: decode rows at one decode_context_tokens value only",
+        ),
+        "negative time": (
+            replace(good, dense={**good.dense, "proj": Curve(np.array([1.0]), np.array([-1.0]))}),
+            r"dense\.csv:\d+: column 'time_us'",
+        ),
+    }
+    for profile, message in bad.values():
+        with pytest.raises(
+            DataFileError, match=rf"p: not a valid profile, nothing written: {message}"
+        ):
+            write_profile(profile, folder)
+        assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DataFileError, match=r"file: exists and is not a folder"):
+        write_profile(good, tmp_path / "file")
+    with pytest.raises(DataFileError, match=r"cannot create the folder"):
+        write_profile(good, tmp_path / "file" / "sub")

@@ -72,7 +72,7 @@ def test_moe_model_has_a_moe_table(tmp_path: Path) -> None:
         prefill_chunks=(16,),
         prefill_contexts=(0,),
         decode_batches=(1,),
-        decode_contexts=(16,),
+        decode_contexts=(16, 32),
     )
     profile = profile_model(arch, _options(grid=grid, repeat=1, warmup=0))
     assert profile.moe is not None
@@ -102,6 +102,12 @@ def test_grid_and_options_validation() -> None:
         ProfilerOptions(dtype="fp8")
     with pytest.raises(ValueError, match="repeat"):
         ProfilerOptions(repeat=0)
+    # decode attention needs two KV lengths: a bound keeps the two smallest and says so
+    tight = ProfileGrid.quick().bounded(max_tokens=1, max_context=0)
+    assert tight.decode_contexts == (16, 256) and tight.prefill_chunks == (16,)
+    assert tight.above(1, 0) == ["prefill_chunks [16]", "decode_contexts [16, 256]"]
+    with pytest.raises(ValueError, match=r"decode_contexts \(16,\): at least two"):
+        ProfilerOptions(grid=ProfileGrid(decode_contexts=(16,)))
 
 
 def test_cuda_request_without_gpu_is_a_clear_error() -> None:

@@ -128,3 +128,17 @@ def find_folders(src: str | Path, is_folder: Callable[[Path], bool], expected: s
     if not found:
         raise DataFileError(root, expected)
     return found
+
+
+def flat_curve_warnings(profile: Profile) -> list[str]:
+    """Operators measured at one size only: interpolation makes them the same time for
+    every batch (say so; a real profile has a curve)."""
+    out = []
+    for table, curves in (("dense", profile.dense), ("per_sequence", profile.per_sequence)):
+        for op, curve in curves.items():
+            if len(curve.x) == 1:
+                out.append(
+                    f"{op} ({table}) is measured at one size ({int(curve.x[0])}) only: "
+                    "it takes that time at every batch size"
+                )
+    return out

@@ -48,7 +48,7 @@ from llmserve_env.perf.importers.common import (
     provenance,
 )
 from llmserve_env.perf.importers.sequences import FAMILIES, family_of, restrict
-from llmserve_env.perf.model_arch import ModelArch
+from llmserve_env.perf.model_arch import DTYPE_BYTES, ModelArch
 from llmserve_env.perf.profile_format import (
     AttentionPoints,
     Curve,
@@ -99,6 +99,8 @@ def source_files(tp_dir: Path) -> list[Path]:
 def _read_meta(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise DataFileError(path, f"not UTF-8 text (byte {exc.start})") from exc
     except yaml.MarkedYAMLError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark is not None else None
         raise DataFileError(path, f"YAML error: {exc.problem}", line=line) from exc
@@ -194,8 +196,15 @@ def _skew(path: Path, axes: dict[str, Any], meta_path: Path) -> SkewTable:
         kv_edges = _label_edges(axes["kv_big_bins"], axes["kv_big_labels"], meta_path)
         kp_edges = _label_edges(axes["kp_bins"], axes["kp_labels"], meta_path)
         sr_edges = _label_edges(axes["skew_rate_bins"], axes["skew_rate_labels"], meta_path)
-    except (KeyError, TypeError) as exc:
-        raise DataFileError(meta_path, f"skew_fit.bucket_axes: missing or bad {exc}") from exc
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataFileError(
+            meta_path, f"skew_fit.bucket_axes: missing or bad {exc} (bins are lists of numbers)"
+        ) from exc
+    bad = np.flatnonzero(cols.numbers["pc"] < 0)
+    if len(bad):
+        raise DataFileError(
+            path, "column 'pc': expected a value >= 0", line=int(cols.lines[bad[0]])
+        )
     if min(sr_edges.values()) < 0.0:
         raise DataFileError(meta_path, "skew_fit.bucket_axes: skew_rate_bins need upper edges >= 0")
     # key -> [weighted alpha sum, weight]
@@ -260,6 +269,11 @@ def read_tp_folder(tp_dir: str | Path, arch: ModelArch | None = None) -> ImportR
     tp = int(tp_dir.name[2:])
     model = str(raw["model"])
     dtype = str(raw["variant"]).split("-")[0]
+    if dtype not in DTYPE_BYTES:
+        raise DataFileError(
+            meta_path,
+            f"variant {raw['variant']!r}: dtype {dtype!r} is not one of {', '.join(DTYPE_BYTES)}",
+        )
     arch = model_arch_for(model, meta_path, arch)
     family_name = str(raw.get("architecture") or arch.architecture)
     try:
@@ -286,8 +300,17 @@ def read_tp_folder(tp_dir: str | Path, arch: ModelArch | None = None) -> ImportR
     alpha_default = 0.0
     if isinstance(fit, dict) and fit.get("enabled"):
         per_tp = fit.get("per_tp") or {}
+        if not isinstance(per_tp, dict):
+            raise DataFileError(meta_path, "skew_fit.per_tp: expected a mapping of tp to fits")
         entry = per_tp.get(tp) or per_tp.get(str(tp)) or {}
-        alpha_default = float(entry.get("alpha_default", fit.get("alpha_default", 0.0)) or 0.0)
+        if not isinstance(entry, dict):
+            raise DataFileError(meta_path, f"skew_fit.per_tp.{tp}: expected a mapping")
+        value = entry.get("alpha_default", fit.get("alpha_default", 0.0)) or 0.0
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise DataFileError(
+                meta_path, f"skew_fit alpha_default: expected a number, got {value!r}"
+            )
+        alpha_default = float(value)
         skew_path = tp_dir / "skew_fit.csv"
         axes = entry.get("bucket_axes") or fit.get("bucket_axes")
         if skew_path.is_file() and isinstance(axes, dict):
@@ -297,9 +320,11 @@ def read_tp_folder(tp_dir: str | Path, arch: ModelArch | None = None) -> ImportR
     available = set(dense) | set(per_seq)
     sequence, dropped = restrict(FAMILIES[family], available)
     if dropped:
-        warnings.append(
-            f"{tp_dir}: operator(s) {', '.join(dropped)} of the {family} layer sequence are "
-            "not in the profile and are left out"
+        # Leaving them out would make every iteration silently faster.
+        raise DataFileError(
+            tp_dir,
+            f"operator(s) {', '.join(dropped)} of the {family} layer sequence are in neither "
+            f"dense.csv nor per_sequence.csv (found: {', '.join(sorted(available)) or 'none'})",
         )
     if arch.is_moe and moe is None:
         raise DataFileError(tp_dir / "moe.csv", f"file not found: {model} is a MoE model")

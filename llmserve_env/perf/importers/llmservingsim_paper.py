@@ -92,16 +92,25 @@ def source_files(tp_dir: Path) -> list[Path]:
     return files
 
 
-def _layers(path: Path) -> tuple[dict[str, Curve], list[str]]:
+def _layers(path: Path, tp: int) -> tuple[dict[str, Curve], list[str]]:
     cols = read_csv_columns(
         path,
-        numeric=("input", "kv_cache", _LATENCY),
+        numeric=("input", "kv_cache", "tp_size", _LATENCY),
         text=("layer_name",),
-        integer=("input", "kv_cache"),
+        integer=("input", "kv_cache", "tp_size"),
+        optional=("tp_size",),
     )
     by_op: dict[str, dict[float, float]] = {}
-    duplicates = 0
+    duplicates = zeros = 0
+    tp_size = cols.numbers.get("tp_size")
     for i, line in enumerate(cols.lines):
+        if tp_size is not None and tp_size[i] != tp:
+            raise DataFileError(
+                path,
+                f"column 'tp_size': {int(tp_size[i])} in the folder of tp {tp} ({path.parent.name})",
+                line=int(line),
+            )
+        zeros += cols.numbers[_LATENCY][i] == 0
         if cols.numbers["kv_cache"][i] != 0:
             raise DataFileError(
                 path,
@@ -118,6 +127,8 @@ def _layers(path: Path) -> tuple[dict[str, Curve], list[str]]:
             continue  # LLMServingSim keeps the first occurrence
         table[tokens] = float(cols.numbers[_LATENCY][i]) / 1e3
     warnings = []
+    if zeros:
+        warnings.append(f"{path}: {zeros} row(s) with a latency of 0 ns (free operators)")
     if duplicates:
         warnings.append(f"{path}: {duplicates} duplicate row(s) ignored (the first one kept)")
     curves = {}
@@ -214,7 +225,7 @@ def read_tp_folder(tp_dir: str | Path, arch: ModelArch | None = None) -> ImportR
     model = f"{tp_dir.parents[1].name}/{tp_dir.parents[0].name}"
     tp = int(tp_dir.name[2:])
     arch = model_arch_for(model, tp_dir / "layers.csv", arch)
-    curves, warnings = _layers(tp_dir / "layers.csv")
+    curves, warnings = _layers(tp_dir / "layers.csv", tp)
     attention = _attention(tp_dir)
     is_tpu = "tpu" in hardware.lower()
     pre = ["input_layernorm", "q_proj", "k_proj", "v_proj"]

@@ -103,6 +103,13 @@ def _median_curves(path: Path, tp: int, arch: ModelArch) -> dict[str, Curve]:
         optional=tuple(_SHAPE_COLUMNS),
         integer=("num_tokens", "num_tensor_parallel_workers", *_SHAPE_COLUMNS),
     )
+    if not len(cols.lines):
+        raise DataFileError(path, "no data rows (only the header)")
+    small = np.flatnonzero(cols.numbers["num_tokens"] < 1)
+    if len(small):
+        raise DataFileError(
+            path, "column 'num_tokens': must be at least 1", line=int(cols.lines[small[0]])
+        )
     for column, field in _SHAPE_COLUMNS.items():
         if column not in cols.numbers:
             continue
@@ -144,6 +151,12 @@ def _network(folder: Path, tp: int) -> tuple[dict[tuple[str, int], Curve], list[
             out[(op, tp)] = Curve(sizes, ms * 1e3)
     if not files:
         raise DataFileError(folder, "no all_reduce.csv or send_recv.csv here")
+    if ("all_reduce", tp) not in out:
+        # Without it a TP profile would load with analytical all-reduces, unannounced.
+        raise DataFileError(
+            folder / "all_reduce.csv",
+            f"no single-node rows for {tp} GPUs (num_workers == devices_per_node == {tp})",
+        )
     return out, files
 
 
@@ -175,9 +188,13 @@ def _attention_file(path: Path, tp: int) -> AttentionPoints:
         try:
             value = float(cell) * 1e3
         except ValueError:
+            value = float("nan")
+        if not np.isfinite(value) or value <= 0:
             raise DataFileError(
-                path, f"column {column!r}: expected a number, got {cell!r}", line=int(line)
-            ) from None
+                path,
+                f"column {column!r}: expected a time above 0 (ms), got {cell!r}",
+                line=int(line),
+            )
         if is_prefill:
             prefill.setdefault((int(n["prefill_chunk_size"][i]), int(n["kv_cache_size"][i])), value)
         else:

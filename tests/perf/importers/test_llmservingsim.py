@@ -245,3 +245,63 @@ def test_unknown_model(copy: Path) -> None:
     meta.write_text(text)
     with pytest.raises(DataFileError, match="not in the model catalog"):
         read_tp_folder(copy)
+
+
+def test_missing_operators_are_refused_not_left_out(copy: Path) -> None:
+    """A header-only dense.csv used to import with every dense operator dropped (a
+    prefill of 6 ms instead of 83 ms); an operator of the layer sequence that no table
+    has is an error, as in the paper importer."""
+    lines = (copy / "dense.csv").read_text().splitlines()
+    (copy / "dense.csv").write_text("\n".join(line for line in lines if "qkv_proj" not in line))
+    with pytest.raises(DataFileError, match=r"tp1: operator\(s\) qkv_proj of the .* sequence"):
+        read_tp_folder(copy)
+    (copy / "dense.csv").write_text(lines[0] + "\n")
+    with pytest.raises(DataFileError, match=r"in neither dense\.csv nor per_sequence\.csv"):
+        read_tp_folder(copy)
+
+
+def test_attention_without_decode_rows_is_refused(copy: Path, tmp_path: Path) -> None:
+    """Header-only (or prefill-only) attention imported, then crashed the run."""
+    lines = (copy / "attention.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    n_decode = header.index("n_decode")
+    prefill_only = [lines[0], *(r for r in lines[1:] if r.split(",")[n_decode] == "0")]
+    (copy / "attention.csv").write_text("\n".join(prefill_only) + "\n")
+    profile = read_tp_folder(copy).profile
+    out = tmp_path / "out"
+    with pytest.raises(
+        DataFileError,
+        match=r"out: not a valid profile, nothing written: attention\.csv: needs prefill rows "
+        r"\(prefill_chunk_tokens > 0\) and decode rows \(num_decodes > 0\); it has \d+ and 0",
+    ):
+        write_profile(profile, out)
+    assert not out.exists()
+
+
+def test_bad_meta_values_are_errors_not_tracebacks(skew_copy: Path) -> None:
+    meta = skew_copy.parent / "meta.yaml"
+    good = yaml.safe_load(meta.read_text())
+    cases = {
+        "n_bins": (["a", "b"], r"skew_fit\.bucket_axes: missing or bad"),
+        "alpha": ("high", r"alpha_default: expected a number, got 'high'"),
+        "per_tp": ([1, 2], r"skew_fit\.per_tp: expected a mapping"),
+    }
+    for what, (value, message) in cases.items():
+        data = yaml.safe_load(yaml.safe_dump(good))
+        if what == "n_bins":
+            data["skew_fit"]["bucket_axes"]["n_bins"] = value
+        elif what == "alpha":
+            data["skew_fit"]["per_tp"][1]["alpha_default"] = value
+        else:
+            data["skew_fit"]["per_tp"] = value
+        meta.write_text(yaml.safe_dump(data))
+        with pytest.raises(DataFileError, match=message):
+            read_tp_folder(skew_copy)
+    meta.write_bytes(b"hardware: RTX4090\nmodel: \xff\n")
+    with pytest.raises(DataFileError, match=r"meta\.yaml: not UTF-8 text"):
+        read_tp_folder(skew_copy)
+    data = yaml.safe_load(yaml.safe_dump(good))
+    data["variant"] = "int4-awq"
+    meta.write_text(yaml.safe_dump(data))
+    with pytest.raises(DataFileError, match=r"dtype 'int4' is not one of bf16, fp16, fp8, fp32"):
+        read_tp_folder(skew_copy)

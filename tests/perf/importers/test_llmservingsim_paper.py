@@ -58,3 +58,16 @@ def test_malformed_layers_csv(shared: Path, tmp_path: Path) -> None:
     (dst / "layers.csv").write_text("\n".join(lines) + "\n")
     with pytest.raises(DataFileError, match=r"layers\.csv:10: column 'kv_cache'"):
         read_tp_folder(dst)
+
+
+def test_rows_of_another_tp_are_refused(shared: Path, tmp_path: Path) -> None:
+    src = shared / MODELS / "A6000/meta-llama/Llama-3.1-8B/tp1"
+    dst = tmp_path / "A6000/meta-llama/Llama-3.1-8B/tp1"
+    shutil.copytree(src, dst)
+    lines = (dst / "layers.csv").read_text().splitlines()
+    lines[3] = lines[3].replace(",0,1,", ",0,4,", 1)
+    (dst / "layers.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(
+        DataFileError, match=r"layers\.csv:4: column 'tp_size': 4 in the folder of tp 1 \(tp1\)"
+    ):
+        read_tp_folder(dst)

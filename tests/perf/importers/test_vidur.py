@@ -107,3 +107,30 @@ def test_network_zero_time_is_refused(shared: Path, tmp_path: Path) -> None:
     (tmp_path / "all_reduce.csv").write_text("\n".join([lines[0], *lines[1:3], ",".join(fields)]))
     with pytest.raises(DataFileError, match=r"all_reduce\.csv:4: column .* must be > 0"):
         CollectiveTable.from_vidur(tmp_path)
+
+
+def test_empty_files_are_named_not_misread(shared: Path, tmp_path: Path) -> None:
+    src = shared / VIDUR / "compute/a100/meta-llama/Meta-Llama-3-8B/mlp.csv"
+    lines = src.read_text().splitlines()
+    (tmp_path / "mlp.csv").write_text(lines[0] + "\n")
+    with pytest.raises(DataFileError, match=r"mlp\.csv: no data rows \(only the header\)"):
+        import_vidur(
+            tmp_path / "mlp.csv",
+            model="meta-llama/Meta-Llama-3-8B",
+            device=resolve_device("A100"),
+            tp=1,
+        )
+    # A network folder with no rows for the tp would leave the profile's all-reduce to
+    # the link model without a word.
+    net = tmp_path / "net"
+    net.mkdir()
+    header = (shared / VIDUR / "network/a100_dgx/all_reduce.csv").read_text().splitlines()[0]
+    (net / "all_reduce.csv").write_text(header + "\n")
+    with pytest.raises(DataFileError, match=r"all_reduce\.csv: no single-node rows for 2 GPUs"):
+        import_vidur(
+            src,
+            model="meta-llama/Meta-Llama-3-8B",
+            device=resolve_device("A100"),
+            tp=2,
+            network=net,
+        )
