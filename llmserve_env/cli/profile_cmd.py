@@ -131,6 +131,7 @@ def profile(
     (every layer, residuals, KV writes) and reports how far the profile's prediction
     for each batch is from them.
     """
+    from llmserve_env.perf.hardware import device_catalog
     from llmserve_env.perf.model_arch import load_model_arch
     from llmserve_env.perf.profile_format import write_profile
     from llmserve_env.perf.profiler import ProfileGrid, ProfilerOptions, profile_model
@@ -150,6 +151,11 @@ def profile(
         arch = load_model_arch(model)
     except KeyError as exc:
         raise click.BadParameter(str(exc.args[0]), param_hint="MODEL") from exc
+    for above in (output, *output.parents):  # refuse before profiling, not after
+        if above.exists():
+            if not above.is_dir():
+                raise click.BadParameter(f"{above} is a file, not a folder", param_hint="--output")
+            break
     grid = (ProfileGrid.quick() if quick else ProfileGrid()).bounded(max_tokens, max_context)
     if kept := grid.above(max_tokens, max_context):
         click.echo(
@@ -178,11 +184,20 @@ def profile(
     if problems:  # pragma: no cover - a bug in the profiler, not in the input
         raise DataFileError(output, "; ".join(problems))
     folder = write_profile(result, output)
+    if not check_iterations:  # a check of an earlier profile in this folder is stale
+        (folder / "iteration_check.json").unlink(missing_ok=True)
     meta = result.meta
     click.echo(
         f"wrote {folder}/ ({meta.model} on {meta.device}, {meta.dtype}, tp={meta.tp}, "
         f"{meta.provenance.get('duration_s', 0):.1f} s)"
     )
+    if meta.device not in device_catalog():
+        click.echo(
+            f"note: meta.yaml records device {meta.device!r}, which the catalog lacks: a "
+            f"scenario uses this profile on a device of that name described under `devices:`"
+            ", or profile again with --device-name CATALOG_NAME",
+            err=True,
+        )
     if check_iterations:
         _check(result, arch, options, check_layers, folder)
 

@@ -157,49 +157,80 @@ def _get(cfg: dict[str, Any], path: Path, *keys: str, default: Any = None) -> An
     raise DataFileError(path, f"model config lacks {' / '.join(keys)}")
 
 
+def _int(
+    cfg: dict[str, Any], path: Path, *keys: str, default: int | None = None, least: int = 1
+) -> int:
+    """The first of ``keys`` present, as a whole number of at least ``least``."""
+    value = _get(cfg, path, *keys, default=default)
+    key = next((k for k in keys if cfg.get(k) is not None), keys[0])
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+        raise DataFileError(path, f"{key}: expected a whole number, got {value!r}")
+    if value < least:
+        raise DataFileError(path, f"{key}: must be at least {least}, got {value!r}")
+    return int(value)
+
+
 def arch_from_hf_config(cfg: dict[str, Any], name: str, path: Path) -> ModelArch:
-    """Build a :class:`ModelArch` from a parsed HuggingFace ``config.json``."""
+    """Build a :class:`ModelArch` from a parsed HuggingFace ``config.json``.
+
+    Raises:
+        DataFileError: a key missing, a value that is not a positive whole number, or
+            dimensions no model has (heads that do not divide the width, KV heads that
+            do not divide the query heads, an odd head width, top-k above the experts).
+    """
     if "text_config" in cfg and isinstance(cfg["text_config"], dict):
         cfg = {**cfg, **cfg["text_config"]}
-    try:
-        hidden = int(_get(cfg, path, "hidden_size", "d_model", "n_embd"))
-        heads = int(_get(cfg, path, "num_attention_heads", "n_head"))
-        kv_heads = int(_get(cfg, path, "num_key_value_heads", default=heads))
-        head_dim = int(_get(cfg, path, "head_dim", default=hidden // heads))
-        num_experts = int(
-            _get(cfg, path, "num_local_experts", "num_experts", "n_routed_experts", default=0) or 0
+    hidden = _int(cfg, path, "hidden_size", "d_model", "n_embd")
+    heads = _int(cfg, path, "num_attention_heads", "n_head")
+    kv_heads = _int(cfg, path, "num_key_value_heads", default=heads)
+    if heads % kv_heads:
+        raise DataFileError(
+            path, f"num_key_value_heads ({kv_heads}) must divide num_attention_heads ({heads})"
         )
-        experts_per_token = int(_get(cfg, path, "num_experts_per_tok", "moe_top_k", default=0) or 0)
-        intermediate = int(
-            _get(cfg, path, "intermediate_size", "ffn_dim", "n_inner", default=4 * hidden)
+    if cfg.get("head_dim") is None and hidden % heads:
+        raise DataFileError(
+            path,
+            f"num_attention_heads ({heads}) must divide hidden_size ({hidden}) "
+            "when head_dim is not given",
         )
-        moe_inter = (
-            int(_get(cfg, path, "moe_intermediate_size", default=intermediate))
-            if num_experts
-            else 0
+    head_dim = _int(cfg, path, "head_dim", default=hidden // heads)
+    if head_dim % 2:
+        raise DataFileError(path, f"head_dim ({head_dim}) must be even (rotary embedding)")
+    num_experts = _int(
+        cfg, path, "num_local_experts", "num_experts", "n_routed_experts", default=0, least=0
+    )
+    experts_per_token = _int(cfg, path, "num_experts_per_tok", "moe_top_k", default=0, least=0)
+    if num_experts and not 1 <= experts_per_token <= num_experts:
+        raise DataFileError(
+            path,
+            f"num_experts_per_tok must be between 1 and the {num_experts} experts, "
+            f"got {experts_per_token}",
         )
-        return ModelArch(
-            name=name,
-            architecture=str((cfg.get("architectures") or ["unknown"])[0]),
-            num_layers=int(_get(cfg, path, "num_hidden_layers", "n_layer", "num_layers")),
-            hidden_size=hidden,
-            num_heads=heads,
-            num_kv_heads=kv_heads,
-            head_dim=head_dim,
-            intermediate_size=intermediate,
-            vocab_size=int(_get(cfg, path, "vocab_size")),
-            max_position_embeddings=int(
-                _get(
-                    cfg, path, "max_position_embeddings", "n_positions", "seq_length", default=4096
-                )
-            ),
-            num_experts=num_experts,
-            experts_per_token=experts_per_token if num_experts else 0,
-            moe_intermediate_size=moe_inter,
-            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+    intermediate = _int(cfg, path, "intermediate_size", "ffn_dim", "n_inner", default=4 * hidden)
+    moe_inter = _int(cfg, path, "moe_intermediate_size", default=intermediate) if num_experts else 0
+    architectures = cfg.get("architectures") or ["unknown"]
+    if not isinstance(architectures, list) or not all(isinstance(a, str) for a in architectures):
+        raise DataFileError(
+            path, f"architectures: expected a list of class names, got {architectures!r}"
         )
-    except (TypeError, ValueError) as exc:
-        raise DataFileError(path, f"bad model config value: {exc}") from exc
+    return ModelArch(
+        name=name,
+        architecture=architectures[0],
+        num_layers=_int(cfg, path, "num_hidden_layers", "n_layer", "num_layers"),
+        hidden_size=hidden,
+        num_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=head_dim,
+        intermediate_size=intermediate,
+        vocab_size=_int(cfg, path, "vocab_size"),
+        max_position_embeddings=_int(
+            cfg, path, "max_position_embeddings", "n_positions", "seq_length", default=4096
+        ),
+        num_experts=num_experts,
+        experts_per_token=experts_per_token if num_experts else 0,
+        moe_intermediate_size=moe_inter,
+        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+    )
 
 
 def models_dir() -> Path:

@@ -147,8 +147,17 @@ def test_cli(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert read_profile(out).meta.device == "my-cpu"
+    assert "which the catalog lacks" in " ".join(result.output.split())
+    # points the bounds could not drop are named
+    assert "the grid keeps points above --max-tokens / --max-context" not in result.output
     bad = CliRunner().invoke(main, ["profile", "no-such-model", "-o", str(tmp_path / "x")])
     assert bad.exit_code != 0 and "unknown model" in bad.output
+    # an output under a file is refused before any profiling
+    (tmp_path / "afile").write_text("x")
+    args = ["profile", str(TINY), "-o", str(tmp_path / "afile" / "sub"), "--device", "cpu"]
+    bad = CliRunner().invoke(main, [*args, "--quick"])
+    assert bad.exit_code == 2 and "is a file, not a folder" in bad.output
+    assert "timing" not in bad.output.lower()
 
 
 def test_tp_that_vllm_cannot_shard_is_refused(tmp_path: Path) -> None:

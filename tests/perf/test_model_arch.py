@@ -1,0 +1,57 @@
+"""Model architectures from HuggingFace config.json files: the catalog and bad configs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from llmserve_env.config.errors import DataFileError
+from llmserve_env.perf.model_arch import load_model_arch, model_catalog, models_dir
+
+TINY = models_dir() / "llmserve" / "tiny-llama.json"
+
+
+def test_every_catalog_model_loads() -> None:
+    for name in model_catalog():
+        arch = load_model_arch(name)
+        assert arch.num_heads % arch.num_kv_heads == 0 and arch.head_dim % 2 == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"num_attention_heads": 0}, r"num_attention_heads: must be at least 1, got 0"),
+        ({"num_key_value_heads": 0}, r"num_key_value_heads: must be at least 1, got 0"),
+        ({"num_attention_heads": -4}, r"num_attention_heads: must be at least 1"),
+        ({"num_attention_heads": 4.7}, r"num_attention_heads: expected a whole number, got 4\.7"),
+        ({"hidden_size": True}, r"hidden_size: expected a whole number, got True"),
+        ({"hidden_size": 0}, r"hidden_size: must be at least 1"),
+        ({"vocab_size": 0}, r"vocab_size: must be at least 1"),
+        ({"num_hidden_layers": 0}, r"num_hidden_layers: must be at least 1"),
+        ({"intermediate_size": 0}, r"intermediate_size: must be at least 1"),
+        ({"num_key_value_heads": 3}, r"num_key_value_heads \(3\) must divide"),
+        ({"head_dim": 7}, r"head_dim \(7\) must be even"),
+        ({"num_local_experts": 4}, r"num_experts_per_tok must be between 1 and the 4 experts"),
+        ({"architectures": "LlamaForCausalLM"}, r"architectures: expected a list"),
+        ({"vocab_size": None}, r"model config lacks vocab_size$"),
+    ],
+)
+def test_bad_configs_name_the_key(tmp_path: Path, change: dict, message: str) -> None:
+    cfg = json.loads(TINY.read_text())
+    cfg.update(change)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    with pytest.raises(DataFileError, match=rf"config\.json: {message}"):
+        load_model_arch(str(path))
+
+
+def test_width_must_split_over_the_heads_without_head_dim(tmp_path: Path) -> None:
+    cfg = json.loads(TINY.read_text())
+    cfg.pop("head_dim", None)
+    cfg["hidden_size"] = cfg["num_attention_heads"] * 8 + 1
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    with pytest.raises(DataFileError, match=r"must divide hidden_size"):
+        load_model_arch(str(path))
