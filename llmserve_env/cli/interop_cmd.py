@@ -158,6 +158,27 @@ def _report_table(report: Any) -> Table:
     return table
 
 
+def _write_report(report: Any, data: dict[str, Any], output: Path) -> list[Path]:
+    """``report.json`` and the plots, written to a staging folder and moved into
+    ``output`` only when all of them were written (nothing half-written is left)."""
+    import shutil
+    import tempfile
+
+    from llmserve_env.config.errors import DataFileError
+
+    output.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".validate-", dir=output))
+    try:
+        (staging / "report.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        staged = [staging / "report.json", *write_plots(report, staging)]
+        blocked = [p.name for p in staged if (output / p.name).is_dir()]
+        if blocked:
+            raise DataFileError(output, f"{', '.join(blocked)} exist here as folders")
+        return [p.replace(output / p.name) for p in staged]
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def write_plots(report: Any, directory: Path) -> list[Path]:
     """Throughput and queue plots as PNG (needs matplotlib; none without it)."""
     try:
@@ -269,7 +290,15 @@ def validate(
         key, sep, value = item.partition("=")
         if not sep:
             raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--set")
+        if not value.strip():
+            raise click.BadParameter(f"{key.strip()}: no value given", param_hint="--set")
         engine[key.strip()] = yaml.safe_load(value)
+    if output is not None:  # refuse before simulating, not after
+        for above in (output, *output.parents):
+            if above.exists():
+                if not above.is_dir():
+                    raise click.BadParameter(f"{above} is a file, not a folder", param_hint="-o")
+                break
     report = validate_run(
         run_dir,
         profiles=profiles,
@@ -281,9 +310,7 @@ def validate(
     )
     data = report.as_dict()
     if output is not None:
-        output.mkdir(parents=True, exist_ok=True)
-        (output / "report.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        for path in write_plots(report, output):
+        for path in _write_report(report, data, output):
             _err.print(f"wrote {path}", highlight=False)
     if as_json:
         click.echo(json.dumps(data))

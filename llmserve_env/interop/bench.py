@@ -30,6 +30,7 @@ the bias this leaves).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import re
@@ -86,6 +87,35 @@ _REQUEST_KEYS = (
     "first_token_ts",
     "last_token_ts",
 )
+
+
+def _request_values(record: dict[str, Any], path: Path, line: int) -> dict[str, float]:
+    """One request line's values, checked: finite numbers, whole token counts of at
+    least 1, and timestamps in engine order (queued <= scheduled <= first <= last)."""
+    values: dict[str, float] = {}
+    for key in _REQUEST_KEYS:
+        value = record.get(key)
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise DataFileError(path, f"{key!r}: expected a number, got {value!r}", line=line)
+        if not math.isfinite(value):
+            raise DataFileError(
+                path, f"{key!r}: expected a finite number, got {value!r}", line=line
+            )
+        if key.endswith("_toks") and (value != int(value) or value < 1):
+            raise DataFileError(
+                path, f"{key!r}: expected a whole number of at least 1, got {value!r}", line=line
+            )
+        values[key] = float(value)
+    stamps = ("queued_ts", "scheduled_ts", "first_token_ts", "last_token_ts")
+    for earlier, later in itertools.pairwise(stamps):
+        if values[later] < values[earlier]:
+            raise DataFileError(
+                path,
+                f"{later!r} ({values[later]!r}) is before {earlier!r} ({values[earlier]!r}); "
+                f"the engine stamps {' <= '.join(stamps)}",
+                line=line,
+            )
+    return values
 
 
 @dataclass(frozen=True)
@@ -145,6 +175,57 @@ class BenchRun:
         if release is None:
             return False, "meta.json records no vllm_version: assumed off"
         return release >= default_since, f"the default of vLLM {version}"
+
+    def cache_setting(self, key: str, kind: type, default: Any) -> tuple[Any, str]:
+        """A cache setting of this run (``block_size``, ``enable_prefix_caching``,
+        ``gpu_memory_utilization``) and what says so: vLLM's resolved cache config, else
+        the engine argument, else ``default`` (vLLM's).
+
+        Raises:
+            DataFileError: a recorded value of the wrong type, naming its key.
+        """
+        resolved = self.meta.get("resolved_config")
+        cache = resolved.get("cache_config") if isinstance(resolved, dict) else None
+        sources = (
+            (cache if isinstance(cache, dict) else {}, "resolved_config.cache_config"),
+            (self.engine_kwargs, "engine_kwargs"),
+        )
+        for section, where in sources:
+            value = section.get(key)
+            if value is None:
+                continue
+            ok = (
+                isinstance(value, bool)
+                if kind is bool
+                else (
+                    isinstance(value, int | float)
+                    and not isinstance(value, bool)
+                    and (kind is float or value == int(value))
+                )
+            )
+            if not ok:
+                raise DataFileError(
+                    self.path / "vllm" / "meta.json",
+                    f"{where}.{key}: expected {'true or false' if kind is bool else kind.__name__}"
+                    f", got {value!r}",
+                )
+            return kind(value), f"meta.json {where}.{key}"
+        return default, f"vLLM's default (meta.json records no {key})"
+
+    def tick_seconds(self) -> float:
+        """The width of ``timeseries.csv``'s bins (``meta.json`` ``tick_seconds``; 1 s,
+        the bench's default, when not recorded).
+
+        Raises:
+            DataFileError: a value that is not a positive number.
+        """
+        value = self.meta.get("tick_seconds", 1.0)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise DataFileError(
+                self.path / "vllm" / "meta.json",
+                f"tick_seconds: expected a number of seconds above 0, got {value!r}",
+            )
+        return float(value)
 
     def vllm_release(self) -> tuple[tuple[int, int] | None, str]:
         """``(major, minor)`` of the vLLM version ``meta.json`` records (``None`` when it
@@ -289,6 +370,8 @@ def load_bench_run(path: str | Path, dataset: str | Path | None = None) -> Bench
         raise DataFileError(meta_path, "file not found") from exc
     except json.JSONDecodeError as exc:
         raise DataFileError(meta_path, f"invalid JSON: {exc.msg}", line=exc.lineno) from exc
+    if not isinstance(meta, dict):
+        raise DataFileError(meta_path, f"expected a JSON object, got {type(meta).__name__}")
     requests: dict[str, list[float]] = {k: [] for k in _REQUEST_KEYS}
     req_path = vllm_dir / "requests.jsonl"
     try:
@@ -302,19 +385,28 @@ def load_bench_run(path: str | Path, dataset: str | Path | None = None) -> Bench
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataFileError(req_path, f"invalid JSON: {exc.msg}", line=line_no) from exc
-        for key in _REQUEST_KEYS:
-            value = record.get(key) if isinstance(record, dict) else None
-            if not isinstance(value, int | float) or isinstance(value, bool):
-                raise DataFileError(
-                    req_path, f"{key!r}: expected a number, got {value!r}", line=line_no
-                )
-            requests[key].append(float(value))
+        if not isinstance(record, dict):
+            raise DataFileError(
+                req_path, f"expected a JSON object, got {type(record).__name__}", line=line_no
+            )
+        for key, number in _request_values(record, req_path, line_no).items():
+            requests[key].append(number)
     if not requests["queued_ts"]:
         raise DataFileError(req_path, "no requests")
+    ts_path = vllm_dir / "timeseries.csv"
     ts = read_csv_columns(
-        vllm_dir / "timeseries.csv",
-        numeric=("t", "prompt_throughput", "gen_throughput", "running", "waiting"),
+        ts_path, numeric=("t", "prompt_throughput", "gen_throughput", "running", "waiting")
     )
+    if not len(ts.lines):
+        raise DataFileError(ts_path, "no data rows (only the header)")
+    span = max(requests["last_token_ts"]) - min(requests["queued_ts"])
+    covered = float(ts.numbers["t"].max())
+    if span > 2.0 * covered + 60.0:
+        raise DataFileError(
+            req_path,
+            f"the requests span {span:.6g} s (first queued_ts to last last_token_ts) but "
+            f"timeseries.csv covers {covered:.6g} s: timestamps from another clock or run",
+        )
     found = None
     note = ""
     if dataset is not None:
@@ -374,11 +466,18 @@ def bench_workload(run: BenchRun) -> tuple[WorkloadData, list[str]]:
             raise DataFileError(
                 run.dataset, f"the trace has {len(data)} requests, the bench run {n}"
             )
-        same = np.array_equal(data.prompt_tokens[:n], r["input_toks"].astype(np.int64))
-        same &= np.array_equal(data.output_tokens[:n], r["output_toks"].astype(np.int64))
-        if not same:
+        differ = np.flatnonzero(
+            (data.prompt_tokens[:n] != r["input_toks"].astype(np.int64))
+            | (data.output_tokens[:n] != r["output_toks"].astype(np.int64))
+        )
+        if len(differ):
+            i = int(differ[0])
             raise DataFileError(
-                run.dataset, "the trace's first requests do not match requests.jsonl lengths"
+                run.dataset,
+                f"request {i + 1} has {data.prompt_tokens[i]} input / {data.output_tokens[i]} "
+                f"output tokens here but {int(r['input_toks'][i])} / "
+                f"{int(r['output_toks'][i])} in requests.jsonl ({len(differ)} of {n} requests "
+                "differ): the trace is not this run's (pass --dataset)",
             )
         first_ns = json.loads(run.dataset.read_text(encoding="utf-8").splitlines()[0]).get(
             "arrival_time_ns", 0
@@ -466,20 +565,29 @@ def bench_setup(
     check_collective_source(collectives)
     kwargs = run.engine_kwargs
     dataset = run.dataset or (run.path / "vllm" / "requests.jsonl")
+    caching, caching_source = run.cache_setting("enable_prefix_caching", bool, True)
+    utilization, utilization_source = run.cache_setting("gpu_memory_utilization", float, 0.9)
+    block_size, block_source = run.cache_setting("block_size", int, 16)
     options = ImportOptions(
-        enable_prefix_caching=True,
+        enable_prefix_caching=caching,
         max_num_batched_tokens=kwargs.get("max_num_batched_tokens"),
         max_num_seqs=kwargs.get("max_num_seqs"),
         max_model_len=kwargs.get("max_model_len"),
-        gpu_memory_utilization=0.9,
+        gpu_memory_utilization=utilization,
         allow_unsupported=allow_unsupported,
     )
     converted = convert_cluster(run.config_path, dataset, options)
     notes = list(converted.notes)
+    notes.append(
+        f"block size {block_size} ({block_source}); prefix caching "
+        f"{'on' if caching else 'off'} ({caching_source}); gpu_memory_utilization "
+        f"{utilization:g} ({utilization_source})"
+    )
     data = converted.scenario
     data["name"] = f"bench-{run.path.parent.name}-{run.path.name}"
     data["description"] = f"vLLM bench run {run.path}"
-    data["engine"]["block_size"] = 16
+    data["engine"]["block_size"] = block_size
+    data.setdefault("simulation", {})["sample_interval_s"] = run.tick_seconds()
     async_on, source = run.async_scheduling()
     data["engine"]["async_scheduling"] = async_on
     note = f"vLLM async scheduling {'on' if async_on else 'off'} ({source})"
@@ -659,13 +767,37 @@ def compare(
     peak, and WAPE over all bins.
     """
     real = run.latencies_ms()
+    status = [
+        f"{state} ({reason})" if str(reason) not in ("", "none") else str(state)
+        for state, reason in zip(sim_requests["status"], sim_requests["reject_reason"], strict=True)
+    ]
+    finished = sum(state == "finished" for state in status)
+    if finished == 0:
+        kinds = ", ".join(sorted({str(v) for v in status}))
+        raise DataFileError(
+            run.path,
+            f"no request of {len(status)} finished in the simulation ({kinds}): nothing to "
+            "compare; check the engine limits (max_model_len, the KV cache) against the trace",
+        )
+    if finished < len(status):
+        counts: dict[str, int] = {}
+        for value in status:
+            counts[str(value)] = counts.get(str(value), 0) + 1
+        shown = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+        notes = [
+            *notes,
+            f"{len(status) - finished} of {len(status)} requests did not finish in the "
+            f"simulation ({shown}); latencies are compared over the {finished} that did",
+        ]
     order = np.argsort(sim_requests["request_id"])
+    done = np.array([state == "finished" for state in status])[order]
+    # A request that did not finish in the simulation has no latency (rejected ones
+    # record 0); both sides are compared over the requests that finished in both.
     sim = {
-        "ttft": np.asarray(sim_requests["ttft_ms"], dtype=float)[order],
-        "tpot": np.asarray(sim_requests["tpot_ms"], dtype=float)[order],
-        "e2e": np.asarray(sim_requests["e2e_ms"], dtype=float)[order],
-        "queueing": np.asarray(sim_requests["queueing_ms"], dtype=float)[order],
+        metric: np.asarray(sim_requests[f"{metric}_ms"], dtype=float)[order][done]
+        for metric in ("ttft", "tpot", "e2e", "queueing")
     }
+    real = {metric: values[done] for metric, values in real.items()}
     latency: dict[str, dict[str, dict[str, float]]] = {}
     for metric in ("ttft", "tpot", "e2e", "queueing"):
         a, b = _stats(real[metric]), _stats(sim[metric])
@@ -791,7 +923,13 @@ def validate_run(
         notes.append("no LLMServingSim profiles found: perf: auto")
     sim = build_simulation(setup.scenario, workload=setup.workload)
     sim.run()
-    report = compare(run, sim.metrics.request_table(), sim.metrics.timeseries_table(), notes)
+    report = compare(
+        run,
+        sim.metrics.request_table(),
+        sim.metrics.timeseries_table(),
+        notes,
+        tick_s=run.tick_seconds(),
+    )
     report.totals["num_preemptions_sim"] = float(
         sum(i.stats.num_preemptions for i in sim.instances)
     )

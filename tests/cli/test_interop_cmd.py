@@ -120,6 +120,21 @@ def test_validate_json_and_plots(shared: Path, tmp_path: Path) -> None:
     assert (tmp_path / "v/throughput.png").is_file() and (tmp_path / "v/latency_cdf.png").is_file()
 
 
+def test_validate_output_problems_leave_nothing_half_written(shared: Path, tmp_path: Path) -> None:
+    run = shared / "llmservingsim/current/bench/RTXPRO6000/Llama-3.1-8B"
+    (tmp_path / "afile").write_text("x")
+    result = CliRunner().invoke(main, ["validate", str(run), "-o", str(tmp_path / "afile/sub")])
+    assert result.exit_code == 2 and "is a file, not a folder" in result.output
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "v"
+    (out / "throughput.png").mkdir(parents=True)
+    result = CliRunner().invoke(main, ["validate", str(run), "-o", str(out)])
+    assert result.exit_code != 0 and "throughput.png exist here as folders" in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["throughput.png"]  # no report.json
+    result = CliRunner().invoke(main, ["validate", str(run), "--set", "max_num_seqs="])
+    assert result.exit_code == 2 and "max_num_seqs: no value given" in result.output
+
+
 @pytest.mark.parametrize("command", ["validate", "import"])
 def test_collectives_choice_is_checked(shared: Path, tmp_path: Path, command: str) -> None:
     if command == "validate":

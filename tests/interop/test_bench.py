@@ -88,6 +88,98 @@ def test_malformed_requests_file(shared: Path, tmp_path: Path) -> None:
         load_bench_run(run_dir)
 
 
+def _edit_request(run_dir: Path, index: int, **values: object) -> None:
+    path = run_dir / "vllm/requests.jsonl"
+    lines = path.read_text().splitlines()
+    record = json.loads(lines[index])
+    record.update(values)
+    lines[index] = json.dumps(record)
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"queued_ts": -1e9}, r"requests span .* but timeseries\.csv covers"),
+        ({"first_token_ts": 1.0}, r":4: 'first_token_ts' \(1\.0\) is before 'scheduled_ts'"),
+        ({"last_token_ts": 0.5}, r":4: 'last_token_ts' \(0\.5\) is before"),
+        ({"output_toks": 0}, r":4: 'output_toks': expected a whole number of at least 1"),
+        ({"input_toks": 12.5}, r":4: 'input_toks': expected a whole number"),
+        ({"queued_ts": float("nan")}, r":4: 'queued_ts': expected a finite number"),
+    ],
+)
+def test_bad_request_timestamps_and_counts_are_refused(
+    shared: Path, tmp_path: Path, values: dict, message: str
+) -> None:
+    """Each of these used to run: a queued_ts of -1e9 for an effectively endless time
+    (the simulation stepped through 10^9 s), the others with wrong figures."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(shared / RUN, run_dir)
+    _edit_request(
+        run_dir, 3 if "queued_ts" not in values or values["queued_ts"] != -1e9 else 0, **values
+    )
+    with pytest.raises(DataFileError, match=message):
+        load_bench_run(run_dir)
+
+
+def test_bad_meta_and_timeseries_are_refused(shared: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(shared / RUN, run_dir)
+    ts = run_dir / "vllm/timeseries.csv"
+    good_ts = ts.read_text()
+    ts.write_text(good_ts.splitlines()[0] + "\n")
+    with pytest.raises(DataFileError, match=r"timeseries\.csv: no data rows"):
+        load_bench_run(run_dir)
+    ts.write_text(good_ts)
+    meta = run_dir / "vllm/meta.json"
+    good = json.loads(meta.read_text())
+    meta.write_text("[]")
+    with pytest.raises(DataFileError, match=r"meta\.json: expected a JSON object, got list"):
+        load_bench_run(run_dir)
+    for key, value, message in (
+        ("tick_seconds", 0, r"tick_seconds: expected a number of seconds above 0, got 0"),
+        ("block_size", "16", r"engine_kwargs\.block_size: expected int, got '16'"),
+    ):
+        data = json.loads(json.dumps(good))
+        if key == "tick_seconds":
+            data[key] = value
+        else:
+            data["engine_kwargs"][key] = value
+        meta.write_text(json.dumps(data))
+        run = load_bench_run(run_dir)
+        with pytest.raises(DataFileError, match=message):
+            run.tick_seconds() if key == "tick_seconds" else bench_setup(run, None)
+
+
+def test_meta_cache_settings_reach_the_scenario(shared: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(shared / RUN, run_dir)
+    meta = run_dir / "vllm/meta.json"
+    data = json.loads(meta.read_text())
+    data["engine_kwargs"].update(block_size=32, enable_prefix_caching=False)
+    data["tick_seconds"] = 0.5
+    meta.write_text(json.dumps(data))
+    setup = bench_setup(load_bench_run(run_dir), None)
+    engine = setup.scenario.engine
+    assert engine.block_size == 32 and engine.enable_prefix_caching is False
+    assert setup.scenario.simulation.sample_interval_s == 0.5
+    assert any("block size 32 (meta.json engine_kwargs.block_size)" in n for n in setup.notes)
+
+
+@pytest.mark.slow
+def test_unfinished_requests_are_left_out_of_both_sides(shared: Path) -> None:
+    rtx4090 = shared / "llmservingsim/current/bench/RTX4090/Llama-3.1-8B"
+    report = validate_run(rtx4090, overrides={"max_model_len": 2000})
+    note = next(n for n in report.notes if "did not finish" in n)
+    assert note.startswith("43 of 300 requests did not finish") and "prompt_too_long" in note
+    run = load_bench_run(rtx4090)
+    lengths = run.requests["input_toks"] + run.requests["output_toks"]
+    kept = run.latencies_ms()["e2e"][lengths <= 2000]
+    assert report.latency["e2e"]["mean"]["vllm"] == pytest.approx(float(np.mean(kept)))
+    with pytest.raises(DataFileError, match=r"no request of 300 finished .*prompt_too_long"):
+        validate_run(rtx4090, overrides={"max_model_len": 10})
+
+
 def test_validate_one_run(shared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LLMSERVE_CACHE", str(tmp_path / "cache"))
     report = validate_run(shared / RUN)
