@@ -31,6 +31,7 @@ several models, and different power figures for one accelerator on different nod
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,12 +133,17 @@ def read_cluster_config(path: str | Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise DataFileError(path, "cluster config not found") from exc
+    except UnicodeDecodeError as exc:
+        raise DataFileError(path, f"not UTF-8 text (byte {exc.start})") from exc
     except json.JSONDecodeError as exc:
         raise DataFileError(
             path, f"invalid JSON: {exc.msg} (column {exc.colno})", line=exc.lineno
         ) from exc
     if not isinstance(data, dict) or not isinstance(data.get("nodes"), list):
         raise DataFileError(path, "not an LLMServingSim cluster config (no 'nodes' list)")
+    problems = type_problems(data)
+    if problems:
+        raise DataFileError(path, "; ".join(problems))
     return data
 
 
@@ -226,6 +232,105 @@ _KNOWN_KEYS: dict[str, frozenset[str]] = {
     "nodes[].cpu_mem": frozenset({"mem_bw", "mem_latency", "mem_size", "pim_config"}),
     "cxl_mem": frozenset({"mem_bw", "mem_latency", "mem_size", "num_devices"}),
 }
+
+
+_WHOLE = ("a whole number of at least 1", lambda v: _is_number(v) and v == int(v) and v >= 1)
+_POSITIVE = ("a number above 0", lambda v: _is_number(v) and v > 0)
+_NONNEGATIVE = ("a number of at least 0", lambda v: _is_number(v) and v >= 0)
+_COUNT = ("a whole number of at least 0", lambda v: _is_number(v) and v == int(v) and v >= 0)
+_LINKS = (
+    "a number of at least 0, or a list of them (intra-, inter-node)",
+    lambda v: (
+        (_is_number(v) and v >= 0)
+        or (isinstance(v, list) and all(_is_number(x) and x >= 0 for x in v))
+    ),
+)
+_FRACTION = ("a fraction above 0 and at most 1", lambda v: _is_number(v) and 0 < v <= 1)
+_TEXT = ("a string", lambda v: isinstance(v, str) and bool(v))
+_FLAG = ("true or false", lambda v: isinstance(v, bool))
+_LABEL = ("a string or an integer", lambda v: isinstance(v, str | int) and not isinstance(v, bool))
+_MAPPING = ("an object", lambda v: isinstance(v, dict))
+_LIST = ("a list", lambda v: isinstance(v, list))
+
+_KEY_TYPES: dict[str, tuple[str, Any]] = {
+    "num_nodes": _WHOLE,
+    "link_bw": _LINKS,
+    "link_latency": _LINKS,
+    "nodes": _LIST,
+    "cxl_mem": _MAPPING,
+    "nodes[].num_instances": _WHOLE,
+    "nodes[].instances": _LIST,
+    "nodes[].cpu_mem": _MAPPING,
+    "nodes[].power": _MAPPING,
+    "nodes[].instances[].model_name": _TEXT,
+    "nodes[].instances[].hardware": _TEXT,
+    "nodes[].instances[].dtype": _TEXT,
+    "nodes[].instances[].kv_cache_dtype": _TEXT,
+    "nodes[].instances[].npu_num": _WHOLE,
+    "nodes[].instances[].npu_group": _WHOLE,
+    "nodes[].instances[].num_npus": _WHOLE,
+    "nodes[].instances[].tp_size": _WHOLE,
+    "nodes[].instances[].pp_size": _WHOLE,
+    "nodes[].instances[].ep_size": _WHOLE,
+    "nodes[].instances[].block_size": _WHOLE,
+    "nodes[].instances[].max_num_batched_tokens": _COUNT,
+    "nodes[].instances[].max_num_seqs": _COUNT,
+    "nodes[].instances[].long_prefill_token_threshold": _NONNEGATIVE,
+    "nodes[].instances[].enable_chunked_prefill": _FLAG,
+    "nodes[].instances[].enable_prefix_caching": _FLAG,
+    "nodes[].instances[].dp_group": _LABEL,
+    "nodes[].instances[].npu_mem": _MAPPING,
+    "nodes[].instances[].npu_mem.mem_size": _POSITIVE,
+    "nodes[].instances[].npu_mem.mem_util": _FRACTION,
+    "nodes[].instances[].npu_mem.mem_bw": _NONNEGATIVE,
+    "nodes[].instances[].npu_mem.mem_latency": _NONNEGATIVE,
+    "nodes[].cpu_mem.mem_size": _POSITIVE,
+    "nodes[].cpu_mem.mem_bw": _NONNEGATIVE,
+    "nodes[].cpu_mem.mem_latency": _NONNEGATIVE,
+    "cxl_mem.mem_size": _POSITIVE,
+    "cxl_mem.mem_bw": _NONNEGATIVE,
+    "cxl_mem.mem_latency": _NONNEGATIVE,
+    "cxl_mem.num_devices": _WHOLE,
+}
+"""What each key of a cluster config must hold (``null`` is left to the reader's
+defaults), as ``(description, check)``."""
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def type_problems(config: dict[str, Any]) -> list[str]:
+    """``dotted.key: expected ..., got ...`` for every value of the wrong type, and for
+    a list item of ``nodes`` / ``instances`` that is not an object, or an instance
+    without ``model_name``."""
+    found: list[str] = []
+
+    def visit(section: dict[str, Any], level: str, where: str) -> None:
+        for key, value in section.items():
+            child = f"{level}.{key}" if level else key
+            rule = _KEY_TYPES.get(child)
+            if value is None or rule is None:
+                continue
+            what, ok = rule
+            if not ok(value):
+                found.append(f"{where}{key}: expected {what}, got {json.dumps(value)}")
+                continue
+            if isinstance(value, list) and f"{child}[]" in _KNOWN_KEYS:
+                for i, item in enumerate(value):
+                    if not isinstance(item, dict):
+                        found.append(
+                            f"{where}{key}[{i}]: expected an object, got {json.dumps(item)}"
+                        )
+                        continue
+                    if child == "nodes[].instances" and item.get("model_name") is None:
+                        found.append(f"{where}{key}[{i}].model_name: missing")
+                    visit(item, f"{child}[]", f"{where}{key}[{i}].")
+            elif isinstance(value, dict) and child in _KNOWN_KEYS:
+                visit(value, child, f"{where}{key}.")
+
+    visit(config, "", "")
+    return found
 
 
 def unknown_keys(config: dict[str, Any]) -> list[str]:
@@ -508,8 +613,11 @@ def convert_cluster(
     workload: dict[str, Any] = {"kind": "trace", "path": str(shown), "format": "llmservingsim"}
     if options.num_reqs is not None:
         workload["num_requests"] = options.num_reqs
-        with dataset_path.open(encoding="utf-8") as handle:
-            available = sum(1 for line in handle if line.strip())
+        try:
+            with dataset_path.open(encoding="utf-8") as handle:
+                available = sum(1 for line in handle if line.strip())
+        except UnicodeDecodeError as exc:
+            raise DataFileError(dataset_path, f"not UTF-8 text (byte {exc.start})") from exc
         if options.num_reqs > available:
             out.notes.append(
                 f"--num-reqs {options.num_reqs}: the trace has {available} requests; "

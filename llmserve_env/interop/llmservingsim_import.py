@@ -195,8 +195,15 @@ def import_llmservingsim_setup(
         ScenarioError: when the resulting scenario does not validate.
         ValueError: an unknown ``collectives`` choice.
     """
+    from llmserve_env.build import SimulationFactory
+
     out_path = Path(output)
     out_dir = out_path.parent
+    for above in (out_dir, *out_dir.parents):
+        if above.exists():
+            if not above.is_dir():
+                raise DataFileError(above, "is a file, not a folder (the output's folder)")
+            break
     dataset = Path(dataset)
     if not dataset.is_file():
         raise DataFileError(dataset, "trace file not found")
@@ -227,10 +234,15 @@ def import_llmservingsim_setup(
             uses.append((group, staged[folder]))
         data = converted.scenario
         try:
-            validate_scenario(data, source=f"{out_path} (as imported)", base_dir=out_dir)
+            scenario = validate_scenario(data, source=f"{out_path} (as imported)", base_dir=out_dir)
+            # What a run would refuse (a tp the model cannot be split over, a trace
+            # with no requests) is refused now, not at `llmserve run`.
+            factory = SimulationFactory(scenario)
+            factory.workload(scenario.seed)
         except ScenarioError as exc:
             raise ScenarioError(
-                [(_with_flag(where), msg) for where, msg in exc.problems], exc.source
+                [(_with_flag(where), msg) for where, msg in exc.problems],
+                exc.source or f"{out_path} (as imported)",
             ) from None
         for group, rel in uses:
             group["perf"] = os.path.relpath(out_dir / "profiles" / rel, out_dir)

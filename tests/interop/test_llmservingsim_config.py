@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from llmserve_env.build import build_simulation, load_scenario
-from llmserve_env.config.errors import DataFileError
+from llmserve_env.config.errors import DataFileError, ScenarioError
 from llmserve_env.interop.llmservingsim_config import (
     ImportOptions,
     UnsupportedFeatureError,
@@ -321,3 +321,65 @@ def test_unlike_ranks_and_a_mismatched_ep_size_are_refused(shared: Path, tmp_pat
     text = str(info.value)
     assert "unlike ranks (hardware differ) (config key nodes[0].instances[1].dp_group)" in text
     assert "ep_size 4 over the 2 ranks of data-parallel group 'A'" in text
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"tp_size": "2"},
+            r"instances\[0\]\.tp_size: expected a whole number of at least 1, got \"2\"",
+        ),
+        (
+            {"tp_size": True},
+            r"instances\[0\]\.tp_size: expected a whole number of at least 1, got true",
+        ),
+        (
+            {"num_npus": 1.7},
+            r"instances\[0\]\.num_npus: expected a whole number of at least 1, got 1\.7",
+        ),
+        ({"npu_mem": 40}, r"instances\[0\]\.npu_mem: expected an object, got 40"),
+        ({"npu_mem": {"mem_size": 96, "mem_util": 5}}, r"npu_mem\.mem_util: expected a fraction"),
+        (
+            {"max_num_seqs": "lots"},
+            r"instances\[0\]\.max_num_seqs: expected a whole number of at least 0",
+        ),
+        ({"model_name": None}, r"instances\[0\]\.model_name: missing"),
+    ],
+)
+def test_wrong_value_types_name_the_key(
+    shared: Path, tmp_path: Path, changes: dict, message: str
+) -> None:
+    """Each was a Python traceback, a silently truncated value or a misleading message."""
+    with pytest.raises(DataFileError, match=message):
+        convert_cluster(_single(shared, tmp_path, **changes), shared / TRACE, ImportOptions())
+
+
+def test_items_that_are_not_objects_are_named(shared: Path, tmp_path: Path) -> None:
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"nodes": ["x"], "num_nodes": "2"}))
+    with pytest.raises(
+        DataFileError,
+        match=r"nodes\[0\]: expected an object, got \"x\"; "
+        r"num_nodes: expected a whole number of at least 1, got \"2\"",
+    ):
+        convert_cluster(path, shared / TRACE, ImportOptions())
+
+
+def test_what_a_run_would_refuse_is_refused_at_import(shared: Path, tmp_path: Path) -> None:
+    """A tp the model cannot be split over and an empty trace used to import (exit 0)
+    and fail at `llmserve run`."""
+    out = tmp_path / "out" / "s.yaml"
+    path = _single(shared, tmp_path, tp_size=5, num_npus=5)
+    with pytest.raises(ScenarioError, match=r"tp: .*not divisible by tp 5"):
+        import_llmservingsim_setup(path, shared / TRACE, out, ImportOptions())
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(DataFileError, match=r"empty\.jsonl"):
+        import_llmservingsim_setup(_single(shared, tmp_path), empty, out, ImportOptions())
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(DataFileError, match=r"afile: is a file, not a folder"):
+        import_llmservingsim_setup(
+            _single(shared, tmp_path), shared / TRACE, tmp_path / "afile/s.yaml", ImportOptions()
+        )
