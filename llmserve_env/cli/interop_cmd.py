@@ -47,7 +47,9 @@ def import_group() -> None:
     help="LLMServingSim profile root (perf/ or perf_models/); converted next to the "
     "scenario. Without it every instance uses perf: auto.",
 )
-@click.option("--num-reqs", type=int, default=None, help="Use the first N requests.")
+@click.option(
+    "--num-reqs", type=click.IntRange(min=1), default=None, help="Use the first N requests."
+)
 @click.option("--enable-prefix-caching", is_flag=True, help="Turn prefix caching on.")
 @click.option(
     "--prefix-storage",
@@ -152,9 +154,13 @@ def _report_table(report: Any) -> Table:
     table.add_row(
         "output tokens", "", _num(t["output_tokens_vllm"]), _num(t["output_tokens_sim"]), ""
     )
-    table.add_row("per-second output throughput", "MAPE", "", "", f"{tp['mape_pct']:.1f} %")
-    table.add_row("", "MAPE, bins >= 10 % of peak", "", "", f"{tp['mape_steady_pct']:.1f} %")
-    table.add_row("", "WAPE", "", "", f"{tp['wape_pct']:.1f} %")
+
+    def share(value: float) -> str:  # a MAPE of no bins (vLLM's series all zero) is "-"
+        return f"{value:.1f} %" if math.isfinite(value) else "-"
+
+    table.add_row("per-second output throughput", "MAPE", "", "", share(tp["mape_pct"]))
+    table.add_row("", "MAPE, bins >= 10 % of peak", "", "", share(tp["mape_steady_pct"]))
+    table.add_row("", "WAPE", "", "", share(tp["wape_pct"]))
     return table
 
 

@@ -144,7 +144,7 @@ class BenchRun:
 
     @property
     def engine_kwargs(self) -> dict[str, Any]:
-        """vLLM engine arguments of the run."""
+        """vLLM engine arguments of the run (checked by :func:`load_bench_run`)."""
         kwargs = self.meta.get("engine_kwargs") or {}
         return kwargs if isinstance(kwargs, dict) else {}
 
@@ -247,8 +247,14 @@ class BenchRun:
         )
         for where, section in places:
             value = section.get("num_gpu_blocks") if isinstance(section, dict) else None
-            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                return value, f"meta.json {where}.num_gpu_blocks"
+            if value is None:
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise DataFileError(
+                    self.path / "vllm" / "meta.json",
+                    f"{where}.num_gpu_blocks: expected a whole number of at least 1, got {value!r}",
+                )
+            return value, f"meta.json {where}.num_gpu_blocks"
         return None, "meta.json records no num_gpu_blocks"
 
     def cudagraph_capture_sizes(self) -> tuple[str | list[int] | None, str]:
@@ -372,6 +378,9 @@ def load_bench_run(path: str | Path, dataset: str | Path | None = None) -> Bench
         raise DataFileError(meta_path, f"invalid JSON: {exc.msg}", line=exc.lineno) from exc
     if not isinstance(meta, dict):
         raise DataFileError(meta_path, f"expected a JSON object, got {type(meta).__name__}")
+    for key in ("engine_kwargs", "resolved_config", "kv_cache"):
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            raise DataFileError(meta_path, f"{key}: expected an object, got {meta[key]!r}")
     requests: dict[str, list[float]] = {k: [] for k in _REQUEST_KEYS}
     req_path = vllm_dir / "requests.jsonl"
     try:
@@ -526,6 +535,29 @@ def _bench_profile(
     return target
 
 
+def _check_run_matches_config(run: BenchRun, converted: Any) -> None:
+    """The model and tensor-parallel size vLLM ran with (``meta.json``) are those of
+    ``config.json``'s instances, or the comparison means nothing.
+
+    Raises:
+        DataFileError: at ``meta.json``, naming both values.
+    """
+    meta_path = run.path / "vllm" / "meta.json"
+    ran = run.engine_kwargs.get("model") or run.meta.get("model")
+    tp = run.engine_kwargs.get("tensor_parallel_size")
+    for key, arch, _, group_tp, _, _ in converted.instances:
+        if isinstance(ran, str) and ran.lower() != arch.name.lower():
+            raise DataFileError(
+                meta_path, f"vLLM ran model {ran!r}, but config.json {key} has {arch.name!r}"
+            )
+        if tp is not None and tp != group_tp:
+            raise DataFileError(
+                meta_path,
+                f"engine_kwargs.tensor_parallel_size is {tp!r}, but config.json {key} has "
+                f"tp {group_tp}",
+            )
+
+
 def bench_setup(
     run: BenchRun,
     profiles: str | Path | None,
@@ -577,6 +609,7 @@ def bench_setup(
         allow_unsupported=allow_unsupported,
     )
     converted = convert_cluster(run.config_path, dataset, options)
+    _check_run_matches_config(run, converted)
     notes = list(converted.notes)
     notes.append(
         f"block size {block_size} ({block_source}); prefix caching "
@@ -642,8 +675,10 @@ def bench_setup(
 def _override_problem(where: str, msg: str, overrides: dict[str, Any]) -> tuple[str, str]:
     """A validation problem, located at ``--set KEY`` when an override caused it."""
     for key in overrides:
-        if where.endswith(f"engine.{key}"):
-            return f"--set {key}", msg
+        # the key itself, or a branch of its type (``engine.KEY.tuple``)
+        match = re.search(rf"engine\.{re.escape(key)}(\.(.+))?$", where)
+        if match:
+            return f"--set {key}", msg if match[2] is None else f"{match[2]}: {msg}"
     return where, msg
 
 

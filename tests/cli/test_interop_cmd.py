@@ -107,6 +107,12 @@ def test_validate_blames_a_bad_override_on_the_flag(shared: Path) -> None:
     assert result.exit_code == 2
     assert "--set gpu_memory_utilization: Input should be less than or equal to 1" in result.output
     assert "config.json: cluster" not in result.output
+    # a key whose type is a union: each branch's problem is still the flag's
+    result = CliRunner().invoke(
+        main, ["validate", str(run), "--set", "cudagraph_capture_sizes=abc"]
+    )
+    assert result.exit_code == 2 and "config.json: cluster" not in result.output
+    assert "--set cudagraph_capture_sizes: literal['auto']: invalid value 'abc'" in result.output
 
 
 def test_validate_json_and_plots(shared: Path, tmp_path: Path) -> None:

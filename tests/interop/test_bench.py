@@ -151,6 +151,34 @@ def test_bad_meta_and_timeseries_are_refused(shared: Path, tmp_path: Path) -> No
             run.tick_seconds() if key == "tick_seconds" else bench_setup(run, None)
 
 
+def test_meta_that_contradicts_the_config_is_refused(shared: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(shared / RUN, run_dir)
+    meta = run_dir / "vllm/meta.json"
+    good = json.loads(meta.read_text())
+    cases = (
+        ({"engine_kwargs": "abc"}, r"meta\.json: engine_kwargs: expected an object, got 'abc'"),
+        (
+            {"kv_cache": {"num_gpu_blocks": -5}},
+            r"kv_cache\.num_gpu_blocks: expected a whole number",
+        ),
+        (
+            {"engine_kwargs": {**good["engine_kwargs"], "tensor_parallel_size": 2}},
+            r"tensor_parallel_size is 2, but config\.json .* has tp 1",
+        ),
+        (
+            {"engine_kwargs": {**good["engine_kwargs"], "model": "foo/bar"}},
+            r"vLLM ran model 'foo/bar', but config\.json .* has 'meta-llama/Llama-3\.1-8B'",
+        ),
+    )
+    for change, message in cases:
+        meta.write_text(json.dumps({**good, **change}))
+        with pytest.raises(DataFileError, match=message):
+            run = load_bench_run(run_dir)
+            run.num_gpu_blocks()
+            bench_setup(run, None)
+
+
 def test_meta_cache_settings_reach_the_scenario(shared: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     shutil.copytree(shared / RUN, run_dir)
@@ -341,6 +369,5 @@ def test_kv_cache_has_the_blocks_vllm_recorded(shared: Path) -> None:
 
     assert meta(kv_cache={"num_gpu_blocks": 100}).num_gpu_blocks()[0] == 100
     assert meta(kv_cache={"num_gpu_blocks": None}).num_gpu_blocks()[0] is None
-    assert (
-        meta(resolved_config={"cache_config": {"num_gpu_blocks": True}}).num_gpu_blocks()[0] is None
-    )
+    with pytest.raises(DataFileError, match=r"cache_config\.num_gpu_blocks: expected a whole"):
+        meta(resolved_config={"cache_config": {"num_gpu_blocks": True}}).num_gpu_blocks()

@@ -170,8 +170,9 @@ def _attention(tp_dir: Path) -> AttentionPoints:
     kps = _subset(sorted({k for k, _ in prefill}), ctx_keep)
     nds = _subset(sorted({n for n, _ in decode}), [2**i for i in range(12)])
     kds = _subset(sorted({k for _, k in decode if k > 0}), [64 * 2**i for i in range(16)])
-    if not (pcs and kps and nds and kds):
-        raise DataFileError(pre_path, "the prediction grids hold none of the expected points")
+    for path, axes in ((pre_path, (pcs, kps)), (dec_path, (nds, kds))):
+        if not all(axes):
+            raise DataFileError(path, "the prediction grid holds none of the expected points")
     rows: list[tuple[int, int, int, int, float]] = []
     for pc in pcs:
         for kp in kps:
