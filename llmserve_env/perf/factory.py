@@ -38,6 +38,7 @@ from llmserve_env.perf.model_arch import ModelArch
 from llmserve_env.perf.profile_format import (
     Profile,
     ProfileMeta,
+    check_written,
     collective_of,
     is_profile_folder,
     profile_digest,
@@ -134,6 +135,7 @@ def load_profile_tables(
         converted = result.profile
 
         def build() -> Profile:
+            check_written(converted, folder, "converts to an invalid profile")
             return _with_collectives(converted, device)
 
     elif llmservingsim_paper.is_tp_folder(folder):
@@ -143,6 +145,7 @@ def load_profile_tables(
         converted_paper = paper.profile
 
         def build() -> Profile:
+            check_written(converted_paper, folder, "converts to an invalid profile")
             return _with_collectives(converted_paper, device)
 
     else:

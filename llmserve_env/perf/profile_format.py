@@ -764,7 +764,11 @@ def _write_files(profile: Profile, folder: Path) -> None:
         )
 
 
-def check_written(profile: Profile, where: str | Path = "profile") -> None:
+def check_written(
+    profile: Profile,
+    where: str | Path = "profile",
+    problem: str = "not a valid profile, nothing written",
+) -> None:
     """Write ``profile`` to a scratch folder, read it back and compile it, so that a
     profile this package would refuse to load is refused before it is written.
 
@@ -783,7 +787,7 @@ def check_written(profile: Profile, where: str | Path = "profile") -> None:
                 compile_profile(written)
         except (DataFileError, ValueError) as exc:
             message = str(exc).replace(f"{folder}/", "").replace(str(folder), "the profile")
-            raise DataFileError(where, f"not a valid profile, nothing written: {message}") from exc
+            raise DataFileError(where, f"{problem}: {message}") from exc
 
 
 def write_profile(profile: Profile, path: str | Path) -> Path:

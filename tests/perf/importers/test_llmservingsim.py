@@ -305,3 +305,24 @@ def test_bad_meta_values_are_errors_not_tracebacks(skew_copy: Path) -> None:
     meta.write_text(yaml.safe_dump(data))
     with pytest.raises(DataFileError, match=r"dtype 'int4' is not one of bf16, fp16, fp8, fp32"):
         read_tp_folder(skew_copy)
+
+
+def test_a_foreign_folder_used_as_perf_is_checked_like_a_written_one(
+    copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`perf:` converts LLMServingSim folders in memory; a prefill-only attention table
+    used to load and crash the first decode (IndexError)."""
+    from llmserve_env.perf.factory import load_profile_tables
+    from llmserve_env.perf.hardware import resolve_device
+    from llmserve_env.perf.model_arch import load_model_arch
+
+    monkeypatch.setenv("LLMSERVE_CACHE", str(tmp_path / "cache"))
+    lines = (copy / "attention.csv").read_text().splitlines()
+    n_decode = lines[0].split(",").index("n_decode")
+    kept = [lines[0], *(r for r in lines[1:] if r.split(",")[n_decode] == "0")]
+    (copy / "attention.csv").write_text("\n".join(kept) + "\n")
+    arch = load_model_arch("meta-llama/Llama-3.1-8B")
+    with pytest.raises(
+        DataFileError, match=r"tp1: converts to an invalid profile: attention\.csv: needs"
+    ):
+        load_profile_tables(copy, arch, resolve_device("RTX 4090"), 1, "bf16")
