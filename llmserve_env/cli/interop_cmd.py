@@ -179,7 +179,9 @@ def _write_report(report: Any, data: dict[str, Any], output: Path) -> list[Path]
         staged = [staging / "report.json", *write_plots(report, staging)]
         blocked = [p.name for p in staged if (output / p.name).is_dir()]
         if blocked:
-            raise DataFileError(output, f"{', '.join(blocked)} exist here as folders")
+            raise DataFileError(
+                output, f"{', '.join(blocked)}: a folder of that name is in the way"
+            )
         return [p.replace(output / p.name) for p in staged]
     finally:
         shutil.rmtree(staging, ignore_errors=True)

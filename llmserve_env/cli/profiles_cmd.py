@@ -53,10 +53,11 @@ def import_profiles(
     from llmserve_env.perf.importers.common import flat_curve_warnings
     from llmserve_env.perf.profile_format import check_written, write_profile
 
-    source = src.resolve()
-    if dest.resolve() == source or source in dest.resolve().parents:
+    source, target = src.resolve(), dest.resolve()
+    if target == source or source in target.parents or target in source.parents:
+        where = "contains" if target in source.parents else "is inside"
         raise click.BadParameter(
-            f"{dest} is inside the source {src}; write the import elsewhere",
+            f"{dest} {where} the source {src}; write the import elsewhere",
             param_hint="--output",
         )
     match kind:

@@ -364,7 +364,7 @@ def load_bench_run(path: str | Path, dataset: str | Path | None = None) -> Bench
     Raises:
         DataFileError: missing or malformed files (file and line named).
     """
-    run_dir = Path(path)
+    run_dir = Path(path).resolve()  # its parents lead to the trace and perf/
     config_path = run_dir / "config.json"
     vllm_dir = run_dir / "vllm"
     if not config_path.is_file():
@@ -543,13 +543,22 @@ def _check_run_matches_config(run: BenchRun, converted: Any) -> None:
         DataFileError: at ``meta.json``, naming both values.
     """
     meta_path = run.path / "vllm" / "meta.json"
-    ran = run.engine_kwargs.get("model") or run.meta.get("model")
+    models = {
+        where: value
+        for where, value in (
+            ("engine_kwargs.model", run.engine_kwargs.get("model")),
+            ("model", run.meta.get("model")),
+        )
+        if value is not None
+    }
     tp = run.engine_kwargs.get("tensor_parallel_size")
     for key, arch, _, group_tp, _, _ in converted.instances:
-        if isinstance(ran, str) and ran.lower() != arch.name.lower():
-            raise DataFileError(
-                meta_path, f"vLLM ran model {ran!r}, but config.json {key} has {arch.name!r}"
-            )
+        for where, ran in models.items():
+            if str(ran).lower() != arch.name.lower():
+                raise DataFileError(
+                    meta_path,
+                    f"{where}: vLLM ran model {ran!r}, but config.json {key} has {arch.name!r}",
+                )
         if tp is not None and tp != group_tp:
             raise DataFileError(
                 meta_path,
@@ -911,7 +920,7 @@ def compare(
 
 def find_profiles_root(run_dir: Path) -> Path | None:
     """LLMServingSim's ``perf/`` folder next to ``bench/`` (the repository layout), if any."""
-    for parent in run_dir.parents:
+    for parent in run_dir.resolve().parents:
         if (parent / "perf").is_dir() and (parent / "bench").is_dir():
             return parent / "perf"
     return None

@@ -241,7 +241,7 @@ def import_llmservingsim_setup(
             factory.workload(scenario.seed)
         except ScenarioError as exc:
             raise ScenarioError(
-                [(_with_flag(where), msg) for where, msg in exc.problems],
+                [(_with_flag(where, options), msg) for where, msg in exc.problems],
                 exc.source or f"{out_path} (as imported)",
             ) from None
         for group, rel in uses:
@@ -281,10 +281,12 @@ _FLAGS = {
 }
 
 
-def _with_flag(where: str) -> str:
-    """A problem's location, with the flag it came from when an engine knob did."""
+def _with_flag(where: str, options: ImportOptions) -> str:
+    """A problem's location, with the flag it came from when an engine knob set by a
+    flag did (a value from the config itself keeps its location alone)."""
     key = where.rsplit(": ", 1)[-1].rsplit(".", 1)[-1]
-    return f"{where} (from {_FLAGS[key]})" if key in _FLAGS and "engine." in where else where
+    flagged = key in _FLAGS and "engine." in where and getattr(options, key) is not None
+    return f"{where} (from {_FLAGS[key]})" if flagged else where
 
 
 def _first_missing(folder: Path) -> Path | None:

@@ -200,6 +200,12 @@ def arch_from_hf_config(cfg: dict[str, Any], name: str, path: Path) -> ModelArch
         cfg, path, "num_local_experts", "num_experts", "n_routed_experts", default=0, least=0
     )
     experts_per_token = _int(cfg, path, "num_experts_per_tok", "moe_top_k", default=0, least=0)
+    if num_experts and not any(
+        cfg.get(k) is not None for k in ("num_experts_per_tok", "moe_top_k")
+    ):
+        raise DataFileError(
+            path, f"num_experts_per_tok: missing (the model has {num_experts} experts)"
+        )
     if num_experts and not 1 <= experts_per_token <= num_experts:
         raise DataFileError(
             path,

@@ -371,3 +371,16 @@ def test_kv_cache_has_the_blocks_vllm_recorded(shared: Path) -> None:
     assert meta(kv_cache={"num_gpu_blocks": None}).num_gpu_blocks()[0] is None
     with pytest.raises(DataFileError, match=r"cache_config\.num_gpu_blocks: expected a whole"):
         meta(resolved_config={"cache_config": {"num_gpu_blocks": True}}).num_gpu_blocks()
+
+
+def test_a_relative_run_folder_finds_its_trace_and_profiles(
+    shared: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`llmserve validate .` from inside the run used to miss perf/ and the trace (the
+    parents of a relative path stop at '.'), and fell back to perf: auto silently."""
+    from llmserve_env.interop.bench import find_profiles_root
+
+    monkeypatch.chdir(shared / RUN)
+    run = load_bench_run(".")
+    assert run.dataset is not None
+    assert find_profiles_root(Path(".")) == shared / "llmservingsim/current/perf"

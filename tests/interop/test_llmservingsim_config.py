@@ -383,3 +383,17 @@ def test_what_a_run_would_refuse_is_refused_at_import(shared: Path, tmp_path: Pa
         import_llmservingsim_setup(
             _single(shared, tmp_path), shared / TRACE, tmp_path / "afile/s.yaml", ImportOptions()
         )
+
+
+def test_a_config_value_is_not_blamed_on_a_flag(shared: Path, tmp_path: Path) -> None:
+    path = _single(shared, tmp_path, max_num_seqs=0)
+    with pytest.raises(ScenarioError) as caught:
+        import_llmservingsim_setup(path, shared / TRACE, tmp_path / "s.yaml", ImportOptions())
+    assert "max_num_seqs" in str(caught.value) and "--max-num-seqs" not in str(caught.value)
+    with pytest.raises(ScenarioError, match=r"max_num_seqs \(from --max-num-seqs\)"):
+        import_llmservingsim_setup(
+            _single(shared, tmp_path),
+            shared / TRACE,
+            tmp_path / "s.yaml",
+            ImportOptions(max_num_seqs=0),
+        )

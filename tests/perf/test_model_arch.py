@@ -33,7 +33,11 @@ def test_every_catalog_model_loads() -> None:
         ({"intermediate_size": 0}, r"intermediate_size: must be at least 1"),
         ({"num_key_value_heads": 3}, r"num_key_value_heads \(3\) must divide"),
         ({"head_dim": 7}, r"head_dim \(7\) must be even"),
-        ({"num_local_experts": 4}, r"num_experts_per_tok must be between 1 and the 4 experts"),
+        ({"num_local_experts": 4}, r"num_experts_per_tok: missing \(the model has 4 experts\)"),
+        (
+            {"num_local_experts": 4, "num_experts_per_tok": 5},
+            r"num_experts_per_tok must be between 1 and the 4 experts, got 5",
+        ),
         ({"architectures": "LlamaForCausalLM"}, r"architectures: expected a list"),
         ({"vocab_size": None}, r"model config lacks vocab_size$"),
     ],
