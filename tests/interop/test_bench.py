@@ -383,4 +383,4 @@ def test_a_relative_run_folder_finds_its_trace_and_profiles(
     monkeypatch.chdir(shared / RUN)
     run = load_bench_run(".")
     assert run.dataset is not None
-    assert find_profiles_root(Path(".")) == shared / "llmservingsim/current/perf"
+    assert find_profiles_root(Path(".")) == (shared / "llmservingsim/current/perf").resolve()
