@@ -55,6 +55,7 @@ from llmserve_env.perf.compiled import cache_dir
 from llmserve_env.perf.csv_table import read_csv_columns
 from llmserve_env.perf.importers import llmservingsim, llmservingsim_paper
 from llmserve_env.perf.importers.common import files_digest
+from llmserve_env.perf.model_arch import load_model_arch
 from llmserve_env.perf.profile_format import write_profile
 from llmserve_env.sim.request import TokenContent
 from llmserve_env.sim.workload.base import WorkloadData
@@ -87,6 +88,20 @@ _REQUEST_KEYS = (
     "first_token_ts",
     "last_token_ts",
 )
+
+
+def _max_model_len(meta: dict[str, Any]) -> tuple[int | None, str]:
+    """The longest sequence the run could serve and what says so: ``max_model_len`` of
+    the engine arguments, else the catalog model's context length, else ``None``."""
+    kwargs = meta.get("engine_kwargs") or {}
+    value = kwargs.get("max_model_len")
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value, "meta.json engine_kwargs.max_model_len"
+    try:
+        arch = load_model_arch(str(kwargs.get("model") or meta.get("model")))
+    except (KeyError, DataFileError):
+        return None, ""
+    return arch.max_position_embeddings, f"{arch.name}'s max_position_embeddings"
 
 
 def _request_values(record: dict[str, Any], path: Path, line: int) -> dict[str, float]:
@@ -383,6 +398,7 @@ def load_bench_run(path: str | Path, dataset: str | Path | None = None) -> Bench
             raise DataFileError(meta_path, f"{key}: expected an object, got {meta[key]!r}")
     requests: dict[str, list[float]] = {k: [] for k in _REQUEST_KEYS}
     req_path = vllm_dir / "requests.jsonl"
+    max_len, max_len_source = _max_model_len(meta)
     try:
         lines = req_path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError as exc:
@@ -398,7 +414,16 @@ def load_bench_run(path: str | Path, dataset: str | Path | None = None) -> Bench
             raise DataFileError(
                 req_path, f"expected a JSON object, got {type(record).__name__}", line=line_no
             )
-        for key, number in _request_values(record, req_path, line_no).items():
+        values = _request_values(record, req_path, line_no)
+        if max_len is not None and values["input_toks"] + values["output_toks"] > max_len:
+            raise DataFileError(
+                req_path,
+                f"{int(values['input_toks'])} input + {int(values['output_toks'])} output tokens "
+                f"exceed the run's max_model_len {max_len} ({max_len_source}): vLLM cannot "
+                "have served this request",
+                line=line_no,
+            )
+        for key, number in values.items():
             requests[key].append(number)
     if not requests["queued_ts"]:
         raise DataFileError(req_path, "no requests")

@@ -106,6 +106,10 @@ def _edit_request(run_dir: Path, index: int, **values: object) -> None:
         ({"output_toks": 0}, r":4: 'output_toks': expected a whole number of at least 1"),
         ({"input_toks": 12.5}, r":4: 'input_toks': expected a whole number"),
         ({"queued_ts": float("nan")}, r":4: 'queued_ts': expected a finite number"),
+        (
+            {"output_toks": 10**12},
+            r":4: \d+ input \+ 1000000000000 output tokens exceed the run's max_model_len 131072 \(meta-llama/Llama-3\.1-8B's max_position_embeddings\)",
+        ),
     ],
 )
 def test_bad_request_timestamps_and_counts_are_refused(
