@@ -194,21 +194,27 @@ class BenchRun:
     def cache_setting(self, key: str, kind: type, default: Any) -> tuple[Any, str]:
         """A cache setting of this run (``block_size``, ``enable_prefix_caching``,
         ``gpu_memory_utilization``) and what says so: vLLM's resolved cache config, else
-        the engine argument, else ``default`` (vLLM's).
+        the engine argument, else the ``kv_cache`` record, else ``default`` (vLLM's).
 
         Raises:
-            DataFileError: a recorded value of the wrong type, naming its key.
+            DataFileError: a recorded value of the wrong type, or two places that record
+                different values, naming the keys.
         """
         resolved = self.meta.get("resolved_config")
         cache = resolved.get("cache_config") if isinstance(resolved, dict) else None
+        kv_cache = self.meta.get("kv_cache")
         sources = (
             (cache if isinstance(cache, dict) else {}, "resolved_config.cache_config"),
             (self.engine_kwargs, "engine_kwargs"),
+            (kv_cache if isinstance(kv_cache, dict) else {}, "kv_cache"),
         )
-        for section, where in sources:
-            value = section.get(key)
-            if value is None:
-                continue
+        found = [
+            (where, section[key]) for section, where in sources if section.get(key) is not None
+        ]
+        if len({json.dumps(v) for _, v in found}) > 1:
+            shown = ", ".join(f"{where}.{key} = {v!r}" for where, v in found)
+            raise DataFileError(self.path / "vllm" / "meta.json", f"contradicts itself: {shown}")
+        for where, value in found:
             ok = (
                 isinstance(value, bool)
                 if kind is bool

@@ -183,6 +183,19 @@ def test_meta_that_contradicts_the_config_is_refused(shared: Path, tmp_path: Pat
             bench_setup(run, None)
 
 
+def test_meta_that_records_two_block_sizes_is_refused(shared: Path) -> None:
+    run = load_bench_run(shared / "llmservingsim/current/bench/RTX4090/Llama-3.1-8B")
+    assert run.cache_setting("block_size", int, 16)[0] == 16
+    meta = json.loads(json.dumps(run.meta))
+    meta.setdefault("kv_cache", {})["block_size"] = 32
+    with pytest.raises(
+        DataFileError,
+        match=r"contradicts itself: resolved_config\.cache_config\.block_size = 16, "
+        r"kv_cache\.block_size = 32",
+    ):
+        dataclasses.replace(run, meta=meta).cache_setting("block_size", int, 16)
+
+
 def test_meta_cache_settings_reach_the_scenario(shared: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     shutil.copytree(shared / RUN, run_dir)
