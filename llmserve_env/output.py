@@ -97,3 +97,13 @@ def write_json_atomic(path: Path, data: Mapping[str, Any]) -> Path:
         raise
     os.replace(tmp, path)
     return path
+
+
+def file_in_the_way(folder: Path) -> Path | None:
+    """The file that stops ``folder`` from being a folder: ``folder`` itself or the
+    nearest existing one above it, when that is not a folder (``None`` when nothing is
+    in the way). Commands check this before their work, not when they write."""
+    for above in (folder, *folder.parents):
+        if above.exists():
+            return None if above.is_dir() else above
+    return None

@@ -292,6 +292,7 @@ def validate(
 ) -> None:
     """Simulate a real vLLM run (LLMServingSim bench layout) and report the error."""
     from llmserve_env.interop.bench import validate_run
+    from llmserve_env.output import file_in_the_way
 
     engine: dict[str, Any] = {}
     for item in overrides:
@@ -301,12 +302,9 @@ def validate(
         if not value.strip():
             raise click.BadParameter(f"{key.strip()}: no value given", param_hint="--set")
         engine[key.strip()] = yaml.safe_load(value)
-    if output is not None:  # refuse before simulating, not after
-        for above in (output, *output.parents):
-            if above.exists():
-                if not above.is_dir():
-                    raise click.BadParameter(f"{above} is a file, not a folder", param_hint="-o")
-                break
+    # refuse before simulating, not after
+    if output is not None and (blocker := file_in_the_way(output)) is not None:
+        raise click.BadParameter(f"{blocker} is a file, not a folder", param_hint="-o")
     report = validate_run(
         run_dir,
         profiles=profiles,

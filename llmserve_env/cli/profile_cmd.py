@@ -131,6 +131,7 @@ def profile(
     (every layer, residuals, KV writes) and reports how far the profile's prediction
     for each batch is from them.
     """
+    from llmserve_env.output import file_in_the_way
     from llmserve_env.perf.hardware import device_catalog
     from llmserve_env.perf.model_arch import load_model_arch
     from llmserve_env.perf.profile_format import write_profile
@@ -151,11 +152,8 @@ def profile(
         arch = load_model_arch(model)
     except KeyError as exc:
         raise click.BadParameter(str(exc.args[0]), param_hint="MODEL") from exc
-    for above in (output, *output.parents):  # refuse before profiling, not after
-        if above.exists():
-            if not above.is_dir():
-                raise click.BadParameter(f"{above} is a file, not a folder", param_hint="--output")
-            break
+    if (blocker := file_in_the_way(output)) is not None:  # refuse before profiling
+        raise click.BadParameter(f"{blocker} is a file, not a folder", param_hint="--output")
     grid = (ProfileGrid.quick() if quick else ProfileGrid()).bounded(max_tokens, max_context)
     if kept := grid.above(max_tokens, max_context):
         click.echo(

@@ -20,6 +20,7 @@ from llmserve_env.interop.llmservingsim_config import (
     ImportOptions,
     convert_cluster,
 )
+from llmserve_env.output import file_in_the_way
 from llmserve_env.perf.aiconfig import (
     aiconfigurator_system,
     aiconfigurator_version,
@@ -199,11 +200,8 @@ def import_llmservingsim_setup(
 
     out_path = Path(output)
     out_dir = out_path.parent
-    for above in (out_dir, *out_dir.parents):
-        if above.exists():
-            if not above.is_dir():
-                raise DataFileError(above, "is a file, not a folder (the output's folder)")
-            break
+    if (blocker := file_in_the_way(out_dir)) is not None:
+        raise DataFileError(blocker, "is a file, not a folder (the output's folder)")
     dataset = Path(dataset)
     if not dataset.is_file():
         raise DataFileError(dataset, "trace file not found")
