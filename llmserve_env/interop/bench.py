@@ -435,10 +435,10 @@ def load_bench_run(path: str | Path, dataset: str | Path | None = None) -> Bench
         raise DataFileError(req_path, "no requests")
     ts_path = vllm_dir / "timeseries.csv"
     ts = read_csv_columns(
-        ts_path, numeric=("t", "prompt_throughput", "gen_throughput", "running", "waiting")
+        ts_path,
+        numeric=("t", "prompt_throughput", "gen_throughput", "running", "waiting"),
+        require_rows=True,
     )
-    if not len(ts.lines):
-        raise DataFileError(ts_path, "no data rows (only the header)")
     span = max(requests["last_token_ts"]) - min(requests["queued_ts"])
     covered = float(ts.numbers["t"].max())
     if span > 2.0 * covered + 60.0:

@@ -64,6 +64,8 @@ def read_csv_columns(
     optional: Sequence[str] = (),
     nonnegative: bool = True,
     integer: Sequence[str] = (),
+    at_least_one: Sequence[str] = (),
+    require_rows: bool = False,
 ) -> CsvColumns:
     """Read the named columns of a CSV file with a header row.
 
@@ -75,6 +77,8 @@ def read_csv_columns(
             (then absent from the result).
         nonnegative: Reject negative numbers.
         integer: Numeric columns whose values must be whole numbers.
+        at_least_one: Numeric columns whose values must be at least 1 (counts).
+        require_rows: Refuse a file with a header and no data rows.
 
     Returns:
         The columns; other columns of the file are ignored.
@@ -101,6 +105,7 @@ def read_csv_columns(
     num_cols = [c for c in numeric if c in index]
     text_cols = [c for c in text if c in index]
     whole = set(integer)
+    counts = set(at_least_one)
     lines: list[int] = []
     nums: dict[str, list[float]] = {c: [] for c in num_cols}
     texts: dict[str, list[str]] = {c: [] for c in text_cols}
@@ -133,6 +138,8 @@ def read_csv_columns(
                 raise DataFileError(
                     path, f"column {col!r}: expected a whole number, got {cell!r}", line=line_no
                 )
+            if col in counts and value < 1:
+                raise DataFileError(path, f"column {col!r}: must be at least 1", line=line_no)
             nums[col].append(value)
         for col in text_cols:
             cell = row[index[col]].strip()
@@ -140,6 +147,8 @@ def read_csv_columns(
                 raise DataFileError(path, f"column {col!r}: empty value", line=line_no)
             texts[col].append(cell)
         lines.append(line_no)
+    if require_rows and not lines:
+        raise DataFileError(path, "no data rows (only the header)")
     return CsvColumns(
         path=path,
         header=header,

@@ -479,26 +479,25 @@ def _curves(cols: CsvColumns, group: str, axis: str) -> dict[str, Curve]:
 def read_dense(path: Path) -> dict[str, Curve]:
     """Read ``dense.csv``."""
     cols = read_csv_columns(
-        path, numeric=("num_tokens", "time_us"), text=("op",), integer=("num_tokens",)
+        path,
+        numeric=("num_tokens", "time_us"),
+        text=("op",),
+        integer=("num_tokens",),
+        at_least_one=("num_tokens",),
     )
-    _positive(cols, "num_tokens")
     return _curves(cols, "op", "num_tokens")
 
 
 def read_per_sequence(path: Path) -> dict[str, Curve]:
     """Read ``per_sequence.csv``."""
     cols = read_csv_columns(
-        path, numeric=("num_seqs", "time_us"), text=("op",), integer=("num_seqs",)
+        path,
+        numeric=("num_seqs", "time_us"),
+        text=("op",),
+        integer=("num_seqs",),
+        at_least_one=("num_seqs",),
     )
-    _positive(cols, "num_seqs")
     return _curves(cols, "op", "num_seqs")
-
-
-def _positive(cols: CsvColumns, column: str) -> None:
-    bad = np.flatnonzero(cols.numbers[column] <= 0)
-    if len(bad):
-        line = int(cols.lines[bad[0]])
-        raise DataFileError(cols.path, f"column {column!r}: must be at least 1", line=line)
 
 
 def read_attention(path: Path) -> AttentionPoints:
@@ -563,9 +562,9 @@ def read_skew(path: Path) -> SkewTable:
 
 def read_moe(path: Path) -> MoePoints:
     """Read ``moe.csv``."""
-    cols = read_csv_columns(path, numeric=MOE_COLUMNS, integer=MOE_COLUMNS[:2])
-    _positive(cols, "num_tokens")
-    _positive(cols, "num_active_experts")
+    cols = read_csv_columns(
+        path, numeric=MOE_COLUMNS, integer=MOE_COLUMNS[:2], at_least_one=MOE_COLUMNS[:2]
+    )
     _check_unique(cols, MOE_COLUMNS[:2])
     return MoePoints(*(cols.numbers[c] for c in MOE_COLUMNS))
 
@@ -577,6 +576,7 @@ def read_collectives(path: Path) -> dict[tuple[str, int], Curve]:
         numeric=("num_gpus", "size_bytes", "time_us"),
         text=("op",),
         integer=("num_gpus", "size_bytes"),
+        at_least_one=("num_gpus",),
     )
     for i, op in enumerate(cols.text["op"]):
         if op not in COLLECTIVE_OPS:
@@ -585,7 +585,6 @@ def read_collectives(path: Path) -> dict[tuple[str, int], Curve]:
                 f"column 'op': unknown collective {op!r}; allowed: {', '.join(COLLECTIVE_OPS)}",
                 line=int(cols.lines[i]),
             )
-    _positive(cols, "num_gpus")
     _check_unique(cols, ("op", "num_gpus", "size_bytes"))
     out: dict[tuple[str, int], Curve] = {}
     ops = cols.text["op"]

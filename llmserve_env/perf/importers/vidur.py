@@ -102,14 +102,9 @@ def _median_curves(path: Path, tp: int, arch: ModelArch) -> dict[str, Curve]:
         numeric=(*columns, "num_tokens", "num_tensor_parallel_workers", *_SHAPE_COLUMNS),
         optional=tuple(_SHAPE_COLUMNS),
         integer=("num_tokens", "num_tensor_parallel_workers", *_SHAPE_COLUMNS),
+        at_least_one=("num_tokens",),
+        require_rows=True,
     )
-    if not len(cols.lines):
-        raise DataFileError(path, "no data rows (only the header)")
-    small = np.flatnonzero(cols.numbers["num_tokens"] < 1)
-    if len(small):
-        raise DataFileError(
-            path, "column 'num_tokens': must be at least 1", line=int(cols.lines[small[0]])
-        )
     for column, field in _SHAPE_COLUMNS.items():
         if column not in cols.numbers:
             continue
