@@ -135,7 +135,7 @@ def load_profile_tables(
         converted = result.profile
 
         def build() -> Profile:
-            check_written(converted, folder, "converts to an invalid profile")
+            check_written(converted, folder, "converts to an invalid profile", compile_it=False)
             return _with_collectives(converted, device)
 
     elif llmservingsim_paper.is_tp_folder(folder):
@@ -145,7 +145,9 @@ def load_profile_tables(
         converted_paper = paper.profile
 
         def build() -> Profile:
-            check_written(converted_paper, folder, "converts to an invalid profile")
+            check_written(
+                converted_paper, folder, "converts to an invalid profile", compile_it=False
+            )
             return _with_collectives(converted_paper, device)
 
     else:

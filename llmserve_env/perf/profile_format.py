@@ -763,38 +763,47 @@ def _write_files(profile: Profile, folder: Path) -> None:
         )
 
 
+def _check_folder(folder: Path, where: str | Path, problem: str, compile_it: bool = True) -> None:
+    """Read the written ``folder`` back (and compile it): what this package would refuse
+    to load is refused at ``where``, located at the file of the format."""
+    from llmserve_env.perf.compiled import compile_profile  # compiled imports this module
+
+    try:
+        written = read_profile(folder)
+        if compile_it and (written.meta.tp == 1 or written.collectives):
+            compile_profile(written)
+    except (DataFileError, ValueError) as exc:
+        message = str(exc).replace(f"{folder}/", "").replace(str(folder), "the profile")
+        raise DataFileError(where, f"{problem}: {message}") from exc
+
+
 def check_written(
     profile: Profile,
     where: str | Path = "profile",
     problem: str = "not a valid profile, nothing written",
+    *,
+    compile_it: bool = True,
 ) -> None:
-    """Write ``profile`` to a scratch folder, read it back and compile it, so that a
-    profile this package would refuse to load is refused before it is written.
+    """Write ``profile`` to a scratch folder, read it back and (unless ``compile_it`` is
+    off, for a caller that compiles it next) compile it, so that a profile this package
+    would refuse to load is refused before it is written or used.
 
     Raises:
         DataFileError: at ``where``, with what reading or compiling the written folder
             found, located at the file of the format (``dense.csv:2: ...``).
     """
-    from llmserve_env.perf.compiled import compile_profile  # compiled imports this module
-
     with tempfile.TemporaryDirectory(prefix="llmserve-profile-") as scratch:
-        folder = Path(scratch)
-        _write_files(profile, folder)
-        try:
-            written = read_profile(folder)
-            if written.meta.tp == 1 or written.collectives:
-                compile_profile(written)
-        except (DataFileError, ValueError) as exc:
-            message = str(exc).replace(f"{folder}/", "").replace(str(folder), "the profile")
-            raise DataFileError(where, f"{problem}: {message}") from exc
+        _write_files(profile, Path(scratch))
+        _check_folder(Path(scratch), where, problem, compile_it)
 
 
 def write_profile(profile: Profile, path: str | Path) -> Path:
     """Write a profile folder (created if needed; files of the format are replaced).
 
-    The profile is checked first (:func:`check_written`), then written to a scratch
-    folder beside ``path`` and moved into place file by file, so a refused or failed
-    write leaves an existing profile as it was; other files in the folder are kept.
+    The profile is written to a scratch folder beside ``path``, read back and compiled
+    there (:func:`check_written`'s check), then moved into place file by file, so a
+    refused or failed write leaves an existing profile as it was; other files in the
+    folder are kept.
 
     Returns:
         The folder.
@@ -805,7 +814,6 @@ def write_profile(profile: Profile, path: str | Path) -> Path:
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise DataFileError(folder, "exists and is not a folder")
-    check_written(profile, folder)
     missing = [p for p in (folder, *folder.parents) if not p.exists()]
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -816,6 +824,7 @@ def write_profile(profile: Profile, path: str | Path) -> Path:
         raise DataFileError(folder, f"cannot create the folder: {exc.strerror}") from exc
     try:
         _write_files(profile, staging)
+        _check_folder(staging, folder, "not a valid profile, nothing written")
         folder.mkdir(exist_ok=True)
         for name in PROFILE_FILES:
             written = staging / name
@@ -823,10 +832,12 @@ def write_profile(profile: Profile, path: str | Path) -> Path:
                 written.replace(folder / name)
             else:
                 (folder / name).unlink(missing_ok=True)
-    except OSError as exc:
+    except (OSError, DataFileError) as exc:
         shutil.rmtree(staging, ignore_errors=True)
         for created in missing:  # the folders this call made, deepest first
             shutil.rmtree(created, ignore_errors=True)
+        if isinstance(exc, DataFileError):
+            raise
         raise DataFileError(folder, f"cannot write the profile: {exc}") from exc
     shutil.rmtree(staging, ignore_errors=True)
     return folder
