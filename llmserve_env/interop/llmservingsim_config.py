@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -300,58 +301,51 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _entries(
+    section: dict[str, Any], level: str = "", where: str = ""
+) -> Iterator[tuple[str, str, str, Any]]:
+    """Every ``(level, key path, dotted location, value)`` of a cluster config, walking
+    into the sections and list items :data:`_KNOWN_KEYS` describes (list items that are
+    not objects are yielded as their list's value and not entered)."""
+    for key, value in section.items():
+        child = f"{level}.{key}" if level else key
+        yield level, child, f"{where}{key}", value
+        if isinstance(value, list) and f"{child}[]" in _KNOWN_KEYS:
+            for i, item in enumerate(value):
+                if isinstance(item, dict):
+                    yield from _entries(item, f"{child}[]", f"{where}{key}[{i}].")
+        elif isinstance(value, dict) and child in _KNOWN_KEYS:
+            yield from _entries(value, child, f"{where}{key}.")
+
+
 def type_problems(config: dict[str, Any]) -> list[str]:
     """``dotted.key: expected ..., got ...`` for every value of the wrong type, and for
     a list item of ``nodes`` / ``instances`` that is not an object, or an instance
     without ``model_name``."""
     found: list[str] = []
-
-    def visit(section: dict[str, Any], level: str, where: str) -> None:
-        for key, value in section.items():
-            child = f"{level}.{key}" if level else key
-            rule = _KEY_TYPES.get(child)
-            if value is None or rule is None:
-                continue
-            what, ok = rule
-            if not ok(value):
-                found.append(f"{where}{key}: expected {what}, got {json.dumps(value)}")
-                continue
-            if isinstance(value, list) and f"{child}[]" in _KNOWN_KEYS:
-                for i, item in enumerate(value):
-                    if not isinstance(item, dict):
-                        found.append(
-                            f"{where}{key}[{i}]: expected an object, got {json.dumps(item)}"
-                        )
-                        continue
-                    if child == "nodes[].instances" and item.get("model_name") is None:
-                        found.append(f"{where}{key}[{i}].model_name: missing")
-                    visit(item, f"{child}[]", f"{where}{key}[{i}].")
-            elif isinstance(value, dict) and child in _KNOWN_KEYS:
-                visit(value, child, f"{where}{key}.")
-
-    visit(config, "", "")
+    for _, child, where, value in _entries(config):
+        rule = _KEY_TYPES.get(child)
+        if value is None or rule is None:
+            continue
+        what, ok = rule
+        if not ok(value):
+            found.append(f"{where}: expected {what}, got {json.dumps(value)}")
+        elif isinstance(value, list) and f"{child}[]" in _KNOWN_KEYS:
+            for i, item in enumerate(value):
+                if not isinstance(item, dict):
+                    found.append(f"{where}[{i}]: expected an object, got {json.dumps(item)}")
+                elif child == "nodes[].instances" and item.get("model_name") is None:
+                    found.append(f"{where}[{i}].model_name: missing")
     return found
 
 
 def unknown_keys(config: dict[str, Any]) -> list[str]:
     """Dotted keys of ``config`` that are not LLMServingSim cluster-config keys."""
-    found: list[str] = []
-
-    def visit(section: Any, level: str, where: str) -> None:
-        if not isinstance(section, dict):
-            return
-        known = _KNOWN_KEYS[level]
-        found.extend(f"{where}{k}" for k in section if k not in known)
-        for k, v in section.items():
-            child = f"{level}.{k}" if level else k
-            if isinstance(v, list) and f"{child}[]" in _KNOWN_KEYS:
-                for i, item in enumerate(v):
-                    visit(item, f"{child}[]", f"{where}{k}[{i}].")
-            elif child in _KNOWN_KEYS:
-                visit(v, child, f"{where}{k}.")
-
-    visit(config, "", "")
-    return found
+    return [
+        where
+        for level, child, where, _ in _entries(config)
+        if child.rsplit(".", 1)[-1] not in _KNOWN_KEYS[level]
+    ]
 
 
 def _ep_size(inst: dict[str, Any]) -> int:
