@@ -107,9 +107,11 @@ class ProfileGrid:
         ):
             object.__setattr__(self, name, tuple(sorted(set(getattr(self, name)))))
 
-    def above(self, max_tokens: int | None, max_context: int | None) -> list[str]:
-        """The axes with values above the bounds, as ``name [values]`` (for a note)."""
-        bounds = {
+    @staticmethod
+    def _bounds(max_tokens: int | None, max_context: int | None) -> dict[str, int | None]:
+        """Each axis's bound: new tokens (or sequences) for the batch axes, cached tokens
+        for the context axes."""
+        return {
             "tokens": max_tokens,
             "seqs": max_tokens,
             "prefill_chunks": max_tokens,
@@ -117,8 +119,11 @@ class ProfileGrid:
             "prefill_contexts": max_context,
             "decode_contexts": max_context,
         }
+
+    def above(self, max_tokens: int | None, max_context: int | None) -> list[str]:
+        """The axes with values above the bounds, as ``name [values]`` (for a note)."""
         out = []
-        for name, bound in bounds.items():
+        for name, bound in self._bounds(max_tokens, max_context).items():
             over = [v for v in getattr(self, name) if bound is not None and v > bound]
             if over:
                 out.append(f"{name} {over}")
@@ -149,14 +154,13 @@ class ProfileGrid:
             kept = tuple(v for v in values if v <= bound)
             return kept if len(kept) >= least else values[:least]
 
+        bounds = self._bounds(max_tokens, max_context)
         return replace(
             self,
-            tokens=cap(self.tokens, max_tokens),
-            seqs=cap(self.seqs, max_tokens),
-            prefill_chunks=cap(self.prefill_chunks, max_tokens),
-            decode_batches=cap(self.decode_batches, max_tokens),
-            prefill_contexts=cap(self.prefill_contexts, max_context),
-            decode_contexts=cap(self.decode_contexts, max_context, least=2),
+            **{
+                name: cap(getattr(self, name), bound, 2 if name == "decode_contexts" else 1)
+                for name, bound in bounds.items()
+            },
         )
 
 
