@@ -34,6 +34,7 @@ import itertools
 import json
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -214,7 +215,8 @@ class BenchRun:
         if len({json.dumps(v) for _, v in found}) > 1:
             shown = ", ".join(f"{where}.{key} = {v!r}" for where, v in found)
             raise DataFileError(self.path / "vllm" / "meta.json", f"contradicts itself: {shown}")
-        for where, value in found:
+        if found:
+            where, value = found[0]
             ok = (
                 isinstance(value, bool)
                 if kind is bool
@@ -848,17 +850,14 @@ def compare(
     ]
     finished = sum(state == "finished" for state in status)
     if finished == 0:
-        kinds = ", ".join(sorted({str(v) for v in status}))
+        kinds = ", ".join(sorted(set(status)))
         raise DataFileError(
             run.path,
             f"no request of {len(status)} finished in the simulation ({kinds}): nothing to "
             "compare; check the engine limits (max_model_len, the KV cache) against the trace",
         )
     if finished < len(status):
-        counts: dict[str, int] = {}
-        for value in status:
-            counts[str(value)] = counts.get(str(value), 0) + 1
-        shown = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+        shown = ", ".join(f"{k} {v}" for k, v in sorted(Counter(status).items()))
         notes = [
             *notes,
             f"{len(status) - finished} of {len(status)} requests did not finish in the "

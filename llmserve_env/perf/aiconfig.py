@@ -317,12 +317,10 @@ def _query_engine(
         candidates = list(
             itertools.product(_MOE_QUANTS[dtype], _MOE_DISTRIBUTIONS)
             if arch.is_moe
-            else [("", _MOE_DISTRIBUTIONS[0])]
+            else [("bfloat16", _MOE_DISTRIBUTIONS[0])]
         )
         for i, (moe_quant, distribution) in enumerate(candidates):
-            lists = _op_lists(
-                arch, tp, dtype, kv_dtype, database, distribution, ep, moe_quant or "bfloat16"
-            )
+            lists = _op_lists(arch, tp, dtype, kv_dtype, database, distribution, ep, moe_quant)
             js = {name: str(build_ops_json(items)) for name, items in lists.items() if items}
             try:
                 first = handle.evaluate_ops_json(js["dense"], is_context=True, batch_size=1, s=1)
@@ -358,7 +356,7 @@ def _query_engine(
     out["dense_names"] = np.array([str(row[0]) for row in first])
     out["data_version"] = np.array(version)
     out["moe_distribution"] = np.array(distribution if arch.is_moe else "")
-    out["moe_quant"] = np.array(moe_quant)
+    out["moe_quant"] = np.array(moe_quant if arch.is_moe else "")
     return out
 
 
