@@ -51,7 +51,7 @@ def import_profiles(
     from llmserve_env.perf.hardware import resolve_device
     from llmserve_env.perf.importers import llmservingsim, llmservingsim_paper, vidur
     from llmserve_env.perf.importers.common import flat_curve_warnings
-    from llmserve_env.perf.profile_format import check_written, write_profile
+    from llmserve_env.perf.profile_format import StagedProfile, stage_profile
 
     source, target = src.resolve(), dest.resolve()
     if target == source or source in target.parents or target in source.parents:
@@ -74,10 +74,17 @@ def import_profiles(
                 raise DataFileError(device, str(exc.args[0])) from exc
             results = [vidur.import_vidur(src, model=model, device=spec, tp=tp, network=network)]
     targets = [dest if len(results) == 1 else dest / r.relative_dir for r in results]
-    for result, target in zip(results, targets, strict=True):
-        check_written(result.profile, target)  # all or nothing: check every one first
-    for result, target in zip(results, targets, strict=True):
-        write_profile(result.profile, target)
+    staged: list[StagedProfile] = []
+    try:  # all or nothing: every profile is staged and checked before any is moved in
+        for result, target in zip(results, targets, strict=True):
+            source = result.source_dir or src
+            staged.append(stage_profile(result.profile, target, source=source))
+    except BaseException:
+        for done in reversed(staged):
+            done.discard()
+        raise
+    for result, done in zip(results, staged, strict=True):
+        target = done.commit()
         for warning in [*result.warnings, *flat_curve_warnings(result.profile)]:
             _err.print(f"[yellow]warning:[/] {warning}", highlight=False)
         click.echo(f"wrote {target}")

@@ -607,16 +607,6 @@ def convert_cluster(
     workload: dict[str, Any] = {"kind": "trace", "path": str(shown), "format": "llmservingsim"}
     if options.num_reqs is not None:
         workload["num_requests"] = options.num_reqs
-        try:
-            with dataset_path.open(encoding="utf-8") as handle:
-                available = sum(1 for line in handle if line.strip())
-        except UnicodeDecodeError as exc:
-            raise DataFileError(dataset_path, f"not UTF-8 text (byte {exc.start})") from exc
-        if options.num_reqs > available:
-            out.notes.append(
-                f"--num-reqs {options.num_reqs}: the trace has {available} requests; "
-                f"all {available} are used"
-            )
     cluster: dict[str, Any] = {"nodes": nodes}
     if out.link_bw_gbps > 0 and config.get("num_nodes", 1) > 1:
         cluster["inter_node_bw_gbps"] = out.link_bw_gbps

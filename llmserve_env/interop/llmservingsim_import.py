@@ -173,6 +173,7 @@ def convert_profile(
         result.relative_dir,
         result.warnings,
         result.source_files,
+        result.source_dir,
     )
 
 
@@ -236,12 +237,17 @@ def import_llmservingsim_setup(
             # What a run would refuse (a tp the model cannot be split over, a trace
             # with no requests) is refused now, not at `llmserve run`.
             factory = SimulationFactory(scenario)
-            factory.workload(scenario.seed)
+            available = len(factory.workload(scenario.seed).arrival_s)
         except ScenarioError as exc:
             raise ScenarioError(
                 [(_with_flag(where, options), msg) for where, msg in exc.problems],
                 exc.source or f"{out_path} (as imported)",
             ) from None
+        if options.num_reqs is not None and options.num_reqs > available:
+            setup.notes.append(
+                f"--num-reqs {options.num_reqs}: the trace has {available} requests; "
+                f"all {available} are used"
+            )
         for group, rel in uses:
             group["perf"] = os.path.relpath(out_dir / "profiles" / rel, out_dir)
         for rel in staged.values():

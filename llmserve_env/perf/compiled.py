@@ -322,6 +322,11 @@ def analytical_collectives(
 # --------------------------------------------------------------------------- cache
 
 
+NO_FILL = "as-written"
+"""Key suffix of a profile compiled as it is, with nothing filled in (a ``tp`` 1
+profile)."""
+
+
 def cached_compile(key: str, build: Callable[[], Profile]) -> CompiledProfile:
     """Load the compiled tables cached under ``key``, or build the profile, compile it
     and cache the result.

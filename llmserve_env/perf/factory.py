@@ -28,7 +28,12 @@ from llmserve_env.config.errors import DataFileError
 from llmserve_env.paths import profiles_dir
 from llmserve_env.perf.base import LatencyModel
 from llmserve_env.perf.comm import CommModel, alpha_beta_for
-from llmserve_env.perf.compiled import CompiledProfile, analytical_collectives, cached_compile
+from llmserve_env.perf.compiled import (
+    NO_FILL,
+    CompiledProfile,
+    analytical_collectives,
+    cached_compile,
+)
 from llmserve_env.perf.cudagraph import TokenPadding
 from llmserve_env.perf.expert_parallel import ExpertParallel
 from llmserve_env.perf.hardware import DeviceSpec, resolve_device
@@ -105,7 +110,11 @@ def _with_collectives(profile: Profile, device: DeviceSpec) -> Profile:
     return profile.with_collectives(fill)
 
 
-def _fill_key(device: DeviceSpec) -> str:
+def _fill_key(device: DeviceSpec, tp: int) -> str:
+    """What :func:`_with_collectives` adds depends on: nothing at ``tp`` 1 (the key a
+    written profile's check compiles under, so a run after it finds the tables cached)."""
+    if tp == 1:
+        return NO_FILL
     cal = RooflineCalibration()
     return f"collectives:{device.scaleup_bw_gbps}:{cal.comm_eff}:{cal.comm_latency_s}"
 
@@ -157,7 +166,7 @@ def load_profile_tables(
             "LLMServingSim profile folder (.../<dtype>/tp<N> or perf_models/.../tp<N>)",
         )
     _check_meta(meta, folder, arch, device, tp, dtype)
-    return cached_compile(f"{key}:{_fill_key(device)}", build)
+    return cached_compile(f"{key}:{_fill_key(device, tp)}", build)
 
 
 def _aiconfig() -> ModuleType | None:

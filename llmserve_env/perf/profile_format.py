@@ -766,11 +766,16 @@ def _write_files(profile: Profile, folder: Path) -> None:
 def _check_folder(folder: Path, where: str | Path, problem: str, compile_it: bool = True) -> None:
     """Read the written ``folder`` back (and compile it): what this package would refuse
     to load is refused at ``where``, located at the file of the format."""
-    from llmserve_env.perf.compiled import compile_profile  # compiled imports this module
+    # compiled imports this module
+    from llmserve_env.perf.compiled import NO_FILL, cached_compile, compile_profile
 
     try:
         written = read_profile(folder)
-        if compile_it and (written.meta.tp == 1 or written.collectives):
+        if compile_it and written.meta.tp == 1:
+            # Cached under the key a run loading the moved folder looks up (the digest
+            # is of the files' names and bytes, not their place).
+            cached_compile(f"{profile_digest(folder)}:{NO_FILL}", lambda: written)
+        elif compile_it and written.collectives:
             compile_profile(written)
     except (DataFileError, ValueError) as exc:
         message = str(exc).replace(f"{folder}/", "").replace(str(folder), "the profile")
@@ -797,19 +802,60 @@ def check_written(
         _check_folder(Path(scratch), where, problem, compile_it)
 
 
-def write_profile(profile: Profile, path: str | Path) -> Path:
-    """Write a profile folder (created if needed; files of the format are replaced).
+@dataclass
+class StagedProfile:
+    """A profile written and checked in a scratch folder beside its target folder, not
+    yet in place (:func:`stage_profile`): :meth:`commit` moves it in, :meth:`discard`
+    removes it and the folders made for it."""
 
-    The profile is written to a scratch folder beside ``path``, read back and compiled
-    there (:func:`check_written`'s check), then moved into place file by file, so a
-    refused or failed write leaves an existing profile as it was; other files in the
-    folder are kept.
+    folder: Path
+    staging: Path
+    created: list[Path]
+    """Folders made for it (the target and its missing parents), deepest first."""
 
-    Returns:
-        The folder.
+    def commit(self) -> Path:
+        """Move the files into the target folder (files of the format it does not have
+        are removed there; other files are kept).
+
+        Raises:
+            DataFileError: the files cannot be moved (nothing is left staged).
+        """
+        try:
+            self.folder.mkdir(exist_ok=True)
+            for name in PROFILE_FILES:
+                written = self.staging / name
+                if written.is_file():
+                    written.replace(self.folder / name)
+                else:
+                    (self.folder / name).unlink(missing_ok=True)
+        except OSError as exc:
+            self.discard()
+            raise DataFileError(self.folder, f"cannot write the profile: {exc}") from exc
+        shutil.rmtree(self.staging, ignore_errors=True)
+        return self.folder
+
+    def discard(self) -> None:
+        """Remove the staged files and the folders made for them."""
+        shutil.rmtree(self.staging, ignore_errors=True)
+        for created in self.created:
+            shutil.rmtree(created, ignore_errors=True)
+
+
+def stage_profile(
+    profile: Profile, path: str | Path, *, source: str | Path | None = None
+) -> StagedProfile:
+    """Write ``profile`` to a scratch folder beside the folder ``path``, read it back and
+    compile it there (:func:`check_written`'s check), without touching ``path``.
+
+    Args:
+        profile: The profile.
+        path: Its target folder.
+        source: What it was converted from, where a refusal is located (default: the
+            target).
 
     Raises:
-        DataFileError: the profile would not load, or ``path`` is not a folder.
+        DataFileError: the profile would not load (nothing is left staged), or ``path``
+            is not a folder.
     """
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
@@ -822,22 +868,32 @@ def write_profile(profile: Profile, path: str | Path) -> Path:
         for created in missing[1:]:
             shutil.rmtree(created, ignore_errors=True)
         raise DataFileError(folder, f"cannot create the folder: {exc.strerror}") from exc
+    staged = StagedProfile(folder, staging, missing)
     try:
         _write_files(profile, staging)
-        _check_folder(staging, folder, "not a valid profile, nothing written")
-        folder.mkdir(exist_ok=True)
-        for name in PROFILE_FILES:
-            written = staging / name
-            if written.is_file():
-                written.replace(folder / name)
-            else:
-                (folder / name).unlink(missing_ok=True)
+        if source is None:
+            _check_folder(staging, folder, "not a valid profile, nothing written")
+        else:
+            _check_folder(staging, source, "converts to an invalid profile, nothing written")
     except (OSError, DataFileError) as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        for created in missing:  # the folders this call made, deepest first
-            shutil.rmtree(created, ignore_errors=True)
+        staged.discard()
         if isinstance(exc, DataFileError):
             raise
         raise DataFileError(folder, f"cannot write the profile: {exc}") from exc
-    shutil.rmtree(staging, ignore_errors=True)
-    return folder
+    return staged
+
+
+def write_profile(profile: Profile, path: str | Path) -> Path:
+    """Write a profile folder (created if needed; files of the format are replaced).
+
+    The profile is staged beside ``path`` and checked there (:func:`stage_profile`),
+    then moved into place file by file, so a refused or failed write leaves an existing
+    profile as it was; other files in the folder are kept.
+
+    Returns:
+        The folder.
+
+    Raises:
+        DataFileError: the profile would not load, or ``path`` is not a folder.
+    """
+    return stage_profile(profile, path).commit()

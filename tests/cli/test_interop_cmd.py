@@ -32,6 +32,33 @@ def test_profiles_import_and_check(shared: Path, tmp_path: Path) -> None:
     assert "qkv_proj" in result.output and "prefill of 2048 tokens" in result.output
 
 
+def test_profiles_import_of_several_writes_all_or_nothing(shared: Path, tmp_path: Path) -> None:
+    src = tmp_path / "perf"
+    for device in ("RTX4090", "RTXPRO6000"):
+        shutil.copytree(
+            shared / f"llmservingsim/current/perf/{device}/meta-llama/Llama-3.1-8B/bf16",
+            src / f"{device}/meta-llama/Llama-3.1-8B/bf16",
+            ignore=shutil.ignore_patterns("tp2"),
+        )
+    broken = src / "RTXPRO6000/meta-llama/Llama-3.1-8B/bf16/tp1/attention.csv"
+    good_text = broken.read_text()
+    broken.write_text(good_text.splitlines()[0] + "\n")  # header only
+    out = tmp_path / "out"
+    args = ["profiles", "import", "llmservingsim", str(src), "-o", str(out)]
+    bad = CliRunner().invoke(main, args)
+    assert bad.exit_code != 0
+    # The refusal names the source folder, not the output it did not write.
+    flat = " ".join(bad.output.split())
+    assert f"{broken.parent}: converts to an invalid profile, nothing written" in flat
+    assert "attention.csv: needs prefill rows" in flat
+    assert not out.exists()  # the good profile was not written either
+    broken.write_text(good_text)
+    good = CliRunner().invoke(main, args)
+    assert good.exit_code == 0, good.output
+    assert len(list(out.rglob("meta.yaml"))) == 2, good.output
+    assert not [p for p in out.rglob(".*") if p.is_dir()]  # no staging folders left
+
+
 def test_profiles_import_vidur_needs_model_and_device(shared: Path, tmp_path: Path) -> None:
     src = shared / "profiles/vidur/compute/a100/meta-llama/Meta-Llama-3-8B"
     result = CliRunner().invoke(

@@ -174,12 +174,13 @@ def test_unknown_and_unused_keys_are_noted(shared: Path, tmp_path: Path) -> None
 
 def test_more_requests_than_the_trace_has_is_noted(shared: Path, tmp_path: Path) -> None:
     path = _single(shared, tmp_path)
-    notes = convert_cluster(path, shared / TRACE, ImportOptions(num_reqs=100_000)).notes
-    assert "--num-reqs 100000: the trace has 300 requests; all 300 are used" in notes
-    assert not any(
-        "--num-reqs" in n
-        for n in convert_cluster(path, shared / TRACE, ImportOptions(num_reqs=30)).notes
-    )
+    out = tmp_path / "out" / "s.yaml"
+    notes = import_llmservingsim_setup(path, shared / TRACE, out, ImportOptions(num_reqs=100_000))
+    note = "--num-reqs 100000: the trace has 300 requests; all 300 are used"
+    assert note in notes.notes
+    assert f"# {note}" in out.read_text().splitlines()
+    fewer = import_llmservingsim_setup(path, shared / TRACE, out, ImportOptions(num_reqs=30))
+    assert not any("--num-reqs" in n for n in fewer.notes)
 
 
 def test_npu_count_must_match_tp_times_pp(shared: Path, tmp_path: Path) -> None:

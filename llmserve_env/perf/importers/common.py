@@ -26,12 +26,15 @@ class ImportResult:
             (``<device>/<org>/<model>/<dtype>/tp<N>``).
         warnings: Things the user should know (operators dropped, values derived).
         source_files: The files it was converted from (for provenance and cache keys).
+        source_dir: The folder (or file) converted, where a refusal of the converted
+            profile is located.
     """
 
     profile: Profile
     relative_dir: Path
     warnings: list[str] = field(default_factory=list)
     source_files: list[Path] = field(default_factory=list)
+    source_dir: Path | None = None
 
 
 def package_version() -> str:

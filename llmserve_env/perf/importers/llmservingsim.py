@@ -367,7 +367,7 @@ def read_tp_folder(tp_dir: str | Path, arch: ModelArch | None = None) -> ImportR
         path=tp_dir,
     )
     relative = Path(device) / model / dtype / f"tp{tp}"
-    return ImportResult(profile, relative, warnings, files)
+    return ImportResult(profile, relative, warnings, files, source_dir=tp_dir)
 
 
 def import_llmservingsim(src: str | Path, arch: ModelArch | None = None) -> list[ImportResult]:

@@ -292,7 +292,8 @@ def read_tp_folder(tp_dir: str | Path, arch: ModelArch | None = None) -> ImportR
         moe=moe,
         path=tp_dir,
     )
-    return ImportResult(profile, Path(device) / model / dtype / f"tp{tp}", warnings, files)
+    relative = Path(device) / model / dtype / f"tp{tp}"
+    return ImportResult(profile, relative, warnings, files, source_dir=tp_dir)
 
 
 def import_llmservingsim_paper(

@@ -318,4 +318,5 @@ def import_vidur(
         attention=attention,
         collectives=collectives,
     )
-    return ImportResult(profile, Path(device.name) / arch.name / dtype / f"tp{tp}", warnings, files)
+    relative = Path(device.name) / arch.name / dtype / f"tp{tp}"
+    return ImportResult(profile, relative, warnings, files, source_dir=Path(mlp_csv))
