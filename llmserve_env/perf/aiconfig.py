@@ -85,14 +85,17 @@ and the kernel tables, timed one kernel at a time, already carry per-kernel floo
 CUDA graphs partly hide, so any added overhead raised the TPOT error (0 ms: 18.7 %,
 1 ms: 19.6 %, 2 ms: 23.0 % mean absolute error over 279 cases)."""
 
-QUERY_VERSION = 5
+QUERY_VERSION = 6
 """Bumped when the operator list, the grids or how an operator is charged change
 (invalidates cached answers and compiled profiles). 2: the logits all-gather moves
 16-bit logits (the padded vocabulary), not FP32, as the profile format's per-sequence
 collective. 3: token- and sequence-parallel curves never fall as the size grows
 (:func:`_padded`). 4: MoE blocks no faster than reading the experts they hit
 (:func:`_expert_read_floor_us`). 5: FP8 MoE from vLLM's own ``Fp8MoEMethod`` table
-(``fp8_block``) where measured (:data:`_MOE_QUANTS`)."""
+(``fp8_block``) where measured (:data:`_MOE_QUANTS`). 6: attention grids never fall as
+the chunk, the cached context, the decodes or their KV length grow
+(:func:`_padded_grid`); a model whose FP8 experts come from the per-tensor table says so
+in its name."""
 
 # Grids: token counts, sequence counts, chunk x cached context, decodes x KV length.
 TOKENS = (
@@ -139,7 +142,14 @@ that ``--quantization fp8`` and the block-scaled FP8 checkpoints model vendors p
 (Qwen3-*-FP8, DeepSeek-V3) load. aiconfigurator's ``fp8`` table is ModelOpt's
 per-tensor method, on Hopper through a FlashInfer CUTLASS kernel 2-4x slower than BF16
 (H100, Mixtral-8x7B tp 2, 64 tokens: 1.24 ms against 0.56 ms BF16 and 0.29 ms
-``fp8_block``); it serves only systems with no ``fp8_block`` data (RTX PRO 6000)."""
+``fp8_block``); it serves the expert shapes with no ``fp8_block`` data: every shape on
+systems with none (RTX PRO 6000), and shapes vLLM's 128 x 128 block FP8 cannot split
+over the ``tp`` asked for (Qwen3-30B-A3B's 768-wide experts at tp 4: 192 per rank), where
+a per-tensor checkpoint is what vLLM could run. The model's name then says so
+(:func:`_fp8_moe_note`)."""
+BLOCK_FP8 = 128
+"""vLLM's block-FP8 weight block (``weight_block_size`` [128, 128] of the published
+checkpoints): each rank's expert width must be a multiple of it."""
 _MOE_DISTRIBUTIONS = ("power_law_1.01", "power_law_1.2", "balanced")
 """Routing distributions of the MoE tables, most realistic first (the first one measured
 for the model's expert shape is used)."""
@@ -381,6 +391,22 @@ def _cache_key(
 # --------------------------------------------------------------------------- the profile
 
 
+def _fp8_moe_note(arch: ModelArch, system: str, tp: int, raw: dict[str, FloatArray]) -> str:
+    """Why FP8 experts were timed with ModelOpt's per-tensor table, not vLLM's block FP8
+    (``fp8_block``, :data:`_MOE_QUANTS`); empty when they were not."""
+    if str(raw["moe_quant"]) != "fp8":
+        return ""
+    width = arch.moe_intermediate_size // tp
+    if width % BLOCK_FP8:
+        why = (
+            f"vLLM's {BLOCK_FP8} x {BLOCK_FP8} block FP8 cannot split the "
+            f"{arch.moe_intermediate_size}-wide experts over tp {tp} ({width} per rank)"
+        )
+    else:
+        why = f"aiconfigurator-core has no fp8_block data for these experts on {system}"
+    return f"FP8 experts timed with ModelOpt's per-tensor kernels: {why}"
+
+
 def _padded(times_us: FloatArray) -> FloatArray:
     """A curve over increasing sizes, never above its value at a larger size.
 
@@ -410,9 +436,26 @@ def _expert_read_floor_us(
     return np.asarray(hit * per_expert / (device.mem_bw_gbps * 1e9) * 1e6, dtype=np.float64)
 
 
+def _padded_grid(times_us: FloatArray) -> FloatArray:
+    """A grid over increasing sizes on every axis, each point never above any point with
+    every size at least as large (:func:`_padded` on each axis in turn).
+
+    aiconfigurator's attention entries have the reversals its GEMMs have (H100,
+    Llama-3.1-8B tp 8 FP8, a one-token chunk: 25.8 us with no cached context, 13.5 us
+    after 128 cached tokens; GB200 decodes at 1,024 tokens of KV: 12.5, 11.0 and 11.1 us
+    for 1, 2 and 4 of them), which would make an iteration faster as its work grows.
+    """
+    out = np.asarray(times_us, dtype=np.float64)
+    for axis in range(out.ndim):
+        out = np.flip(np.minimum.accumulate(np.flip(out, axis), axis=axis), axis)
+    return out
+
+
 def _attention_points(context_us: FloatArray, generation_us: FloatArray) -> AttentionPoints:
-    """The 4-D attention grid: prefill-only and decode-only rows as measured, mixed rows
-    as their sum. Decode KV length ``L`` is ``L - 1`` cached tokens plus the new one."""
+    """The 4-D attention grid: prefill-only and decode-only rows as measured (never
+    falling as they grow, :func:`_padded_grid`), mixed rows as their sum. Decode KV
+    length ``L`` is ``L - 1`` cached tokens plus the new one."""
+    context_us, generation_us = _padded_grid(context_us), _padded_grid(generation_us)
     chunk = np.array(PREFILL_CHUNK, dtype=np.float64)
     ctx = np.array(PREFILL_CTX, dtype=np.float64)
     batch = np.array(DECODE_BATCH, dtype=np.float64)
@@ -527,6 +570,7 @@ def aiconfigurator_profile(
             "engine": f"{BACKEND} {raw['data_version']}",
             "moe_distribution": str(raw["moe_distribution"]) or None,
             "moe_quant": str(raw["moe_quant"]) or None,
+            **({"note": note} if (note := _fp8_moe_note(arch, system, tp, raw)) else {}),
             "query_key": _cache_key(arch, system, tp, dtype, kv_dtype, ep),
             **({"expert_parallel_size": ep} if ep > 1 else {}),
             "converted_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -562,7 +606,10 @@ def _model(
         compiled = cached_compile(key, build)
     else:
         compiled = compile_profile(build())
-    return ProfileLatencyModel(compiled, arch, name=f"aiconfigurator:{device.name}")
+    name = f"aiconfigurator:{device.name}"
+    return ProfileLatencyModel(
+        compiled, arch, name=f"{name} ({compiled.note})" if compiled.note else name
+    )
 
 
 def aiconfigurator_model(

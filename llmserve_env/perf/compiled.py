@@ -71,6 +71,8 @@ class CompiledProfile:
         moe: One MoE block on axes (tokens, active experts), or ``None``.
         moe_count: MoE blocks per iteration.
         overhead_us: Fixed time per iteration.
+        note: What the source says about its tables, for reports (the profile's
+            ``provenance.note``; empty for none).
     """
 
     per_token: PiecewiseLinear
@@ -81,6 +83,7 @@ class CompiledProfile:
     moe: Grid | None
     moe_count: int
     overhead_us: float
+    note: str = ""
 
     @property
     def min_prefill_chunk(self) -> float:
@@ -109,6 +112,7 @@ class CompiledProfile:
                 ]
             ),
             "attention_values": self.attention.values,
+            "note": np.array(self.note),
         }
         for i, axis in enumerate(self.attention.axes):
             out[f"attention_axis{i}"] = axis
@@ -147,6 +151,7 @@ class CompiledProfile:
             moe=moe,
             moe_count=int(s[3]),
             overhead_us=float(s[4]),
+            note=str(arrays["note"]) if "note" in arrays else "",
         )
 
 
@@ -280,6 +285,7 @@ def compile_profile(profile: Profile) -> CompiledProfile:
         moe=compile_moe(profile) if moe_count else None,
         moe_count=moe_count,
         overhead_us=meta.overhead_us,
+        note=str(meta.provenance.get("note") or ""),
     )
 
 
