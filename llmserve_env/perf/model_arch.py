@@ -65,8 +65,17 @@ class ModelArch:
 
         vLLM's rules: query heads divisible by ``tp``; key/value heads divisible by
         ``tp``, or, when fewer than ``tp``, dividing it (each is then replicated); the
-        dense MLP's width divisible by ``tp`` (column-parallel linear layers).
+        dense MLP's width divisible by ``tp`` (column-parallel linear layers). The
+        answer ends with the sizes that work, up to 64.
         """
+        why = self._tp_problem(tp)
+        if why is None:
+            return None
+        fits = [str(t) for t in (1, 2, 4, 8, 16, 32, 64) if self._tp_problem(t) is None]
+        sizes = ", ".join(fits[:-1]) + f" or {fits[-1]}" if len(fits) > 1 else fits[0]
+        return f"{why}; tp {sizes} would work"
+
+    def _tp_problem(self, tp: int) -> str | None:
         kv = self.num_kv_heads
         if self.num_heads % tp:
             return f"{self.num_heads} attention heads are not divisible by tp {tp}"

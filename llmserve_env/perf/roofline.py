@@ -253,6 +253,9 @@ class RooflineModel:
             raise ValueError(f"tp must be >= 1, got {tp}")
         self.name = f"roofline:{device.name}"
         """Which model this is, for reports (``perf: auto`` adds why it fell back)."""
+        if dtype == "fp8" and not device.fp8_tflops:
+            # vLLM's weight-only FP8 (Marlin) path: FP8 bytes, 16-bit math.
+            self.name += " (FP8 weights, 16-bit math: no FP8 units)"
         for name, value in (("dtype", dtype), ("kv_dtype", kv_dtype or dtype)):
             if value not in DTYPE_BYTES:
                 raise ValueError(f"unknown {name} {value!r}; known: {', '.join(DTYPE_BYTES)}")

@@ -221,10 +221,21 @@ def test_auto_says_why_it_fell_back_on_a_covered_device() -> None:
     a100 = resolve_device("A100")
     fp8 = factory.make_latency_model(ARCH, a100, 1, "fp8", "auto")
     assert isinstance(fp8, RooflineModel)
-    assert factory.latency_source(fp8).startswith("roofline:A100-SXM-80GB (no aiconfigurator")
-    assert "fp8" in factory.latency_source(fp8)
+    assert factory.latency_source(fp8) == (
+        "roofline:A100-SXM-80GB (FP8 weights, 16-bit math: no FP8 units) (no aiconfigurator "
+        "tables: a100_sxm has no fp8 tensor cores in aiconfigurator-core)"
+    )
     bf16 = factory.make_latency_model(ARCH, a100, 1, "bf16", "auto")
     assert factory.latency_source(bf16) == "aiconfigurator:A100-SXM-80GB"
+
+
+def test_tp_refusals_name_the_sizes_that_work() -> None:
+    tiny = load_model_arch("llmserve/tiny-llama")
+    with pytest.raises(
+        ValueError, match=r"4 attention heads are not divisible by tp 8; tp 1, 2 or 4 would work"
+    ):
+        factory.make_latency_model(tiny, H100, 8, "bf16", "analytical")
+    assert ARCH.tensor_parallel_problem(8) is None
 
 
 def test_auto_fallback_keeps_the_devices_measured_collectives() -> None:
