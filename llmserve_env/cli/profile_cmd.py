@@ -32,7 +32,8 @@ from llmserve_env.config.errors import DataFileError
     type=click.Choice(["bf16", "fp16", "fp32"]),
     default="bf16",
     show_default=True,
-    help="Weights and activations.",
+    help="Weights and activations (fp32 profiles are for inspection: scenarios run bf16, "
+    "fp16 or fp8).",
 )
 @click.option(
     "--tp",
@@ -132,10 +133,15 @@ def profile(
     for each batch is from them.
     """
     from llmserve_env.output import file_in_the_way
-    from llmserve_env.perf.hardware import device_catalog
+    from llmserve_env.perf.hardware import resolve_device
     from llmserve_env.perf.model_arch import load_model_arch
     from llmserve_env.perf.profile_format import write_profile
-    from llmserve_env.perf.profiler import ProfileGrid, ProfilerOptions, profile_model
+    from llmserve_env.perf.profiler import (
+        ProfileGrid,
+        ProfilerOptions,
+        profile_model,
+        resolve_torch_device,
+    )
 
     try:
         import torch
@@ -148,6 +154,10 @@ def profile(
         raise click.UsageError("--check-layers only applies with --check-iterations")
     if threads is not None:
         torch.set_num_threads(threads)
+    try:
+        torch_device = resolve_torch_device(torch, device)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--device") from exc
     try:
         arch = load_model_arch(model)
     except KeyError as exc:
@@ -189,11 +199,25 @@ def profile(
         f"wrote {folder}/ ({meta.model} on {meta.device}, {meta.dtype}, tp={meta.tp}, "
         f"{meta.provenance.get('duration_s', 0):.1f} s)"
     )
-    if meta.device not in device_catalog():
+    try:
+        resolve_device(meta.device)
+    except KeyError:
         click.echo(
             f"note: meta.yaml records device {meta.device!r}, which the catalog lacks: a "
             f"scenario uses this profile on a device of that name described under `devices:`"
             ", or profile again with --device-name CATALOG_NAME",
+            err=True,
+        )
+    else:
+        if torch_device.type == "cpu" and meta.device != "cpu":
+            click.echo(
+                f"note: these are the CPU's times, recorded as device {meta.device!r} "
+                "(--device-name); provenance.device_type says cpu",
+                err=True,
+            )
+    if meta.dtype == "fp32":
+        click.echo(
+            "note: an fp32 profile is for inspection; a scenario's dtype is bf16, fp16 or fp8",
             err=True,
         )
     if check_iterations:

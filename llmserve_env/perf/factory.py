@@ -41,6 +41,7 @@ from llmserve_env.perf.importers import llmservingsim, llmservingsim_paper
 from llmserve_env.perf.importers.common import files_digest
 from llmserve_env.perf.model_arch import ModelArch
 from llmserve_env.perf.profile_format import (
+    LayerSequence,
     Profile,
     ProfileMeta,
     check_written,
@@ -66,7 +67,20 @@ def find_measured_profile(device: DeviceSpec, model: str, dtype: str, tp: int) -
 
 
 def _short(name: str) -> str:
-    return name.replace("\\", "/").rstrip("/").split("/")[-1].lower()
+    """A model's name without its organisation or folders: the file stem of a config
+    path, its folder's name for a ``config.json`` (``.../Llama-3.1-8B/config.json`` and
+    ``Llama-3.1-8B.json`` are both ``llama-3.1-8b``)."""
+    parts = name.replace("\\", "/").rstrip("/").split("/")
+    last = parts[-1]
+    if last.lower() == "config.json" and len(parts) > 1:
+        last = parts[-2]
+    elif last.lower().endswith(".json"):
+        last = last[: -len(".json")]
+    return last.lower()
+
+
+def _has_moe(sequence: LayerSequence) -> bool:
+    return any(op == "moe" or op.startswith("moe_") for op in sequence.layer)
 
 
 def _check_meta(
@@ -78,6 +92,10 @@ def _check_meta(
         problems.append(f"it was measured at tp={meta.tp} but the instance has tp={tp}")
     if _short(meta.model) != _short(arch.name):
         problems.append(f"it is for model {meta.model!r} but the instance runs {arch.name!r}")
+    elif _has_moe(meta.sequence) != arch.is_moe:
+        kind = "mixture-of-experts" if arch.is_moe else "dense"
+        has = "has no" if arch.is_moe else "has an"
+        problems.append(f"{arch.name!r} is a {kind} model, and the profile {has} MoE block")
     if meta.dtype != dtype:
         problems.append(f"it is for dtype {meta.dtype!r} but the instance uses {dtype!r}")
     try:

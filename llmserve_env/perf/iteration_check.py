@@ -312,6 +312,8 @@ class _Forward:
             k = qkv[:, layer.heads * hd : (layer.heads + layer.kv_heads) * hd]
             k = k.reshape(n, layer.kv_heads, hd)
             v = qkv[:, (layer.heads + layer.kv_heads) * hd :].reshape(n, layer.kv_heads, hd)
+            if arch.qk_norm:
+                q, k = layer.qk_norm(q, k)
             q, k = layer.rotary(q, k, self.positions)
             h = layer.o(self._attention(layer, q, k, v))
             x, residual = layer.add_rms_norm(h, residual)

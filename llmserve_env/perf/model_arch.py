@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,9 @@ class ModelArch:
         experts_per_token: Experts activated per token.
         moe_intermediate_size: Width of one expert's MLP.
         tie_word_embeddings: Whether the LM head shares the embedding matrix.
+        qk_norm: Whether each attention head's queries and keys are RMS-normalised
+            before the rotary embedding (Qwen3's ``q_norm`` / ``k_norm``:
+            :data:`QK_NORM_ARCHITECTURES`).
     """
 
     name: str
@@ -54,6 +58,7 @@ class ModelArch:
     experts_per_token: int = 0
     moe_intermediate_size: int = 0
     tie_word_embeddings: bool = False
+    qk_norm: bool = False
 
     @property
     def is_moe(self) -> bool:
@@ -172,11 +177,30 @@ def _int(
     """The first of ``keys`` present, as a whole number of at least ``least``."""
     value = _get(cfg, path, *keys, default=default)
     key = next((k for k in keys if cfg.get(k) is not None), keys[0])
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value != int(value)
+    ):
         raise DataFileError(path, f"{key}: expected a whole number, got {value!r}")
     if value < least:
         raise DataFileError(path, f"{key}: must be at least {least}, got {value!r}")
     return int(value)
+
+
+def _bool(cfg: dict[str, Any], path: Path, key: str) -> bool:
+    value = cfg.get(key, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise DataFileError(path, f"{key}: expected true or false, got {value!r}")
+    return value
+
+
+QK_NORM_ARCHITECTURES = frozenset({"Qwen3ForCausalLM", "Qwen3MoeForCausalLM"})
+"""Model classes whose attention normalises each head's queries and keys (vLLM's
+``Qwen3Attention``: ``q_norm`` and ``k_norm``, RMSNorm over ``head_dim``)."""
 
 
 def arch_from_hf_config(cfg: dict[str, Any], name: str, path: Path) -> ModelArch:
@@ -221,7 +245,17 @@ def arch_from_hf_config(cfg: dict[str, Any], name: str, path: Path) -> ModelArch
             f"num_experts_per_tok must be between 1 and the {num_experts} experts, "
             f"got {experts_per_token}",
         )
-    intermediate = _int(cfg, path, "intermediate_size", "ffn_dim", "n_inner", default=4 * hidden)
+    # GPT-2's n_inner null means 4 x the width (its config's documented default); any
+    # other model states its MLP width.
+    gpt2_default = "n_inner" in cfg and cfg["n_inner"] is None
+    intermediate = _int(
+        cfg,
+        path,
+        "intermediate_size",
+        "ffn_dim",
+        "n_inner",
+        default=4 * hidden if gpt2_default or num_experts else None,
+    )
     moe_inter = _int(cfg, path, "moe_intermediate_size", default=intermediate) if num_experts else 0
     architectures = cfg.get("architectures") or ["unknown"]
     if not isinstance(architectures, list) or not all(isinstance(a, str) for a in architectures):
@@ -244,7 +278,8 @@ def arch_from_hf_config(cfg: dict[str, Any], name: str, path: Path) -> ModelArch
         num_experts=num_experts,
         experts_per_token=experts_per_token if num_experts else 0,
         moe_intermediate_size=moe_inter,
-        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        tie_word_embeddings=_bool(cfg, path, "tie_word_embeddings"),
+        qk_norm=architectures[0] in QK_NORM_ARCHITECTURES,
     )
 
 
@@ -269,6 +304,10 @@ def load_model_arch(name_or_path: str) -> ModelArch:
         DataFileError: a malformed config file.
     """
     path = Path(name_or_path).expanduser()
+    if path.is_file() and path.suffix != ".json":
+        raise DataFileError(
+            path, "a model config is a HuggingFace config.json (JSON), not this file"
+        )
     if path.suffix == ".json" or path.is_dir():
         if path.is_dir():
             path = path / "config.json"
@@ -291,6 +330,8 @@ def load_model_arch(name_or_path: str) -> ModelArch:
         name = str(candidate.relative_to(root).with_suffix(""))
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise DataFileError(path, f"not UTF-8 text (byte {exc.start})") from exc
     except json.JSONDecodeError as exc:
         raise DataFileError(path, f"invalid JSON: {exc.msg}", line=exc.lineno) from exc
     if not isinstance(cfg, dict):

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -267,6 +268,8 @@ def _dense_ops(
         residual = layer.hidden(n)
         add("layernorm", timer(partial(layer.add_rms_norm, x, residual)))
         add("qkv_proj", timer(cold_calls(partial(linear, x), [layer.qkv.weight], cold)))
+        if arch.qk_norm:
+            add("qk_norm", timer(partial(layer.qk_norm, q, k)))
         add("rotary_emb", timer(partial(layer.rotary, q, k, positions)))
         # The cache holds other requests' blocks too: write into a region of 4 n slots.
         k_cache = torch.zeros(4 * n, layer.kv_heads, hd, device=layer.device, dtype=layer.dtype)
@@ -362,13 +365,14 @@ def resolve_torch_device(torch: Any, name: str) -> Any:
     Raises:
         ValueError: CUDA without a GPU, or a device type other than cuda and cpu.
     """
+    given, name = name, name.strip().lower()
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:
         raise ValueError(
-            f"device {name!r}: not a torch device; use auto, cpu, cuda or cuda:N"
+            f"device {given!r}: not a torch device; use auto, cpu, cuda or cuda:N"
         ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(
@@ -376,7 +380,7 @@ def resolve_torch_device(torch: Any, name: str) -> Any:
         )
     if device.type not in ("cuda", "cpu"):
         raise ValueError(
-            f"device {name!r}: only cuda and cpu are supported (auto, cpu, cuda or cuda:N)"
+            f"device {given!r}: only cuda and cpu are supported (auto, cpu, cuda or cuda:N)"
         )
     return device
 
@@ -393,9 +397,54 @@ def _device_label(torch: Any, device: Any) -> tuple[str, str]:
             except KeyError:
                 continue
         return reported, reported
+    return "cpu", _cpu_model()
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
     import platform
 
-    return "cpu", platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            for line in info:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _available_bytes(torch: Any, device: Any) -> int:
+    """Memory free for the layer's weights: the GPU's free memory, or the host's
+    available physical memory (0 when it cannot be read)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (OSError, ValueError, AttributeError):
+        return 0
+
+
+def _check_memory(torch: Any, device: Any, arch: ModelArch, tp: int, dtype: str) -> None:
+    """Refuse a layer whose weights cannot be allocated, before torch tries (a 10^12-wide
+    layer is a whole number but no model; torch's allocator would fail mid-build).
+
+    Raises:
+        ValueError: what one layer shard with its embedding and LM head needs, and what
+            the device has free.
+    """
+    params = (arch.attn_params_per_layer + arch.mlp_params_per_layer) // tp
+    params += 2 * arch.vocab_size * arch.hidden_size // tp
+    need = params * _BYTES[dtype]
+    free = _available_bytes(torch, device)
+    if free and need > 0.9 * free:
+        raise ValueError(
+            f"{arch.name}: one layer at tp {tp} with its embedding and LM head needs "
+            f"{need / 2**30:,.3g} GiB of {dtype} weights, and {device.type} has "
+            f"{free / 2**30:,.3g} GiB free (hidden_size {arch.hidden_size}, vocab_size "
+            f"{arch.vocab_size}, intermediate_size {arch.intermediate_size})"
+        )
 
 
 def profile_model(
@@ -423,6 +472,7 @@ def profile_model(
         raise ValueError(f"{arch.name}: {why}; vLLM cannot run it at this tp")
     say = log or (lambda line: None)
     device = resolve_torch_device(torch, opts.device)
+    _check_memory(torch, device, arch, opts.tp, opts.dtype)
     torch.manual_seed(opts.seed)
     cold = opts.cold_bytes(torch, device)
     timer = Timer(torch, device, opts.warmup, opts.repeat)
@@ -468,6 +518,7 @@ def _meta(
         layer=(
             "layernorm",
             "qkv_proj",
+            *(("qk_norm",) if arch.qk_norm else ()),
             "rotary_emb",
             "reshape_and_cache",
             "attention",

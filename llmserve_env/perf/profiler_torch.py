@@ -215,6 +215,7 @@ class TorchLayer:
             self.embedding = nn.Embedding(max(1, arch.vocab_size // tp), h, **kw)
             self.lm_head = nn.Linear(h, max(1, arch.vocab_size // tp), bias=False, **kw)
         self.norm_weight = torch.ones(h, **kw)
+        self.head_norm_weight = torch.ones(hd, **kw)  # Qwen3's q_norm / k_norm
         self.qkv = nn.Linear(h, (self.heads + 2 * self.kv_heads) * hd, bias=False, **kw)
         self.o = nn.Linear(self.heads * hd, h, bias=False, **kw)
         if arch.is_moe:
@@ -241,6 +242,16 @@ class TorchLayer:
         """RMSNorm in fp32, as vLLM's reference implementation."""
         var = x.float().pow(2).mean(-1, keepdim=True)
         return (x.float() * self.torch.rsqrt(var + 1e-6)).to(x.dtype) * self.norm_weight
+
+    def qk_norm(self, q: Any, k: Any) -> tuple[Any, Any]:
+        """RMSNorm of each head of q ``[n, heads, hd]`` and k ``[n, kv, hd]`` over its
+        ``hd`` values (vLLM's ``Qwen3Attention`` before the rotary embedding)."""
+
+        def norm(x: Any) -> Any:
+            var = x.float().pow(2).mean(-1, keepdim=True)
+            return (x.float() * self.torch.rsqrt(var + 1e-6)).to(x.dtype) * self.head_norm_weight
+
+        return norm(q), norm(k)
 
     def add_rms_norm(self, x: Any, residual: Any) -> tuple[Any, Any]:
         """RMSNorm of ``x + residual``, and the sum: vLLM's fused add + norm, which every

@@ -13,7 +13,7 @@ from llmserve_env.config.loader import validate_scenario
 from llmserve_env.perf import factory
 from llmserve_env.perf.base import BatchShape
 from llmserve_env.perf.hardware import resolve_device
-from llmserve_env.perf.model_arch import load_model_arch
+from llmserve_env.perf.model_arch import load_model_arch, models_dir
 from llmserve_env.perf.profile_format import Profile, write_profile
 from llmserve_env.perf.profile_model import ProfileLatencyModel
 from llmserve_env.perf.roofline import RooflineModel
@@ -276,3 +276,27 @@ def test_a_profile_in_the_wrong_units_is_refused(tmp_path: Path) -> None:
     write_profile(profile, tmp_path / "fine")
     fine = validate_scenario(_scenario("fine", tmp_path), base_dir=tmp_path)
     assert build_simulation(fine).run()["num_finished"] == 20
+
+
+def test_profiles_match_the_model_by_name_and_kind(tmp_path: Path) -> None:
+    folder = write_profile(crafted_profile(), tmp_path / "p")  # model meta-llama/Llama-3.1-8B
+    # A copy of the catalog's config is the same model (its file stem) ...
+    copy = tmp_path / "Llama-3.1-8B.json"
+    copy.write_text((models_dir() / "meta-llama/Llama-3.1-8B.json").read_text())
+    factory.make_latency_model(load_model_arch(str(copy)), H100, 1, "bf16", str(folder))
+    # ... and so is a config.json in a folder of that name, but not another folder's.
+    for name, ok in (("Llama-3.1-8B", True), ("other-model", False)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(copy.read_text())
+        arch = load_model_arch(str(tmp_path / name / "config.json"))
+        if ok:
+            factory.make_latency_model(arch, H100, 1, "bf16", str(folder))
+        else:
+            with pytest.raises(DataFileError, match=r"it is for model 'meta-llama/Llama-3\.1-8B'"):
+                factory.make_latency_model(arch, H100, 1, "bf16", str(folder))
+    # A dense model's profile does not serve an MoE model of the same name, nor the reverse.
+    moe = write_profile(crafted_profile(moe=True), tmp_path / "moe")
+    with pytest.raises(
+        DataFileError, match=r"'meta-llama/Llama-3\.1-8B' is a dense model, and the profile has an"
+    ):
+        factory.make_latency_model(ARCH, H100, 1, "bf16", str(moe))

@@ -40,6 +40,13 @@ def test_every_catalog_model_loads() -> None:
         ),
         ({"architectures": "LlamaForCausalLM"}, r"architectures: expected a list"),
         ({"vocab_size": None}, r"model config lacks vocab_size$"),
+        ({"vocab_size": float("nan")}, r"vocab_size: expected a whole number, got nan"),
+        ({"hidden_size": float("inf")}, r"hidden_size: expected a whole number, got inf"),
+        (
+            {"tie_word_embeddings": "false"},
+            r"tie_word_embeddings: expected true or false, got 'false'",
+        ),
+        ({"intermediate_size": None}, r"model config lacks intermediate_size / ffn_dim / n_inner$"),
     ],
 )
 def test_bad_configs_name_the_key(tmp_path: Path, change: dict, message: str) -> None:
@@ -59,3 +66,29 @@ def test_width_must_split_over_the_heads_without_head_dim(tmp_path: Path) -> Non
     path.write_text(json.dumps(cfg))
     with pytest.raises(DataFileError, match=r"must divide hidden_size"):
         load_model_arch(str(path))
+
+
+def test_unreadable_configs_name_the_file(tmp_path: Path) -> None:
+    latin1 = tmp_path / "latin1.json"
+    latin1.write_bytes(b'{"model_type": "llama", "name": "caf\xe9"}')
+    with pytest.raises(DataFileError, match=r"latin1\.json: not UTF-8 text \(byte 36\)"):
+        load_model_arch(str(latin1))
+    as_yaml = tmp_path / "tiny.yaml"
+    as_yaml.write_text(TINY.read_text())
+    with pytest.raises(DataFileError, match=r"tiny\.yaml: a model config is a HuggingFace"):
+        load_model_arch(str(as_yaml))
+
+
+def test_gpt2_style_n_inner_null_is_four_times_the_width(tmp_path: Path) -> None:
+    cfg = json.loads(TINY.read_text())
+    cfg.pop("intermediate_size")
+    cfg["n_inner"] = None
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    assert load_model_arch(str(path)).intermediate_size == 4 * cfg["hidden_size"]
+
+
+def test_qwen3_normalises_queries_and_keys() -> None:
+    assert load_model_arch("Qwen/Qwen3-32B").qk_norm
+    assert load_model_arch("Qwen/Qwen3-30B-A3B-Instruct-2507").qk_norm
+    assert not load_model_arch("meta-llama/Llama-3.1-8B").qk_norm

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -185,3 +186,50 @@ def test_unknown_device_names_the_choices(name: str, message: str) -> None:
 
     with pytest.raises(ValueError, match=message):
         resolve_torch_device(torch, name)
+
+
+def test_qwen3_layers_time_the_query_key_norm(tmp_path: Path) -> None:
+    config = json.loads(TINY.read_text()) | {"architectures": ["Qwen3ForCausalLM"]}
+    path = tmp_path / "tiny-qwen3.json"
+    path.write_text(json.dumps(config))
+    arch = load_model_arch(str(path))
+    profile = profile_model(arch, _options())
+    layer = profile.meta.sequence.layer
+    assert layer.index("qkv_proj") + 1 == layer.index("qk_norm") == layer.index("rotary_emb") - 1
+    assert np.all(profile.dense["qk_norm"].time_us > 0)
+    plain = profile_model(load_model_arch(str(TINY)), _options())
+    assert "qk_norm" not in plain.meta.sequence.layer and "qk_norm" not in plain.dense
+
+
+def test_a_layer_the_memory_cannot_hold_is_refused_before_allocating(tmp_path: Path) -> None:
+    config = json.loads(TINY.read_text()) | {"hidden_size": 10**12, "head_dim": 64}
+    config["num_attention_heads"] = config["num_key_value_heads"] = 4
+    path = tmp_path / "huge.json"
+    path.write_text(json.dumps(config))
+    arch = load_model_arch(str(path))
+    with pytest.raises(ValueError, match=r"one layer at tp 1 with its embedding and LM head needs"):
+        profile_model(arch, _options())
+    from llmserve_env.cli.main import main
+
+    out = tmp_path / "p"
+    result = CliRunner().invoke(main, ["profile", str(path), "-o", str(out), "--device", "cpu"])
+    assert result.exit_code == 2 and "GiB free" in " ".join(result.output.split())
+    assert not out.exists()
+
+
+def test_device_flags(tmp_path: Path) -> None:
+    from llmserve_env.cli.main import main
+    from llmserve_env.perf.profiler import resolve_torch_device
+
+    assert resolve_torch_device(torch, "CPU").type == "cpu"
+    base = ["profile", str(TINY), "--quick", "--warmup", "0", "--repeat", "1", "--dtype", "fp32"]
+    bad = CliRunner().invoke(main, [*base, "-o", str(tmp_path / "x"), "--device", "FOO"])
+    assert bad.exit_code == 2 and "Invalid value for --device: device 'FOO'" in bad.output
+    # A catalog alias is the catalog's device; CPU times under a GPU's name are noted.
+    out = tmp_path / "alias"
+    args = [*base, "-o", str(out), "--device", "cpu", "--device-name", "h100"]
+    result = CliRunner().invoke(main, args)
+    text = " ".join(result.output.split())
+    assert result.exit_code == 0, result.output
+    assert "catalog lacks" not in text and "these are the CPU's times" in text
+    assert read_profile(out).meta.provenance["device"]  # the CPU's model name
