@@ -203,16 +203,47 @@ QK_NORM_ARCHITECTURES = frozenset({"Qwen3ForCausalLM", "Qwen3MoeForCausalLM"})
 ``Qwen3Attention``: ``q_norm`` and ``k_norm``, RMSNorm over ``head_dim``)."""
 
 
+def _unmodelled(cfg: dict[str, Any]) -> list[str]:
+    """Features of ``cfg`` the latency and memory models do not have, each with its key:
+    refused, as a model without them would be silently another model."""
+    out = []
+
+    def positive(key: str) -> bool:
+        value = cfg.get(key)
+        return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+
+    for key in ("shared_expert_intermediate_size", "n_shared_experts", "num_shared_experts"):
+        if positive(key):
+            out.append(f"{key} {cfg[key]!r}: shared experts")
+    if cfg.get("kv_lora_rank") is not None:
+        out.append(f"kv_lora_rank {cfg['kv_lora_rank']!r}: multi-head latent attention")
+    if isinstance(cfg.get("mlp_only_layers"), list) and cfg["mlp_only_layers"]:
+        out.append("mlp_only_layers: dense layers among the MoE ones")
+    for key in ("decoder_sparse_step", "moe_layer_freq"):
+        if positive(key) and cfg[key] > 1:
+            out.append(f"{key} {cfg[key]!r}: dense layers among the MoE ones")
+    if positive("first_k_dense_replace"):
+        out.append(f"first_k_dense_replace {cfg['first_k_dense_replace']!r}: leading dense layers")
+    return out
+
+
 def arch_from_hf_config(cfg: dict[str, Any], name: str, path: Path) -> ModelArch:
     """Build a :class:`ModelArch` from a parsed HuggingFace ``config.json``.
 
     Raises:
-        DataFileError: a key missing, a value that is not a positive whole number, or
-            dimensions no model has (heads that do not divide the width, KV heads that
+        DataFileError: a key missing, a value that is not a positive whole number, a
+            feature the models do not have (shared experts, latent attention, dense layers
+            among MoE ones), or dimensions no model has (heads that do not divide the width, KV heads that
             do not divide the query heads, an odd head width, top-k above the experts).
     """
     if "text_config" in cfg and isinstance(cfg["text_config"], dict):
         cfg = {**cfg, **cfg["text_config"]}
+    if unmodelled := _unmodelled(cfg):
+        raise DataFileError(
+            path,
+            "the simulator does not model " + "; ".join(unmodelled) + " (every layer is "
+            "taken as one attention block and one MLP or routed-expert block)",
+        )
     hidden = _int(cfg, path, "hidden_size", "d_model", "n_embd")
     heads = _int(cfg, path, "num_attention_heads", "n_head")
     kv_heads = _int(cfg, path, "num_key_value_heads", default=heads)

@@ -19,6 +19,21 @@ def test_every_catalog_model_loads() -> None:
         assert arch.num_heads % arch.num_kv_heads == 0 and arch.head_dim % 2 == 0
 
 
+def test_llmservingsim_model_configs_load(shared: Path) -> None:
+    """The full HuggingFace configs LLMServingSim ships (sliding-window and bias keys,
+    Qwen3-MoE's empty ``mlp_only_layers``) load as the catalog's do."""
+    configs = sorted((shared / "llmservingsim").glob("*/model_config/*/*.json"))
+    assert len(configs) >= 10
+    for path in configs:
+        arch = load_model_arch(str(path))
+        catalog = load_model_arch(f"{path.parent.name}/{path.stem}")
+        assert (arch.num_layers, arch.hidden_size, arch.num_experts) == (
+            catalog.num_layers,
+            catalog.hidden_size,
+            catalog.num_experts,
+        ), path
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -47,6 +62,30 @@ def test_every_catalog_model_loads() -> None:
             r"tie_word_embeddings: expected true or false, got 'false'",
         ),
         ({"intermediate_size": None}, r"model config lacks intermediate_size / ffn_dim / n_inner$"),
+        (
+            {"shared_expert_intermediate_size": 5632},
+            r"the simulator does not model shared_expert_intermediate_size 5632: shared experts",
+        ),
+        (
+            {"n_shared_experts": 2},
+            r"the simulator does not model n_shared_experts 2: shared experts",
+        ),
+        (
+            {"kv_lora_rank": 512},
+            r"the simulator does not model kv_lora_rank 512: multi-head latent attention",
+        ),
+        (
+            {"mlp_only_layers": [0]},
+            r"the simulator does not model mlp_only_layers: dense layers among",
+        ),
+        (
+            {"decoder_sparse_step": 2},
+            r"the simulator does not model decoder_sparse_step 2: dense layers among",
+        ),
+        (
+            {"first_k_dense_replace": 3},
+            r"the simulator does not model first_k_dense_replace 3: leading dense layers",
+        ),
     ],
 )
 def test_bad_configs_name_the_key(tmp_path: Path, change: dict, message: str) -> None:
