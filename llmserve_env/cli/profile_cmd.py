@@ -137,11 +137,13 @@ def profile(
     from llmserve_env.perf.model_arch import load_model_arch
     from llmserve_env.perf.profile_format import write_profile
     from llmserve_env.perf.profiler import (
+        NOISY_SHARE,
         ProfileGrid,
         ProfilerOptions,
         profile_model,
         resolve_torch_device,
     )
+    from llmserve_env.perf.profiler_torch import NOISY_SPREAD
 
     try:
         import torch
@@ -215,6 +217,15 @@ def profile(
                 "(--device-name); provenance.device_type says cpu",
                 err=True,
             )
+    noisy = meta.provenance.get("noisy_points") or {}
+    if noisy and noisy["noisy"] > NOISY_SHARE * noisy["of"]:
+        click.echo(
+            f"warning: {noisy['noisy']} of {noisy['of']} points varied between repeats by "
+            f"more than {NOISY_SPREAD:.0%} of their median (interquartile range): the machine "
+            "was busy or the timings are unstable; profile again on a quiet machine, with "
+            "--threads or more --repeat",
+            err=True,
+        )
     if meta.dtype == "fp32":
         click.echo(
             "note: an fp32 profile is for inspection; a scenario's dtype is bf16, fp16 or fp8",

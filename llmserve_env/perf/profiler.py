@@ -62,6 +62,11 @@ from llmserve_env.perf.profiler_torch import (
 
 _BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 
+NOISY_SHARE = 0.05
+"""``llmserve profile`` warns when more than this share of the points timed call by call
+were noisy (:data:`~llmserve_env.perf.profiler_torch.NOISY_SPREAD`; the count is
+``provenance.noisy_points``)."""
+
 DEFAULT_COLD_MIB = 256
 """Distinct data an operator cycles through when timed: above every GPU's L2 and what
 this project's CPU keeps cached (a 23 MB weight matrix times one token in 0.84 ms
@@ -491,8 +496,12 @@ def profile_model(
             moe = _moe(layer, timer, opts.grid.tokens, cold)
     elapsed = time.perf_counter() - started
     name, reported = _device_label(torch, device)
+    meta = _meta(arch, opts, name, reported, torch, device, power, elapsed, cold)
+    if timer.points:
+        noisy = {"noisy": timer.noisy, "of": timer.points}
+        meta = replace(meta, provenance={**meta.provenance, "noisy_points": noisy})
     return Profile(
-        meta=_meta(arch, opts, name, reported, torch, device, power, elapsed, cold),
+        meta=meta,
         dense=dense,
         per_sequence=per_seq,
         attention=attention,

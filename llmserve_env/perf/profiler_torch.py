@@ -34,6 +34,15 @@ def timing_method(device: Any) -> str:
     return "cuda events" if device.type == "cuda" else "time.perf_counter (median)"
 
 
+NOISY_SPREAD = 0.5
+"""A point is noisy when the interquartile range of its repeats exceeds this share of
+their median. On a quiet 2-core CPU host 0-2 of the 56-68 points of a quick grid at 10
+repeats are (tiny-llama and Llama-3.1-8B), with two busy processes beside it 7-16."""
+NOISY_MIN_REPEATS = 8
+"""Fewer repeats estimate the quartiles too roughly to tell (at 5, 9 of 68 points of a
+quiet run pass the threshold)."""
+
+
 class Timer:
     """Times a callable on one device: CUDA events after warm-up, or perf_counter.
 
@@ -53,6 +62,10 @@ class Timer:
         self.torch, self.device = torch, device
         self.warmup, self.repeat = warmup, repeat
         self.cuda = device.type == "cuda"
+        self.points = self.noisy = 0
+        """Points timed call by call with :data:`NOISY_MIN_REPEATS` or more repeats, and
+        those of them whose repeats spread widely (:data:`NOISY_SPREAD`): a busy
+        machine's signature."""
         self._flush = (
             torch.empty(flush_bytes // 4, dtype=torch.int32, device=device)
             if flush_bytes >= 4
@@ -98,7 +111,12 @@ class Timer:
             t0 = time.perf_counter()
             call()
             samples.append(time.perf_counter() - t0)
-        return float(statistics.median(samples))
+        median = float(statistics.median(samples))
+        if len(samples) >= NOISY_MIN_REPEATS and median > 0:
+            q1, _, q3 = statistics.quantiles(samples, n=4)
+            self.points += 1
+            self.noisy += (q3 - q1) > NOISY_SPREAD * median
+        return median
 
 
 def cold_calls(

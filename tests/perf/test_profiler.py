@@ -233,3 +233,29 @@ def test_device_flags(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "catalog lacks" not in text and "these are the CPU's times" in text
     assert read_profile(out).meta.provenance["device"]  # the CPU's model name
+
+
+def test_timer_counts_points_whose_repeats_spread_widely() -> None:
+    import itertools
+    import time
+
+    from llmserve_env.perf.profiler_torch import NOISY_MIN_REPEATS, Timer
+
+    timer = Timer(torch, torch.device("cpu"), warmup=0, repeat=NOISY_MIN_REPEATS)
+    timer(lambda: time.sleep(0.002))  # steady
+    assert (timer.points, timer.noisy) == (1, 0)
+    pauses = itertools.cycle([0.0005, 0.0005, 0.004, 0.004])  # half the calls 8x longer
+    timer(lambda: time.sleep(next(pauses)))
+    assert (timer.points, timer.noisy) == (2, 1)
+    few = Timer(torch, torch.device("cpu"), warmup=0, repeat=NOISY_MIN_REPEATS - 1)
+    few(lambda: time.sleep(next(pauses)))
+    assert few.points == 0  # too few repeats to judge
+
+
+def test_profile_records_how_many_points_were_noisy() -> None:
+    profile = profile_model(load_model_arch(str(TINY)), _options(repeat=8))
+    noisy = profile.meta.provenance["noisy_points"]
+    assert noisy["of"] > 0 and 0 <= noisy["noisy"] <= noisy["of"]
+    assert (
+        "noisy_points" not in profile_model(load_model_arch(str(TINY)), _options()).meta.provenance
+    )
