@@ -19,8 +19,9 @@ charges them.
 
 from __future__ import annotations
 
+import csv
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from types import ModuleType
 
@@ -110,16 +111,30 @@ def _check_meta(
         raise DataFileError(where, "profile does not match the instance: " + "; ".join(problems))
 
 
+def _missing_collectives(meta: ProfileMeta, have: Collection[tuple[str, int]]) -> list[str]:
+    """The collectives the sequence runs at the profile's ``tp`` that ``have`` lacks (none
+    at ``tp`` 1, where they cost nothing)."""
+    tp, sequence = meta.tp, meta.sequence
+    if tp == 1:
+        return []
+    names = [collective_of(op) for op in sequence.prologue + sequence.layer + sequence.head]
+    return list(dict.fromkeys(c[0] for c in names if c is not None and (c[0], tp) not in have))
+
+
+def _measured_collectives(folder: Path) -> set[tuple[str, int]]:
+    """The ``(op, num_gpus)`` pairs of a profile folder's ``collectives.csv`` (empty when
+    it has none or they cannot be read; reading the profile then says why)."""
+    try:
+        with (folder / "collectives.csv").open(encoding="utf-8", newline="") as handle:
+            return {(row["op"], int(float(row["num_gpus"]))) for row in csv.DictReader(handle)}
+    except (OSError, UnicodeDecodeError, KeyError, TypeError, ValueError):
+        return set()
+
+
 def _with_collectives(profile: Profile, device: DeviceSpec) -> Profile:
     tp = profile.meta.tp
-    sequence = profile.meta.sequence
-    names = [collective_of(op) for op in sequence.prologue + sequence.layer + sequence.head]
-    needed = list(
-        dict.fromkeys(
-            c[0] for c in names if c is not None and (c[0], tp) not in profile.collectives
-        )
-    )
-    if tp == 1 or not needed:
+    needed = _missing_collectives(profile.meta, profile.collectives)
+    if not needed:
         return profile
     cal = RooflineCalibration()
     fill = analytical_collectives(
@@ -128,10 +143,11 @@ def _with_collectives(profile: Profile, device: DeviceSpec) -> Profile:
     return profile.with_collectives(fill)
 
 
-def _fill_key(device: DeviceSpec, tp: int) -> str:
-    """What :func:`_with_collectives` adds depends on: nothing at ``tp`` 1 (the key a
-    written profile's check compiles under, so a run after it finds the tables cached)."""
-    if tp == 1:
+def _fill_key(device: DeviceSpec, missing: list[str]) -> str:
+    """What :func:`_with_collectives` adds depends on: nothing when no collective is
+    ``missing`` (the key a written profile's check compiles under, so a run after it
+    finds the tables cached)."""
+    if not missing:
         return NO_FILL
     cal = RooflineCalibration()
     return f"collectives:{device.scaleup_bw_gbps}:{cal.comm_eff}:{cal.comm_latency_s}"
@@ -151,6 +167,7 @@ def load_profile_tables(
     if is_profile_folder(folder):
         meta = read_meta(folder / "meta.yaml")
         key = profile_digest(folder)
+        missing = _missing_collectives(meta, _measured_collectives(folder))
 
         def build() -> Profile:
             return _with_collectives(read_profile(folder), device)
@@ -160,6 +177,7 @@ def load_profile_tables(
         meta = result.profile.meta
         key = files_digest(result.source_files, llmservingsim.TAG)
         converted = result.profile
+        missing = _missing_collectives(meta, converted.collectives)
 
         def build() -> Profile:
             check_written(converted, folder, "converts to an invalid profile", compile_it=False)
@@ -170,6 +188,7 @@ def load_profile_tables(
         meta = paper.profile.meta
         key = files_digest(paper.source_files, llmservingsim_paper.TAG)
         converted_paper = paper.profile
+        missing = _missing_collectives(meta, converted_paper.collectives)
 
         def build() -> Profile:
             check_written(
@@ -184,7 +203,7 @@ def load_profile_tables(
             "LLMServingSim profile folder (.../<dtype>/tp<N> or perf_models/.../tp<N>)",
         )
     _check_meta(meta, folder, arch, device, tp, dtype)
-    return cached_compile(f"{key}:{_fill_key(device, tp)}", build)
+    return cached_compile(f"{key}:{_fill_key(device, missing)}", build)
 
 
 def _aiconfig() -> ModuleType | None:

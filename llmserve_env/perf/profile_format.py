@@ -767,16 +767,16 @@ def _check_folder(folder: Path, where: str | Path, problem: str, compile_it: boo
     """Read the written ``folder`` back (and compile it): what this package would refuse
     to load is refused at ``where``, located at the file of the format."""
     # compiled imports this module
-    from llmserve_env.perf.compiled import NO_FILL, cached_compile, compile_profile
+    from llmserve_env.perf.compiled import NO_FILL, cached_compile
 
     try:
         written = read_profile(folder)
-        if compile_it and written.meta.tp == 1:
-            # Cached under the key a run loading the moved folder looks up (the digest
-            # is of the files' names and bytes, not their place).
+        if compile_it and (written.meta.tp == 1 or written.collectives):
+            # Compiled as written (a tensor-parallel one only with every collective its
+            # sequence runs, else compiling refuses it) and cached under the key a run
+            # loading the moved folder looks up (the digest is of the files' names and
+            # bytes, not their place).
             cached_compile(f"{profile_digest(folder)}:{NO_FILL}", lambda: written)
-        elif compile_it and written.collectives:
-            compile_profile(written)
     except (DataFileError, ValueError) as exc:
         message = str(exc).replace(f"{folder}/", "").replace(str(folder), "the profile")
         raise DataFileError(where, f"{problem}: {message}") from exc

@@ -71,18 +71,20 @@ def test_profile_path(tmp_path: Path) -> None:
     assert model.iteration_time_s(BatchShape((16,), (0,))) > 0
 
 
+@pytest.mark.parametrize("tp", [1, 2])
 def test_a_written_profile_is_compiled_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tp: int
 ) -> None:
     # write_profile's check compiles the staged folder under the key a run of the moved
-    # folder looks up, so the run loads the cached tables instead of compiling again.
-    folder = write_profile(crafted_profile(), tmp_path / "p")
+    # folder looks up, so the run loads the cached tables instead of compiling again
+    # (at tp 2 with every collective measured: nothing is filled in).
+    folder = write_profile(crafted_profile(tp=tp), tmp_path / "p")
     assert len(list((tmp_path / "cache" / "profiles").glob("*.npz"))) == 1
     monkeypatch.setattr(
         "llmserve_env.perf.compiled.compile_profile",
         lambda profile: pytest.fail("compiled again"),
     )
-    model = factory.make_latency_model(ARCH, H100, 1, "bf16", str(folder))
+    model = factory.make_latency_model(ARCH, H100, tp, "bf16", str(folder))
     assert model.iteration_time_s(BatchShape((16,), (0,))) > 0
 
 
