@@ -218,7 +218,7 @@ def profile(
                 err=True,
             )
     noisy = meta.provenance.get("noisy_points") or {}
-    if noisy and noisy["noisy"] > NOISY_SHARE * noisy["of"]:
+    if noisy and noisy["noisy"] >= 3 and noisy["noisy"] > NOISY_SHARE * noisy["of"]:
         click.echo(
             f"warning: {noisy['noisy']} of {noisy['of']} points varied between repeats by "
             f"more than {NOISY_SPREAD:.0%} of their median (interquartile range): the machine "

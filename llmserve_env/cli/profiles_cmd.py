@@ -83,8 +83,13 @@ def import_profiles(
         for done in reversed(staged):
             done.discard()
         raise
-    for result, done in zip(results, staged, strict=True):
-        target = done.commit()
+    for i, (result, done) in enumerate(zip(results, staged, strict=True)):
+        try:
+            target = done.commit()
+        except BaseException:
+            for rest in reversed(staged[i + 1 :]):
+                rest.discard()
+            raise
         for warning in [*result.warnings, *flat_curve_warnings(result.profile)]:
             _err.print(f"[yellow]warning:[/] {warning}", highlight=False)
         click.echo(f"wrote {target}")

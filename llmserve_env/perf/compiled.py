@@ -45,7 +45,7 @@ from llmserve_env.perf.tables import (
     sum_curves,
 )
 
-COMPILER_VERSION = "3"
+COMPILER_VERSION = "4"
 """Bump when compiled tables change meaning: old cache entries are then ignored."""
 
 

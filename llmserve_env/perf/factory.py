@@ -20,7 +20,10 @@ charges them.
 from __future__ import annotations
 
 import csv
+import dataclasses
+import hashlib
 import importlib
+import json
 from collections.abc import Callable, Collection
 from pathlib import Path
 from types import ModuleType
@@ -73,8 +76,8 @@ def _short(name: str) -> str:
     ``Llama-3.1-8B.json`` are both ``llama-3.1-8b``)."""
     parts = name.replace("\\", "/").rstrip("/").split("/")
     last = parts[-1]
-    if last.lower() == "config.json" and len(parts) > 1:
-        last = parts[-2]
+    if last.lower() == "config.json":
+        last = Path(name).expanduser().resolve().parent.name  # "config.json" alone too
     elif last.lower().endswith(".json"):
         last = last[: -len(".json")]
     return last.lower()
@@ -143,6 +146,13 @@ def _with_collectives(profile: Profile, device: DeviceSpec) -> Profile:
     return profile.with_collectives(fill)
 
 
+def _arch_key(arch: ModelArch) -> str:
+    """The model's dimensions, which a foreign folder's conversion reads (layer count,
+    collective and logits bytes): two configs of one name may differ in them."""
+    dims = {k: v for k, v in dataclasses.asdict(arch).items() if k != "name"}
+    return hashlib.sha256(json.dumps(dims, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def _fill_key(device: DeviceSpec, missing: list[str]) -> str:
     """What :func:`_with_collectives` adds depends on: nothing when no collective is
     ``missing`` (the key a written profile's check compiles under, so a run after it
@@ -175,7 +185,7 @@ def load_profile_tables(
     elif llmservingsim.is_tp_folder(folder):
         result = llmservingsim.read_tp_folder(folder, arch)
         meta = result.profile.meta
-        key = files_digest(result.source_files, llmservingsim.TAG)
+        key = f"{files_digest(result.source_files, llmservingsim.TAG)}:{_arch_key(arch)}"
         converted = result.profile
         missing = _missing_collectives(meta, converted.collectives)
 
@@ -186,7 +196,7 @@ def load_profile_tables(
     elif llmservingsim_paper.is_tp_folder(folder):
         paper = llmservingsim_paper.read_tp_folder(folder, arch)
         meta = paper.profile.meta
-        key = files_digest(paper.source_files, llmservingsim_paper.TAG)
+        key = f"{files_digest(paper.source_files, llmservingsim_paper.TAG)}:{_arch_key(arch)}"
         converted_paper = paper.profile
         missing = _missing_collectives(meta, converted_paper.collectives)
 

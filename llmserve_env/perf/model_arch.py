@@ -180,7 +180,7 @@ def _int(
     if (
         isinstance(value, bool)
         or not isinstance(value, int | float)
-        or not math.isfinite(value)
+        or (isinstance(value, float) and not math.isfinite(value))
         or value != int(value)
     ):
         raise DataFileError(path, f"{key}: expected a whole number, got {value!r}")
@@ -215,11 +215,14 @@ def _unmodelled(cfg: dict[str, Any]) -> list[str]:
     for key in ("shared_expert_intermediate_size", "n_shared_experts", "num_shared_experts"):
         if positive(key):
             out.append(f"{key} {cfg[key]!r}: shared experts")
-    if cfg.get("kv_lora_rank") is not None:
+    if positive("kv_lora_rank"):
         out.append(f"kv_lora_rank {cfg['kv_lora_rank']!r}: multi-head latent attention")
+    experts = ("num_local_experts", "num_experts", "n_routed_experts")
+    if not any(positive(key) for key in experts):
+        return out  # the layer-layout keys below only mean something with experts
     if isinstance(cfg.get("mlp_only_layers"), list) and cfg["mlp_only_layers"]:
         out.append("mlp_only_layers: dense layers among the MoE ones")
-    for key in ("decoder_sparse_step", "moe_layer_freq"):
+    for key in ("decoder_sparse_step", "moe_layer_freq", "interleave_moe_layer_step"):
         if positive(key) and cfg[key] > 1:
             out.append(f"{key} {cfg[key]!r}: dense layers among the MoE ones")
     if positive("first_k_dense_replace"):
@@ -277,17 +280,19 @@ def arch_from_hf_config(cfg: dict[str, Any], name: str, path: Path) -> ModelArch
             f"got {experts_per_token}",
         )
     # GPT-2's n_inner null means 4 x the width (its config's documented default); any
-    # other model states its MLP width.
+    # other model states its MLP width (an MoE model its experts', or one width for both).
     gpt2_default = "n_inner" in cfg and cfg["n_inner"] is None
+    moe_inter = 0
+    if num_experts:
+        moe_inter = _int(cfg, path, "moe_intermediate_size", "intermediate_size", "ffn_dim")
     intermediate = _int(
         cfg,
         path,
         "intermediate_size",
         "ffn_dim",
         "n_inner",
-        default=4 * hidden if gpt2_default or num_experts else None,
+        default=4 * hidden if gpt2_default else (moe_inter or None),
     )
-    moe_inter = _int(cfg, path, "moe_intermediate_size", default=intermediate) if num_experts else 0
     architectures = cfg.get("architectures") or ["unknown"]
     if not isinstance(architectures, list) or not all(isinstance(a, str) for a in architectures):
         raise DataFileError(

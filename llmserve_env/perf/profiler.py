@@ -63,8 +63,8 @@ from llmserve_env.perf.profiler_torch import (
 _BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 
 NOISY_SHARE = 0.05
-"""``llmserve profile`` warns when more than this share of the points timed call by call
-were noisy (:data:`~llmserve_env.perf.profiler_torch.NOISY_SPREAD`; the count is
+"""``llmserve profile`` warns when more than this share of the points timed call by call,
+and three or more, were noisy (:data:`~llmserve_env.perf.profiler_torch.NOISY_SPREAD`; the count is
 ``provenance.noisy_points``)."""
 
 DEFAULT_COLD_MIB = 256
@@ -425,6 +425,13 @@ def _available_bytes(torch: Any, device: Any) -> int:
     available physical memory (0 when it cannot be read)."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
+    try:  # MemAvailable counts the page cache the kernel would give back; MemFree does not
+        with open("/proc/meminfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
     except (OSError, ValueError, AttributeError):
@@ -474,7 +481,7 @@ def profile_model(
         raise ImportError("llmserve profile needs PyTorch: pip install torch") from exc
     opts = options or ProfilerOptions()
     if (why := arch.tensor_parallel_problem(opts.tp)) is not None:
-        raise ValueError(f"{arch.name}: {why}; vLLM cannot run it at this tp")
+        raise ValueError(f"{arch.name}: vLLM cannot run it at this tp: {why}")
     say = log or (lambda line: None)
     device = resolve_torch_device(torch, opts.device)
     _check_memory(torch, device, arch, opts.tp, opts.dtype)

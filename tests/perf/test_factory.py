@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -302,3 +303,18 @@ def test_profiles_match_the_model_by_name_and_kind(tmp_path: Path) -> None:
         DataFileError, match=r"'meta-llama/Llama-3\.1-8B' is a dense model, and the profile has an"
     ):
         factory.make_latency_model(ARCH, H100, 1, "bf16", str(moe))
+
+
+def test_a_foreign_folders_tables_are_cached_per_model_shape(shared: Path, tmp_path: Path) -> None:
+    """An LLMServingSim folder converts with the model's layer count: a 16-layer copy of
+    the catalog config (same name) gets its own tables, whichever ran first."""
+    folder = shared / "llmservingsim/current/perf/RTX4090/meta-llama/Llama-3.1-8B/bf16/tp1"
+    device = resolve_device("RTX4090")
+    config = json.loads((models_dir() / "meta-llama/Llama-3.1-8B.json").read_text())
+    path = tmp_path / "Llama-3.1-8B.json"
+    path.write_text(json.dumps(config | {"num_hidden_layers": 16}))
+    batch = BatchShape((), (), 8, 8 * 1024, 1024, 1024)
+    half = factory.make_latency_model(load_model_arch(str(path)), device, 1, "bf16", str(folder))
+    full = factory.make_latency_model(ARCH, device, 1, "bf16", str(folder))
+    ratio = half.iteration_time_s(batch) / full.iteration_time_s(batch)
+    assert 0.45 < ratio < 0.6

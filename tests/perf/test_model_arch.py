@@ -75,16 +75,20 @@ def test_llmservingsim_model_configs_load(shared: Path) -> None:
             r"the simulator does not model kv_lora_rank 512: multi-head latent attention",
         ),
         (
-            {"mlp_only_layers": [0]},
+            {"num_local_experts": 4, "num_experts_per_tok": 2, "mlp_only_layers": [0]},
             r"the simulator does not model mlp_only_layers: dense layers among",
         ),
         (
-            {"decoder_sparse_step": 2},
+            {"num_local_experts": 4, "num_experts_per_tok": 2, "decoder_sparse_step": 2},
             r"the simulator does not model decoder_sparse_step 2: dense layers among",
         ),
         (
-            {"first_k_dense_replace": 3},
+            {"num_local_experts": 4, "num_experts_per_tok": 2, "first_k_dense_replace": 3},
             r"the simulator does not model first_k_dense_replace 3: leading dense layers",
+        ),
+        (
+            {"num_local_experts": 4, "num_experts_per_tok": 2, "intermediate_size": None},
+            r"model config lacks moe_intermediate_size / intermediate_size / ffn_dim$",
         ),
     ],
 )
@@ -131,3 +135,15 @@ def test_qwen3_normalises_queries_and_keys() -> None:
     assert load_model_arch("Qwen/Qwen3-32B").qk_norm
     assert load_model_arch("Qwen/Qwen3-30B-A3B-Instruct-2507").qk_norm
     assert not load_model_arch("meta-llama/Llama-3.1-8B").qk_norm
+
+
+def test_layout_keys_only_matter_with_experts(tmp_path: Path) -> None:
+    cfg = json.loads(TINY.read_text()) | {"moe_layer_freq": 2, "kv_lora_rank": 0}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    assert not load_model_arch(str(path)).is_moe  # a dense model, no latent attention
+    # An integer beyond any float loads (the profiler's memory check refuses it) rather
+    # than crashing the finiteness check.
+    huge = tmp_path / "huge.json"
+    huge.write_text(json.dumps(json.loads(TINY.read_text()) | {"vocab_size": 10**400}))
+    assert load_model_arch(str(huge)).vocab_size == 10**400
