@@ -329,8 +329,8 @@ def analytical_collectives(
 
 
 NO_FILL = "as-written"
-"""Key suffix of a profile compiled as it is, with nothing filled in (a ``tp`` 1
-profile)."""
+"""Key suffix of a profile compiled as it is, with nothing filled in (``tp`` 1, or every
+collective its sequence runs measured)."""
 
 
 def cached_compile(key: str, build: Callable[[], Profile]) -> CompiledProfile:

@@ -260,20 +260,17 @@ class TorchLayer:
         """Random hidden states of ``n`` tokens."""
         return self.torch.randn(n, self.arch.hidden_size, device=self.device, dtype=self.dtype)
 
-    def rms_norm(self, x: Any) -> Any:
-        """RMSNorm in fp32, as vLLM's reference implementation."""
+    def rms_norm(self, x: Any, weight: Any = None) -> Any:
+        """RMSNorm over the last axis in fp32, as vLLM's reference implementation
+        (``weight``: the hidden width's norm weight unless given)."""
         var = x.float().pow(2).mean(-1, keepdim=True)
-        return (x.float() * self.torch.rsqrt(var + 1e-6)).to(x.dtype) * self.norm_weight
+        scale = self.norm_weight if weight is None else weight
+        return (x.float() * self.torch.rsqrt(var + 1e-6)).to(x.dtype) * scale
 
     def qk_norm(self, q: Any, k: Any) -> tuple[Any, Any]:
         """RMSNorm of each head of q ``[n, heads, hd]`` and k ``[n, kv, hd]`` over its
         ``hd`` values (vLLM's ``Qwen3Attention`` before the rotary embedding)."""
-
-        def norm(x: Any) -> Any:
-            var = x.float().pow(2).mean(-1, keepdim=True)
-            return (x.float() * self.torch.rsqrt(var + 1e-6)).to(x.dtype) * self.head_norm_weight
-
-        return norm(q), norm(k)
+        return self.rms_norm(q, self.head_norm_weight), self.rms_norm(k, self.head_norm_weight)
 
     def add_rms_norm(self, x: Any, residual: Any) -> tuple[Any, Any]:
         """RMSNorm of ``x + residual``, and the sum: vLLM's fused add + norm, which every
