@@ -24,6 +24,7 @@ import dataclasses
 import hashlib
 import importlib
 import json
+import os
 from collections.abc import Callable, Collection
 from pathlib import Path
 from types import ModuleType
@@ -73,11 +74,20 @@ def find_measured_profile(device: DeviceSpec, model: str, dtype: str, tp: int) -
 def _short(name: str) -> str:
     """A model's name without its organisation or folders: the file stem of a config
     path, its folder's name for a ``config.json`` (``.../Llama-3.1-8B/config.json`` and
-    ``Llama-3.1-8B.json`` are both ``llama-3.1-8b``)."""
+    ``Llama-3.1-8B.json`` are both ``llama-3.1-8b``), and the repository's name for a
+    HuggingFace cache snapshot (``.../models--meta-llama--Llama-3.1-8B/snapshots/<commit>/
+    config.json``)."""
     parts = name.replace("\\", "/").rstrip("/").split("/")
     last = parts[-1]
     if last.lower() == "config.json":
-        last = Path(name).expanduser().resolve().parent.name  # "config.json" alone too
+        # The folder as written ("config.json" alone too), not a symlink's target: a
+        # cache snapshot's config.json links into the repository's blobs/.
+        folder = Path(os.path.abspath(Path(name).expanduser())).parent
+        snapshots, repo = folder.parent, folder.parent.parent
+        if snapshots.name == "snapshots" and repo.name.startswith("models--"):
+            last = repo.name.split("--")[-1]
+        else:
+            last = folder.name
     elif last.lower().endswith(".json"):
         last = last[: -len(".json")]
     return last.lower()

@@ -198,9 +198,31 @@ def _bool(cfg: dict[str, Any], path: Path, key: str) -> bool:
     return value
 
 
-QK_NORM_ARCHITECTURES = frozenset({"Qwen3ForCausalLM", "Qwen3MoeForCausalLM"})
+QK_NORM_ARCHITECTURES = frozenset(
+    {
+        "Qwen3ForCausalLM",
+        "Qwen3MoeForCausalLM",
+        "Qwen3VLForConditionalGeneration",
+        "Qwen3VLMoeForConditionalGeneration",
+    }
+)
 """Model classes whose attention normalises each head's queries and keys (vLLM's
-``Qwen3Attention``: ``q_norm`` and ``k_norm``, RMSNorm over ``head_dim``)."""
+``Qwen3Attention``: ``q_norm`` and ``k_norm``, RMSNorm over ``head_dim``): Qwen3's, and
+the multimodal wrappers whose language model is Qwen3's."""
+
+QK_NORM_MODEL_TYPES = frozenset(
+    {"qwen3", "qwen3_moe", "qwen3_vl", "qwen3_vl_moe", "qwen3_vl_text", "qwen3_vl_moe_text"}
+)
+"""``model_type`` values (the config's or its ``text_config``'s) of the same models, for
+configs whose ``architectures`` names another wrapper class or is missing."""
+
+
+def _has_qk_norm(cfg: dict[str, Any], architectures: list[str]) -> bool:
+    text = cfg.get("text_config")
+    types = {cfg.get("model_type"), text.get("model_type") if isinstance(text, dict) else None}
+    return bool(QK_NORM_ARCHITECTURES.intersection(architectures)) or bool(
+        QK_NORM_MODEL_TYPES.intersection(t for t in types if isinstance(t, str))
+    )
 
 
 def _unmodelled(cfg: dict[str, Any]) -> list[str]:
@@ -239,6 +261,7 @@ def arch_from_hf_config(cfg: dict[str, Any], name: str, path: Path) -> ModelArch
             among MoE ones), or dimensions no model has (heads that do not divide the width, KV heads that
             do not divide the query heads, an odd head width, top-k above the experts).
     """
+    outer = cfg
     if "text_config" in cfg and isinstance(cfg["text_config"], dict):
         cfg = {**cfg, **cfg["text_config"]}
     if unmodelled := _unmodelled(cfg):
@@ -315,7 +338,7 @@ def arch_from_hf_config(cfg: dict[str, Any], name: str, path: Path) -> ModelArch
         experts_per_token=experts_per_token if num_experts else 0,
         moe_intermediate_size=moe_inter,
         tie_word_embeddings=_bool(cfg, path, "tie_word_embeddings"),
-        qk_norm=architectures[0] in QK_NORM_ARCHITECTURES,
+        qk_norm=_has_qk_norm(outer, architectures),
     )
 
 

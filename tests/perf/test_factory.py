@@ -297,6 +297,23 @@ def test_profiles_match_the_model_by_name_and_kind(tmp_path: Path) -> None:
         else:
             with pytest.raises(DataFileError, match=r"it is for model 'meta-llama/Llama-3\.1-8B'"):
                 factory.make_latency_model(arch, H100, 1, "bf16", str(folder))
+    # A HuggingFace cache snapshot is named for its repository (its config.json links
+    # into the repository's blobs/, which names nothing).
+    for repo, ok in (("models--meta-llama--Llama-3.1-8B", True), ("models--org--Other", False)):
+        blob = tmp_path / "hub" / repo / "blobs" / "0123abcd"
+        blob.parent.mkdir(parents=True)
+        blob.write_text(copy.read_text())
+        snapshot = (
+            tmp_path / "hub" / repo / "snapshots" / "4e20de362430cd3b72f300e6b0f18e50e7166e08"
+        )
+        snapshot.mkdir(parents=True)
+        (snapshot / "config.json").symlink_to(Path("../../blobs/0123abcd"))
+        arch = load_model_arch(str(snapshot / "config.json"))
+        if ok:
+            factory.make_latency_model(arch, H100, 1, "bf16", str(folder))
+        else:
+            with pytest.raises(DataFileError, match=r"but the instance runs '.*models--org--Other"):
+                factory.make_latency_model(arch, H100, 1, "bf16", str(folder))
     # A dense model's profile does not serve an MoE model of the same name, nor the reverse.
     moe = write_profile(crafted_profile(moe=True), tmp_path / "moe")
     with pytest.raises(

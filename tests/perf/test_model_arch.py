@@ -137,6 +137,34 @@ def test_qwen3_normalises_queries_and_keys() -> None:
     assert not load_model_arch("meta-llama/Llama-3.1-8B").qk_norm
 
 
+def test_a_multimodal_wrapper_of_qwen3_normalises_queries_and_keys(tmp_path: Path) -> None:
+    """The language model of a vision-language config sits in ``text_config``; whether it
+    is Qwen3's is told by any class in ``architectures`` or by either ``model_type``."""
+    text = json.loads((models_dir() / "Qwen/Qwen3-32B.json").read_text())
+    del text["architectures"]  # a text_config names no class
+    llama = json.loads((models_dir() / "meta-llama/Llama-3.1-8B.json").read_text())
+    cases = {
+        "by-class": ({"architectures": ["Qwen3VLForConditionalGeneration"]}, text, True),
+        "second-class": ({"architectures": ["Wrapper", "Qwen3ForCausalLM"]}, text, True),
+        "by-type": ({"architectures": ["Wrapper"], "model_type": "qwen3_vl"}, text, True),
+        "text-type": (
+            {"architectures": ["Wrapper"]},
+            {**text, "model_type": "qwen3_vl_text"},
+            True,
+        ),
+        "llama": (
+            {"architectures": ["LlavaForConditionalGeneration"], "model_type": "llava"},
+            {k: v for k, v in llama.items() if k != "architectures"},
+            False,
+        ),
+    }
+    for name, (outer, inner, expected) in cases.items():
+        path = tmp_path / name / "config.json"
+        path.parent.mkdir()
+        path.write_text(json.dumps({**outer, "text_config": inner}))
+        assert load_model_arch(str(path)).qk_norm is expected, name
+
+
 def test_layout_keys_only_matter_with_experts(tmp_path: Path) -> None:
     cfg = json.loads(TINY.read_text()) | {"moe_layer_freq": 2, "kv_lora_rank": 0}
     path = tmp_path / "config.json"
