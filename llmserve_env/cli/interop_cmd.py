@@ -161,6 +161,17 @@ def _report_table(report: Any) -> Table:
     table.add_row("per-second output throughput", "MAPE", "", "", share(tp["mape_pct"]))
     table.add_row("", "MAPE, bins >= 10 % of peak", "", "", share(tp["mape_steady_pct"]))
     table.add_row("", "WAPE", "", "", share(tp["wape_pct"]))
+    # When the simulation has produced as many output tokens as vLLM had at each share
+    # of its total: seconds behind (+) or ahead (-).
+    for i, key in enumerate(k for k in tp if k.startswith("lag_s_")):
+        value = tp[key]
+        table.add_row(
+            "" if i else "output lag, sim behind (+)",
+            f"at {key.removeprefix('lag_s_')} % of tokens",
+            "",
+            "",
+            f"{value:+.2f} s" if math.isfinite(value) else "-",
+        )
     return table
 
 
@@ -188,7 +199,8 @@ def _write_report(report: Any, data: dict[str, Any], output: Path) -> list[Path]
 
 
 def write_plots(report: Any, directory: Path) -> list[Path]:
-    """Throughput and queue plots as PNG (needs matplotlib; none without it)."""
+    """Throughput, queue and output-lag plots, and the latency CDFs, as PNG (needs
+    matplotlib; none without it)."""
     try:
         import matplotlib
 
@@ -199,7 +211,7 @@ def write_plots(report: Any, directory: Path) -> list[Path]:
         return []
     s = report.series
     written = []
-    fig, axes = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    fig, axes = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
     axes[0].plot(s["t"], s["gen_vllm"], label="vLLM")
     axes[0].plot(s["t"], s["gen_sim"], label="llmserve", linestyle="--")
     axes[0].set_ylabel("output tokens / s")
@@ -208,9 +220,13 @@ def write_plots(report: Any, directory: Path) -> list[Path]:
     axes[1].plot(s["t"], s["running_sim"], label="running (llmserve)", linestyle="--")
     axes[1].plot(s["t"], s["waiting_vllm"], label="waiting (vLLM)")
     axes[1].plot(s["t"], s["waiting_sim"], label="waiting (llmserve)", linestyle="--")
-    axes[1].set_xlabel("time (s)")
     axes[1].set_ylabel("requests")
     axes[1].legend()
+    axes[2].plot(s["t"], s["lag_s"], label="llmserve behind vLLM (+) at the same output")
+    axes[2].axhline(0.0, color="grey", linewidth=0.8)
+    axes[2].set_xlabel("time (s)")
+    axes[2].set_ylabel("output lag (s)")
+    axes[2].legend()
     fig.suptitle(Path(report.run).name)
     fig.tight_layout()
     path = directory / "throughput.png"

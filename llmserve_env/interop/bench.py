@@ -775,6 +775,77 @@ def throughput_errors(real: FloatArray, sim: FloatArray) -> dict[str, float]:
     }
 
 
+LAG_FRACTIONS = (0.25, 0.5, 0.75, 0.9)
+"""Shares of vLLM's output tokens at which :func:`output_lag` compares the two runs."""
+
+
+def _time_to_reach(ends: FloatArray, cumulative: FloatArray, target: float, tick_s: float) -> float:
+    """When a binned cumulative count (bins ``[end - tick_s, end)``, tokens spread evenly
+    in each) first reaches ``target``; NaN if it never does."""
+    hit = np.flatnonzero(cumulative >= target)
+    if not len(hit):
+        return math.nan
+    k = int(hit[0])
+    before = float(cumulative[k - 1]) if k else 0.0
+    in_bin = float(cumulative[k]) - before
+    share = (target - before) / in_bin if in_bin > 0 else 1.0
+    return float(ends[k]) - tick_s + share * tick_s
+
+
+def lag_at(
+    real_ends: FloatArray,
+    real: FloatArray,
+    sim_ends: FloatArray,
+    sim: FloatArray,
+    tokens: FloatArray,
+    tick_s: float = 1.0,
+) -> FloatArray:
+    """Seconds the simulated run takes beyond the real one to produce each count of
+    ``tokens`` output tokens (negative: ahead; NaN where either never gets there).
+
+    Args:
+        real_ends: End time of each real bin (s).
+        real: Real output throughput per bin (tok/s).
+        sim_ends: End time of each simulated bin (s), every bin the simulation has.
+        sim: Simulated output throughput per bin (tok/s).
+        tokens: The cumulative counts to compare at.
+        tick_s: Bin width (s).
+    """
+    real_cum = np.cumsum(np.asarray(real, dtype=float) * tick_s)
+    sim_cum = np.cumsum(np.asarray(sim, dtype=float) * tick_s)
+    real_ends, sim_ends = np.asarray(real_ends, dtype=float), np.asarray(sim_ends, dtype=float)
+    return np.array(
+        [
+            _time_to_reach(sim_ends, sim_cum, float(n), tick_s)
+            - _time_to_reach(real_ends, real_cum, float(n), tick_s)
+            if n > 0
+            else math.nan
+            for n in np.asarray(tokens, dtype=float)
+        ]
+    )
+
+
+def output_lag(
+    real_ends: FloatArray,
+    real: FloatArray,
+    sim_ends: FloatArray,
+    sim: FloatArray,
+    tick_s: float = 1.0,
+) -> dict[str, float]:
+    """How far the simulated run is behind the real one (s; negative: ahead) when it has
+    produced the same number of output tokens, at each of :data:`LAG_FRACTIONS` of the
+    real run's tokens: ``lag_s_25`` ... ``lag_s_90`` (:func:`lag_at`).
+
+    Per-second MAPE mixes two errors: a rate error, which makes the simulation drift
+    further from the real run as it goes, and the phase of individual iterations inside
+    each bin. The lag of the cumulative output separates them: a lag that grows over a
+    phase of the run is a rate error there, a constant one an offset.
+    """
+    total = float(np.sum(real) * tick_s)
+    lags = lag_at(real_ends, real, sim_ends, sim, np.array(LAG_FRACTIONS) * total, tick_s)
+    return {f"lag_s_{round(100 * f)}": float(v) for f, v in zip(LAG_FRACTIONS, lags, strict=True)}
+
+
 @dataclass
 class ValidationReport:
     """Per-metric comparison of a simulated run with the real one.
@@ -783,7 +854,8 @@ class ValidationReport:
         run: The run folder.
         latency: ``{metric: {stat: {"vllm", "sim", "err_pct"}}}`` for ttft, tpot, e2e,
             queueing (ms).
-        throughput: Per-second output throughput: bins, the two series, MAPE.
+        throughput: Per-second output throughput: MAPEs, WAPE, bin counts and the lag
+            of the cumulative output (:func:`output_lag`).
         totals: Token counts, makespans and mean throughputs.
         notes: Assumptions and approximations.
         series: Raw per-second series for plots.
@@ -841,7 +913,8 @@ def compare(
     instances) are compared with ``timeseries.csv``'s row ``t`` (vLLM's tokens of
     ``[t - tick_s, t)``) by :func:`throughput_errors`: per-second MAPE over the bins with
     non-zero generation throughput, ``steady`` MAPE over bins with at least 10 % of the
-    peak, and WAPE over all bins.
+    peak, and WAPE over all bins; :func:`output_lag` adds the lag of the cumulative
+    output (``lag_s_25`` ... ``lag_s_90``, over every simulated bin).
     """
     real = run.latencies_ms()
     status = [
@@ -905,6 +978,10 @@ def compare(
     sim_running = [run_bins.get(round(float(t) / tick_s) * tick_s, [0.0, 0.0])[0] for t in bench_t]
     sim_waiting = [run_bins.get(round(float(t) / tick_s) * tick_s, [0.0, 0.0])[1] for t in bench_t]
     throughput = throughput_errors(bench_gen, sim_gen)
+    sim_ends = np.array(sorted(sim_bins))
+    sim_rate = np.array([sim_bins[t] for t in sim_ends])
+    throughput |= output_lag(bench_t, bench_gen, sim_ends, sim_rate, tick_s)
+    lag = lag_at(bench_t, bench_gen, sim_ends, sim_rate, np.cumsum(bench_gen) * tick_s, tick_s)
     r = run.requests
     real_span = float(r["last_token_ts"].max() - r["queued_ts"].min())
     first_token = np.asarray(sim_requests["first_token_s"], dtype=float)
@@ -939,6 +1016,7 @@ def compare(
             "running_sim": sim_running,
             "waiting_vllm": ts["waiting"].tolist(),
             "waiting_sim": sim_waiting,
+            "lag_s": lag.tolist(),
         },
         samples={
             f"{metric}_{side}": values[metric].tolist()

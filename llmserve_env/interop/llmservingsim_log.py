@@ -39,7 +39,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from llmserve_env.config.errors import DataFileError
-from llmserve_env.interop.bench import BenchRun, throughput_errors
+from llmserve_env.interop.bench import BenchRun, output_lag, throughput_errors
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
@@ -226,7 +226,8 @@ def compare_llmservingsim_log(
         shift_s: Shift of the log's series (s, a multiple of the tick).
 
     Returns:
-        :func:`~llmserve_env.interop.bench.throughput_errors`'s figures, plus
+        :func:`~llmserve_env.interop.bench.throughput_errors`'s and
+        :func:`~llmserve_env.interop.bench.output_lag`'s figures, plus
         ``running_mae`` and ``waiting_mae`` (mean absolute difference in requests over
         the rows of ``timeseries.csv``), ``output_tokens`` (the log's generated tokens,
         residual included) and ``residual_tokens``.
@@ -255,6 +256,14 @@ def compare_llmservingsim_log(
     sim_gen = np.array([gen_by_bin.get(key(float(t)), 0.0) for t in bench_t])
     sim_queues = np.array([queues.get(key(float(t)), (0.0, 0.0)) for t in bench_t])
     result = throughput_errors(run.timeseries["gen_throughput"], sim_gen)
+    ends = sorted(gen_by_bin)
+    result |= output_lag(
+        bench_t,
+        run.timeseries["gen_throughput"],
+        np.array(ends, dtype=float) * tick_s,
+        np.array([gen_by_bin[k] for k in ends]),
+        tick_s,
+    )
     result["running_mae"] = float(np.abs(sim_queues[:, 0] - run.timeseries["running"]).mean())
     result["waiting_mae"] = float(np.abs(sim_queues[:, 1] - run.timeseries["waiting"]).mean())
     result["output_tokens"] = float(bin_gen.sum() * log.interval_s)

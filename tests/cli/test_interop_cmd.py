@@ -148,6 +148,10 @@ def test_validate_json_and_plots(shared: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     data = json.loads(result.output.strip().splitlines()[-1])
     assert data["totals"]["output_tokens_sim"] == 195753
+    assert data["throughput"]["lag_s_50"] == pytest.approx(-0.97, abs=0.006)
+    table = CliRunner().invoke(main, ["validate", str(run)], terminal_width=160)
+    assert table.exit_code == 0 and "output lag, sim behind (+)" in table.output
+    assert "at 50 % of tokens" in table.output and "-0.97 s" in table.output
     assert (tmp_path / "v/report.json").is_file()
     pytest.importorskip("matplotlib")
     assert (tmp_path / "v/throughput.png").is_file() and (tmp_path / "v/latency_cdf.png").is_file()

@@ -15,7 +15,9 @@ from llmserve_env.interop.bench import (
     BenchRun,
     bench_setup,
     bench_workload,
+    lag_at,
     load_bench_run,
+    output_lag,
     validate_run,
 )
 
@@ -225,6 +227,27 @@ def test_unfinished_requests_are_left_out_of_both_sides(shared: Path) -> None:
         validate_run(rtx4090, overrides={"max_model_len": 10})
 
 
+def test_output_lag_compares_when_each_run_reached_the_same_output() -> None:
+    ends = np.arange(1.0, 11.0)
+    real = np.full(10, 100.0)  # 1,000 tokens, 100 in each second
+    # The same series one bin later is one second behind at every share.
+    later = output_lag(ends, real, ends + 1.0, real)
+    assert later == pytest.approx(
+        {"lag_s_25": 1.0, "lag_s_50": 1.0, "lag_s_75": 1.0, "lag_s_90": 1.0}
+    )
+    # Twice the rate gets to 250 tokens at 1.25 s, vLLM at 2.5 s: 1.25 s ahead.
+    fast = output_lag(ends, real, ends[:5], np.full(5, 200.0))
+    assert fast["lag_s_25"] == pytest.approx(-1.25) and fast["lag_s_90"] == pytest.approx(-4.5)
+    # A simulation that never gets to a share has no lag there; nor does no output.
+    short = output_lag(ends, real, ends[:6], real[:6])
+    assert short["lag_s_50"] == pytest.approx(0.0) and np.isnan(short["lag_s_75"])
+    assert all(np.isnan(v) for v in output_lag(ends, np.zeros(10), ends, real).values())
+    # Bins with no tokens: a count is reached inside the bin that holds its tokens.
+    gappy = np.array([0.0, 300.0, 0.0, 0.0, 700.0] + [0.0] * 5)
+    lags = lag_at(ends, real, ends, gappy, np.array([150.0, 300.0, 650.0]))
+    assert lags == pytest.approx([1.5 - 1.5, 2.0 - 3.0, 4.5 - 6.5])
+
+
 def test_validate_one_run(shared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LLMSERVE_CACHE", str(tmp_path / "cache"))
     report = validate_run(shared / RUN)
@@ -236,6 +259,9 @@ def test_validate_one_run(shared: Path, tmp_path: Path, monkeypatch: pytest.Monk
         err = report.latency[metric]["mean"]["err_pct"]
         assert err == pytest.approx(figure, abs=0.06), (metric, err)
     assert report.throughput["mape_steady_pct"] == pytest.approx(13.0, abs=0.06)
+    lags = [report.throughput[f"lag_s_{share}"] for share in (25, 50, 75, 90)]
+    assert lags == pytest.approx([-0.64, -0.97, -0.55, -0.64], abs=0.006)
+    assert len(report.series["lag_s"]) == len(report.series["t"])
     data = report.as_dict()
     json.dumps(data)
     assert set(data["latency_ms"]) == {"ttft", "tpot", "e2e", "queueing"}

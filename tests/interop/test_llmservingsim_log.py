@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -107,6 +108,10 @@ def test_scores_with_validate_definitions(tmp_path: Path) -> None:
     assert scores["running_mae"] == pytest.approx(0.25)
     assert scores["waiting_mae"] == pytest.approx(0.25)
     assert scores["output_tokens"] == 65.0 and scores["residual_tokens"] == 5.0
+    # 25 % of vLLM's 87 tokens (21.75): vLLM at 1 + 1.75 / 25 s, LLMServingSim at
+    # 1 + 11.75 / 30 s; it never gets to 90 % (78.3 of its 65)
+    assert scores["lag_s_25"] == pytest.approx(11.75 / 30 - 1.75 / 25)
+    assert math.isnan(scores["lag_s_90"])
     # one second later: 0, 10, 30, 20 tok/s against the same rows
     later = compare_llmservingsim_log(bench, log, shift_s=1.0)
     assert later["mape_steady_pct"] == pytest.approx(100 * (1.0 + 0.6 + 0.25) / 3)
