@@ -858,7 +858,9 @@ class ValidationReport:
             of the cumulative output (:func:`output_lag`).
         totals: Token counts, makespans and mean throughputs.
         notes: Assumptions and approximations.
-        series: Raw per-second series for plots.
+        series: The per-second series, on ``timeseries.csv``'s bins: ``t``, both sides'
+            output throughput, running and waiting counts, and the output lag ``lag_s``
+            (:func:`lag_at`, at each bin's cumulative vLLM output).
         samples: Per-request latencies (ms) of both, for CDF plots.
     """
 
@@ -889,6 +891,7 @@ class ValidationReport:
                 "throughput": self.throughput,
                 "totals": self.totals,
                 "notes": self.notes,
+                "series": self.series,
             }
         )
 

@@ -263,8 +263,14 @@ def test_validate_one_run(shared: Path, tmp_path: Path, monkeypatch: pytest.Monk
     assert lags == pytest.approx([-0.64, -0.97, -0.55, -0.64], abs=0.006)
     assert len(report.series["lag_s"]) == len(report.series["t"])
     data = report.as_dict()
-    json.dumps(data)
+    json.dumps(data, allow_nan=False)  # NaN (no lag before any output) is null
     assert set(data["latency_ms"]) == {"ttft", "tpot", "e2e", "queueing"}
+    series = data["series"]
+    assert series["t"][:2] == [1.0, 2.0] and len(series["gen_sim"]) == len(series["t"])
+    # The lag at the bin that holds vLLM's median token is the reported 50 % lag, near.
+    cum = np.cumsum(series["gen_vllm"])
+    middle = int(np.searchsorted(cum, cum[-1] / 2))
+    assert series["lag_s"][middle] == pytest.approx(lags[1], abs=0.5)
 
 
 def test_expert_parallel_run_is_simulated_with_lockstep_ranks(shared: Path) -> None:
