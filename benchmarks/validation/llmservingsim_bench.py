@@ -100,6 +100,11 @@ def _tables(inst: Instance, **changes: Any) -> None:
     latency._decode_cache.clear()
 
 
+def _all_tables(sim: Simulation, **changes: Any) -> None:
+    for inst in sim.instances:
+        _tables(inst, **changes)
+
+
 class _ProfiledChunkSkew:
     """LLMServingSim's skew key: a batch with a prefill gets its bucket's ``alpha`` only
     when its prefill chunk is one of the profiled chunk sizes, else ``alpha_default``
@@ -167,10 +172,8 @@ class Variant:
 
 
 VARIANTS: dict[str, Variant] = {
-    "no-skew": Variant(hook=lambda sim: [_tables(i, skew=None) for i in sim.instances] and None),
-    "overhead-1ms": Variant(
-        hook=lambda sim: [_tables(i, overhead_us=1000.0) for i in sim.instances] and None
-    ),
+    "no-skew": Variant(hook=lambda sim: _all_tables(sim, skew=None)),
+    "overhead-1ms": Variant(hook=lambda sim: _all_tables(sim, overhead_us=1000.0)),
     "kv-0.88": Variant({"gpu_memory_utilization": 0.88}),
     "kv-0.92": Variant({"gpu_memory_utilization": 0.92}),
     "no-async": Variant({"async_scheduling": False}),

@@ -984,7 +984,8 @@ def compare(
     sim_ends = np.array(sorted(sim_bins))
     sim_rate = np.array([sim_bins[t] for t in sim_ends])
     throughput |= output_lag(bench_t, bench_gen, sim_ends, sim_rate, tick_s)
-    lag = lag_at(bench_t, bench_gen, sim_ends, sim_rate, np.cumsum(bench_gen) * tick_s, tick_s)
+    reached = np.cumsum(np.asarray(bench_gen, dtype=float) * tick_s)  # as lag_at sums
+    lag = lag_at(bench_t, bench_gen, sim_ends, sim_rate, reached, tick_s)
     r = run.requests
     real_span = float(r["last_token_ts"].max() - r["queued_ts"].min())
     first_token = np.asarray(sim_requests["first_token_s"], dtype=float)

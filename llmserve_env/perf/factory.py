@@ -80,14 +80,16 @@ def _short(name: str) -> str:
     parts = name.replace("\\", "/").rstrip("/").split("/")
     last = parts[-1]
     if last.lower() == "config.json":
-        # The folder as written ("config.json" alone too), not a symlink's target: a
-        # cache snapshot's config.json links into the repository's blobs/.
-        folder = Path(os.path.abspath(Path(name).expanduser())).parent
-        snapshots, repo = folder.parent, folder.parent.parent
-        if snapshots.name == "snapshots" and repo.name.startswith("models--"):
-            last = repo.name.split("--")[-1]
+        # The folders as written, with either separator (a profile records the path of
+        # the machine that measured it), not a symlink's target: a cache snapshot's
+        # config.json links into the repository's blobs/. A bare or relative
+        # "config.json" is named for the current folder.
+        if len(parts) < 2 or parts[-2] in ("", ".", ".."):
+            parts = Path(os.path.abspath(Path(name).expanduser())).as_posix().split("/")
+        if len(parts) >= 4 and parts[-3] == "snapshots" and parts[-4].startswith("models--"):
+            last = parts[-4].split("--")[-1]
         else:
-            last = folder.name
+            last = parts[-2]
     elif last.lower().endswith(".json"):
         last = last[: -len(".json")]
     return last.lower()

@@ -218,10 +218,15 @@ configs whose ``architectures`` names another wrapper class or is missing."""
 
 
 def _has_qk_norm(cfg: dict[str, Any], architectures: list[str]) -> bool:
+    """Whether the config (``cfg``, before its ``text_config`` is merged in) is one of
+    Qwen3's: by a class of ``architectures`` (the merged one) or of the outer config's,
+    or by either ``model_type``."""
     text = cfg.get("text_config")
-    types = {cfg.get("model_type"), text.get("model_type") if isinstance(text, dict) else None}
-    return bool(QK_NORM_ARCHITECTURES.intersection(architectures)) or bool(
-        QK_NORM_MODEL_TYPES.intersection(t for t in types if isinstance(t, str))
+    outer = cfg.get("architectures")
+    names = [*architectures, *(outer if isinstance(outer, list) else [])]
+    types = [cfg.get("model_type"), text.get("model_type") if isinstance(text, dict) else None]
+    return any(isinstance(n, str) and n in QK_NORM_ARCHITECTURES for n in names) or any(
+        isinstance(t, str) and t in QK_NORM_MODEL_TYPES for t in types
     )
 
 

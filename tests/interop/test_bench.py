@@ -246,6 +246,12 @@ def test_output_lag_compares_when_each_run_reached_the_same_output() -> None:
     gappy = np.array([0.0, 300.0, 0.0, 0.0, 700.0] + [0.0] * 5)
     lags = lag_at(ends, real, ends, gappy, np.array([150.0, 300.0, 650.0]))
     assert lags == pytest.approx([1.5 - 1.5, 2.0 - 3.0, 4.5 - 6.5])
+    # Any tick: a series against itself lags by nothing, its last bins included.
+    rates = np.round(np.random.default_rng(0).uniform(0, 1000, 50), 1)
+    rates[-5:] = 0.0
+    tenths = np.arange(1, 51) * 0.1
+    same = lag_at(tenths, rates, tenths, rates, np.cumsum(rates * 0.1), 0.1)
+    assert np.all(np.abs(same) < 1e-9)
 
 
 def test_validate_one_run(shared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -314,6 +314,21 @@ def test_profiles_match_the_model_by_name_and_kind(tmp_path: Path) -> None:
         else:
             with pytest.raises(DataFileError, match=r"but the instance runs '.*models--org--Other"):
                 factory.make_latency_model(arch, H100, 1, "bf16", str(folder))
+    # A profile records the config path of the machine that measured it, separators and
+    # all: a Windows cache snapshot or a relative folder names the model, not this cwd.
+    from dataclasses import replace
+
+    base = crafted_profile()
+    for i, recorded in enumerate(
+        (
+            r"C:\hf\models--meta-llama--Llama-3.1-8B\snapshots\abc\config.json",
+            r"models\Llama-3.1-8B\config.json",
+            "weights/Llama-3.1-8B/config.json",
+        )
+    ):
+        measured = replace(base, meta=replace(base.meta, model=recorded))
+        where = write_profile(measured, tmp_path / f"recorded-{i}")
+        factory.make_latency_model(ARCH, H100, 1, "bf16", str(where))
     # A dense model's profile does not serve an MoE model of the same name, nor the reverse.
     moe = write_profile(crafted_profile(moe=True), tmp_path / "moe")
     with pytest.raises(

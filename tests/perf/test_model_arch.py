@@ -152,6 +152,12 @@ def test_a_multimodal_wrapper_of_qwen3_normalises_queries_and_keys(tmp_path: Pat
             {**text, "model_type": "qwen3_vl_text"},
             True,
         ),
+        "outer-class": (  # the text model names its own class; the wrapper's decides
+            {"architectures": ["Qwen3VLForConditionalGeneration"]},
+            {**text, "architectures": ["Qwen3VLTextModel"]},
+            True,
+        ),
+        "type-list": ({"architectures": ["Wrapper"], "model_type": ["qwen3"]}, text, False),
         "llama": (
             {"architectures": ["LlavaForConditionalGeneration"], "model_type": "llava"},
             {k: v for k, v in llama.items() if k != "architectures"},
