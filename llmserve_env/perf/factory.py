@@ -189,7 +189,9 @@ def load_profile_tables(
     if is_profile_folder(folder):
         meta = read_meta(folder / "meta.yaml")
         key = profile_digest(folder)
-        missing = _missing_collectives(meta, _measured_collectives(folder))
+        # At tp 1 nothing is missing: no collectives.csv to read.
+        have = _measured_collectives(folder) if meta.tp > 1 else set()
+        missing = _missing_collectives(meta, have)
 
         def build() -> Profile:
             return _with_collectives(read_profile(folder), device)
