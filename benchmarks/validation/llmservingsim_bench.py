@@ -142,20 +142,17 @@ class _DecodeOnlySkew:
         return self.table.many(*points)  # decode-only stretches
 
 
-def _decode_only_skew(sim: Simulation) -> None:
-    for inst in sim.instances:
-        latency: Any = inst.latency
-        skew = latency.tables.skew
-        if skew is not None:
-            _tables(inst, skew=_DecodeOnlySkew(skew))
+def _wrap_skew(wrapper: Callable[[BucketTable], Any]) -> Callable[[Simulation], None]:
+    """A hook that replaces each instance's skew table (if any) by ``wrapper(table)``."""
 
+    def hook(sim: Simulation) -> None:
+        for inst in sim.instances:
+            latency: Any = inst.latency
+            skew = latency.tables.skew
+            if skew is not None:
+                _tables(inst, skew=wrapper(skew))
 
-def _llmss_skew_key(sim: Simulation) -> None:
-    for inst in sim.instances:
-        latency: Any = inst.latency
-        skew = latency.tables.skew
-        if skew is not None:
-            _tables(inst, skew=_ProfiledChunkSkew(skew))
+    return hook
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,8 +178,8 @@ VARIANTS: dict[str, Variant] = {
     "link-collectives": Variant(collectives="link", runs=("RTX PRO 6000, Qwen3-32B TP2",)),
     "model-kv": Variant({"num_gpu_blocks_override": None}, runs=("RTX 4090, Llama-3.1-8B",)),
     "no-full-isl": Variant({"scheduler_reserve_full_isl": False}, runs=("RTX 4090, Llama-3.1-8B",)),
-    "llmss-skew-key": Variant(hook=_llmss_skew_key),
-    "decode-only-skew": Variant(hook=_decode_only_skew, runs=tuple(RUNS)),
+    "llmss-skew-key": Variant(hook=_wrap_skew(_ProfiledChunkSkew)),
+    "decode-only-skew": Variant(hook=_wrap_skew(_DecodeOnlySkew), runs=tuple(RUNS)),
 }
 
 
