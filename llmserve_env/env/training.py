@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib
 import json
 import pickle
+import sys
 import time
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -219,6 +220,7 @@ def train(
     _require_rl(algo, "training")
     import torch
     from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.logger import HumanOutputFormat, Logger
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecNormalize
 
     torch.set_num_threads(1)
@@ -242,6 +244,9 @@ def train(
         model = _algo_class(algo)(
             "MultiInputPolicy", venv, seed=seed, device="cpu", verbose=verbose, **params
         )
+        # SB3's default logger makes an empty SB3-<time> folder in the system's temp
+        # folder on every learn(); this one writes only to stdout (when verbose).
+        model.set_logger(Logger(None, [HumanOutputFormat(sys.stdout)] if verbose else []))
         start = time.perf_counter()
         model.learn(total_timesteps=timesteps)
         wall_s = time.perf_counter() - start

@@ -117,6 +117,23 @@ def test_load_without_metadata_infers_the_algorithm(algo: str, tmp_path: Path) -
         load_policy(tmp_path / "junk.zip")
 
 
+def test_training_leaves_no_log_folder_in_the_temp_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SB3's default logger makes an SB3-<time> folder in the temp folder on every
+    learn(); training logs to stdout only, and only when verbose."""
+    import tempfile
+
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    train("ppo", SMALL, overrides=FAST, timesteps=64, out=tmp_path / "quiet")
+    assert "total_timesteps" not in capsys.readouterr().out
+    train("ppo", SMALL, overrides=FAST, timesteps=64, out=tmp_path / "loud", verbose=1)
+    assert "total_timesteps" in capsys.readouterr().out
+    assert [p.name for p in temp.iterdir() if p.name.startswith("SB3-")] == []
+
+
 def test_model_that_does_not_fit_is_refused(tmp_path: Path) -> None:
     train("ppo", SMALL, overrides=FAST, timesteps=64, out=tmp_path)
     with pytest.raises(AgentError, match="does not fit this environment"):
