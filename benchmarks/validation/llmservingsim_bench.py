@@ -63,6 +63,7 @@ import numpy as np
 from llmserve_env.build import build_simulation
 from llmserve_env.config.errors import DataFileError
 from llmserve_env.interop.bench import (
+    LAG_FRACTIONS,
     BenchRun,
     ValidationReport,
     bench_setup,
@@ -247,14 +248,16 @@ def _row(name: str, rep: ValidationReport, wall: float) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+LAG_SHARES = [round(100 * f) for f in LAG_FRACTIONS]
 LAG_HEAD = (
-    "| run | output lag, s (simulation behind +), at 25 / 50 / 75 / 90 % of vLLM's tokens |\n"
-    "|---|---|"
+    "| run | output lag, s (simulation behind +), at "
+    + " / ".join(map(str, LAG_SHARES))
+    + " % of vLLM's tokens |\n|---|---|"
 )
 
 
 def _lag_row(name: str, rep: ValidationReport) -> str:
-    lags = " / ".join(f"{rep.throughput[f'lag_s_{share}']:+.2f}" for share in (25, 50, 75, 90))
+    lags = " / ".join(f"{rep.throughput[f'lag_s_{share}']:+.2f}" for share in LAG_SHARES)
     return f"| {name} | {lags} |"
 
 

@@ -779,17 +779,18 @@ LAG_FRACTIONS = (0.25, 0.5, 0.75, 0.9)
 """Shares of vLLM's output tokens at which :func:`output_lag` compares the two runs."""
 
 
-def _time_to_reach(ends: FloatArray, cumulative: FloatArray, target: float, tick_s: float) -> float:
+def _times_to_reach(
+    ends: FloatArray, cumulative: FloatArray, targets: FloatArray, tick_s: float
+) -> FloatArray:
     """When a binned cumulative count (bins ``[end - tick_s, end)``, tokens spread evenly
-    in each) first reaches ``target``; NaN if it never does."""
-    hit = np.flatnonzero(cumulative >= target)
-    if not len(hit):
-        return math.nan
-    k = int(hit[0])
-    before = float(cumulative[k - 1]) if k else 0.0
-    in_bin = float(cumulative[k]) - before
-    share = (target - before) / in_bin if in_bin > 0 else 1.0
-    return float(ends[k]) - tick_s + share * tick_s
+    in each) first reaches each of ``targets``; NaN where it never does."""
+    k = np.searchsorted(cumulative, targets, side="left")  # first bin with cum >= target
+    reached = k < len(cumulative)
+    k = np.minimum(k, len(cumulative) - 1)
+    before = np.where(k > 0, cumulative[k - 1], 0.0)
+    in_bin = cumulative[k] - before
+    share = np.divide(targets - before, in_bin, out=np.ones_like(in_bin), where=in_bin > 0)
+    return np.where(reached, ends[k] - tick_s + share * tick_s, np.nan)
 
 
 def lag_at(
@@ -797,32 +798,30 @@ def lag_at(
     real: FloatArray,
     sim_ends: FloatArray,
     sim: FloatArray,
-    tokens: FloatArray,
+    tokens: FloatArray | None = None,
     tick_s: float = 1.0,
 ) -> FloatArray:
     """Seconds the simulated run takes beyond the real one to produce each count of
-    ``tokens`` output tokens (negative: ahead; NaN where either never gets there).
+    ``tokens`` output tokens (negative: ahead; NaN where either never gets there, or
+    for a count of 0).
 
     Args:
         real_ends: End time of each real bin (s).
         real: Real output throughput per bin (tok/s).
         sim_ends: End time of each simulated bin (s), every bin the simulation has.
         sim: Simulated output throughput per bin (tok/s).
-        tokens: The cumulative counts to compare at.
+        tokens: The cumulative counts to compare at; default: the real run's at the end
+            of each of its bins.
         tick_s: Bin width (s).
     """
     real_cum = np.cumsum(np.asarray(real, dtype=float) * tick_s)
     sim_cum = np.cumsum(np.asarray(sim, dtype=float) * tick_s)
-    real_ends, sim_ends = np.asarray(real_ends, dtype=float), np.asarray(sim_ends, dtype=float)
-    return np.array(
-        [
-            _time_to_reach(sim_ends, sim_cum, float(n), tick_s)
-            - _time_to_reach(real_ends, real_cum, float(n), tick_s)
-            if n > 0
-            else math.nan
-            for n in np.asarray(tokens, dtype=float)
-        ]
-    )
+    targets = real_cum if tokens is None else np.asarray(tokens, dtype=float)
+    if not len(sim_cum) or not len(real_cum):
+        return np.full(len(targets), np.nan)
+    sim_t = _times_to_reach(np.asarray(sim_ends, dtype=float), sim_cum, targets, tick_s)
+    real_t = _times_to_reach(np.asarray(real_ends, dtype=float), real_cum, targets, tick_s)
+    return np.where(targets > 0, sim_t - real_t, np.nan)
 
 
 def output_lag(
@@ -984,8 +983,7 @@ def compare(
     sim_ends = np.array(sorted(sim_bins))
     sim_rate = np.array([sim_bins[t] for t in sim_ends])
     throughput |= output_lag(bench_t, bench_gen, sim_ends, sim_rate, tick_s)
-    reached = np.cumsum(np.asarray(bench_gen, dtype=float) * tick_s)  # as lag_at sums
-    lag = lag_at(bench_t, bench_gen, sim_ends, sim_rate, reached, tick_s)
+    lag = lag_at(bench_t, bench_gen, sim_ends, sim_rate, tick_s=tick_s)
     r = run.requests
     real_span = float(r["last_token_ts"].max() - r["queued_ts"].min())
     first_token = np.asarray(sim_requests["first_token_s"], dtype=float)
