@@ -8,8 +8,10 @@ log error:
 
 - ``eff_gemm``, ``eff_mem`` and the per-kernel floor ``t0_gemm`` on GEMMs (QKV, O,
   gate-up and down projections, and NVIDIA's GEMM sweeps);
-- ``eff_attn`` and ``t0_attn`` on prefill attention (FLOP-bound), with decode attention
-  (bandwidth-bound) scored against the fitted ``eff_mem``.
+- ``eff_attn`` and ``t0_attn`` on prefill attention (FLOP-bound);
+- ``eff_decode_mem`` (the bandwidth decode attention reaches on the KV cache) and
+  ``decode_seq`` (time per decoding sequence) on decode attention, with the prefill
+  fit's ``eff_attn`` and ``t0_attn``.
 
 Sources (each skipped when absent):
 
@@ -58,7 +60,7 @@ class Observations:
     source: str
     gemm: list[tuple[float, float, float, float]] = field(default_factory=list)  # m n k t
     prefill: list[tuple[float, float, float]] = field(default_factory=list)  # flops bytes t
-    decode: list[tuple[float, float, float]] = field(default_factory=list)  # flops bytes t
+    decode: list[tuple[float, float, float, float]] = field(default_factory=list)  # f b seqs t
 
 
 # --------------------------------------------------------------------------- sources
@@ -135,7 +137,7 @@ def aiconfigurator_sources(limit: int) -> list[Observations]:
                 gen.latency,
                 strict=True,
             ):
-                rows.append((*_attn_decode(b, s + 1, h, kvh, hd), t * 1e-3))
+                rows.append((*_attn_decode(b, s + 1, h, kvh, hd), b, t * 1e-3))
             obs.decode = _thin(rows, limit)
         out.append(obs)
     return out
@@ -198,7 +200,8 @@ def paper_sources(shared: Path, limit: int) -> list[Observations]:
             heads, kvh = arch.num_heads / tp, max(1, arch.num_kv_heads // tp)
             with attention.open(newline="") as handle:
                 for row in csv.DictReader(handle):
-                    if "mean_ns" in row:  # the TPU export
+                    tpu_export = "mean_ns" in row
+                    if tpu_export:
                         t = float(row["p50_ns"]) * 1e-9
                     else:
                         col = "prefill" if row["is_prefill"] == "True" else "decode"
@@ -210,10 +213,13 @@ def paper_sources(shared: Path, limit: int) -> list[Observations]:
                             (*_attn_prefill(b, chunk, kv, heads, kvh, arch.head_dim), t)
                         )
                     else:
-                        # kv_cache_size counts the KV of the whole decode batch here
-                        # (per-request reading would exceed the device's bandwidth).
+                        # The GPU profiles' kv_cache_size reads as the KV of the whole
+                        # decode batch (per request, their large batches would read
+                        # faster than the device's bandwidth); the TPU export's as each
+                        # request's (per batch, a batch of 128 would read 4 GB/s).
+                        per_request = kv if tpu_export else kv / b
                         obs.decode.append(
-                            (*_attn_decode(b, kv / b + 1, heads, kvh, arch.head_dim), t)
+                            (*_attn_decode(b, per_request + 1, heads, kvh, arch.head_dim), b, t)
                         )
     for obs in by_device.values():
         obs.gemm, obs.prefill, obs.decode = (
@@ -253,7 +259,9 @@ def current_sources(shared: Path, limit: int) -> list[Observations]:
                         (*_attn_prefill(1, chunk, kvp, heads, kvh, arch.head_dim), t)
                     )
                 elif chunk == 0 and nd > 0:
-                    obs.decode.append((*_attn_decode(nd, kvd + 1, heads, kvh, arch.head_dim), t))
+                    obs.decode.append(
+                        (*_attn_decode(nd, kvd + 1, heads, kvh, arch.head_dim), nd, t)
+                    )
     for obs in by_device.values():
         obs.gemm, obs.prefill, obs.decode = (
             _thin(x, limit) for x in (obs.gemm, obs.prefill, obs.decode)
@@ -295,6 +303,7 @@ def vidur_sources(shared: Path, limit: int) -> list[Observations]:
 
 EFF = np.round(np.arange(0.20, 1.001, 0.02), 2)
 FLOORS = np.array([0.0, 1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30]) * 1e-6
+SEQ_COSTS = np.array([0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 4, 6]) * 1e-6
 
 
 def _gemm_arrays(obs: list[Observations], specs: dict[str, DeviceSpec]) -> dict[str, np.ndarray]:
@@ -313,11 +322,16 @@ def _gemm_arrays(obs: list[Observations], specs: dict[str, DeviceSpec]) -> dict[
 
 
 def _attn_arrays(
-    rows: list[tuple[str, tuple[float, float, float]]], specs: dict[str, DeviceSpec]
+    rows: list[tuple[str, tuple[float, ...]]], specs: dict[str, DeviceSpec]
 ) -> dict[str, np.ndarray]:
+    """FLOPs at peak and bytes at full bandwidth (seconds), the sequences of decode rows
+    (``(flops, bytes, seqs, t)``; prefill rows ``(flops, bytes, t)`` have one), and the
+    measured time."""
     flops = np.array([r[1][0] / specs[r[0]].peak_flops("bf16") for r in rows])
     nbytes = np.array([r[1][1] / (specs[r[0]].mem_bw_gbps * 1e9) for r in rows])
-    return {"flops": flops, "bytes": nbytes, "t": np.array([r[1][2] for r in rows])}
+    seqs = np.array([r[1][2] if len(r[1]) == 4 else 1.0 for r in rows])
+    t = np.array([r[1][-1] for r in rows])
+    return {"flops": flops, "bytes": nbytes, "seqs": seqs, "t": t}
 
 
 def _log_err(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
@@ -349,6 +363,34 @@ def fit_attn(data: dict[str, np.ndarray], eff_mem: float) -> tuple[float, float]
         i = int(np.argmin(err))
         if err[i] < best[0]:
             best = (float(err[i]), float(EFF[i]), float(t0))
+    return best[1], best[2]
+
+
+def decode_time(
+    data: dict[str, np.ndarray],
+    eff_attn: float,
+    t0_attn: float,
+    eff_decode_mem: float,
+    decode_seq: float,
+) -> np.ndarray:
+    """The roofline's decode attention: the larger of its FLOPs and its KV reads at
+    ``eff_decode_mem``, plus the kernel floor and ``decode_seq`` per sequence."""
+    roof = np.maximum(data["flops"] / eff_attn, data["bytes"] / eff_decode_mem)
+    return roof + t0_attn + decode_seq * data["seqs"]
+
+
+def fit_decode(data: dict[str, np.ndarray], eff_attn: float, t0_attn: float) -> tuple[float, float]:
+    """``(eff_decode_mem, decode_seq)`` on decode attention, with the prefill fit's
+    compute derate and kernel floor (one attention kernel runs both)."""
+    best = (np.inf, 0.0, 0.0)
+    compute = data["flops"][None, :] / eff_attn
+    memory = data["bytes"][None, :] / EFF[:, None]
+    for seq in SEQ_COSTS:
+        pred = np.maximum(compute, memory) + t0_attn + seq * data["seqs"][None, :]
+        err = _log_err(pred, data["t"][None, :]).mean(axis=1)
+        i = int(np.argmin(err))
+        if err[i] < best[0]:
+            best = (float(err[i]), float(EFF[i]), float(seq))
     return best[1], best[2]
 
 
@@ -425,12 +467,18 @@ def main() -> None:
         eff_attn, t0_attn = (0.0, 0.0)
         if pre_rows:
             eff_attn, t0_attn = fit_attn(_attn_arrays(pre_rows, specs), eff_mem)
+        dec_rows = [(o.device, r) for o in obs for r in o.decode]
+        eff_dec, dec_seq = (0.0, 0.0)
+        if dec_rows and eff_attn:
+            eff_dec, dec_seq = fit_decode(_attn_arrays(dec_rows, specs), eff_attn, t0_attn)
         fits[family] = {
             "eff_gemm": eff_gemm,
             "eff_mem": eff_mem,
             "eff_attn": eff_attn,
+            "eff_decode_mem": eff_dec,
             "t0_gemm_us": t0_gemm * 1e6,
             "t0_attn_us": t0_attn * 1e6,
+            "decode_seq_us": dec_seq * 1e6,
             "devices": sorted({o.device for o in obs}),
             "sources": sorted({o.source for o in obs}),
         }
@@ -438,13 +486,19 @@ def main() -> None:
             g = _gemm_arrays([o], specs)
             pred = np.maximum(g["flops"] / eff_gemm, g["bytes"] / eff_mem) + t0_gemm
             row: list[object] = [family, o.device, o.source, len(o.gemm), mape(pred, g["t"])]
-            for rows, compute_eff in ((o.prefill, eff_attn), (o.decode, eff_attn)):
-                if rows and compute_eff:
-                    a = _attn_arrays([(o.device, r) for r in rows], specs)
-                    p = np.maximum(a["flops"] / compute_eff, a["bytes"] / eff_mem) + t0_attn
-                    row += [len(rows), mape(p, a["t"])]
-                else:
-                    row += [0, "-"]
+            if o.prefill and eff_attn:
+                a = _attn_arrays([(o.device, r) for r in o.prefill], specs)
+                p = np.maximum(a["flops"] / eff_attn, a["bytes"] / eff_mem) + t0_attn
+                row += [len(o.prefill), mape(p, a["t"])]
+            else:
+                row += [0, "-"]
+            if o.decode and eff_dec:
+                a = _attn_arrays([(o.device, r) for r in o.decode], specs)
+                p = decode_time(a, eff_attn, t0_attn, eff_dec, dec_seq)
+                before = np.maximum(a["flops"] / eff_attn, a["bytes"] / eff_mem) + t0_attn
+                row += [len(o.decode), mape(p, a["t"]), mape(before, a["t"])]
+            else:
+                row += [0, "-", "-"]
             dev_rows.append(row)
         all_err = []
         g_pred = np.maximum(gemm["flops"] / eff_gemm, gemm["bytes"] / eff_mem) + t0_gemm
@@ -456,8 +510,10 @@ def main() -> None:
                 eff_gemm,
                 eff_attn or "-",
                 eff_mem,
+                eff_dec or "-",
                 t0_gemm * 1e6,
                 t0_attn * 1e6,
+                dec_seq * 1e6 if eff_dec else "-",
                 all_err[0],
             ]
         )
@@ -470,8 +526,10 @@ def main() -> None:
                 "eff_gemm",
                 "eff_attn",
                 "eff_mem",
+                "eff_decode_mem",
                 "t0_gemm us",
                 "t0_attn us",
+                "decode us/seq",
                 "GEMM MAPE %",
             ],
             fam_rows,
@@ -490,6 +548,7 @@ def main() -> None:
                 "err %",
                 "decode attn",
                 "err %",
+                "err % with GEMM bandwidth, no per-sequence cost",
             ],
             dev_rows,
         )

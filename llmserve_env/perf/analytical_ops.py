@@ -26,11 +26,13 @@ def attention_points(
     calibration: RooflineCalibration | None = None,
 ) -> AttentionPoints:
     """One attention layer on the 4-D grid (chunks and contexts doubling from 16,
-    decodes doubling to 256), by roofline: ``max(FLOPs / (peak x eff_attn), KV bytes /
-    (bandwidth x eff_mem))`` plus a launch floor."""
+    decodes doubling to 256), by roofline: ``max(FLOPs / (peak x eff_attn), KV read
+    time)`` plus a launch floor and ``decode_seq_s`` per decode, the prefill's KV read at
+    ``bandwidth x eff_mem`` and the decodes' at ``bandwidth x eff_decode_mem``."""
     cal = calibration or RooflineCalibration()
     flops_rate = device.peak_flops(dtype) * cal.eff_attn
     bw = device.mem_bw_gbps * 1e9 * cal.eff_mem
+    decode_bw = device.mem_bw_gbps * 1e9 * cal.eff_decode_mem
     q_width = arch.num_heads * arch.head_dim / tp
     kv_per_token = 2 * arch.kv_heads_per_gpu(tp) * arch.head_dim * DTYPE_BYTES[dtype]
     chunks = [0] + [16 * 2**i for i in range(8)]
@@ -44,8 +46,10 @@ def attention_points(
                     if pc == 0 and nd == 0:
                         continue
                     flops = 4.0 * q_width * (pc * (kp + (pc + 1) / 2.0) + nd * (kd + 1))
-                    nbytes = kv_per_token * ((kp + pc) if pc else 0) + kv_per_token * nd * (kd + 1)
-                    t = max(flops / flops_rate, nbytes / bw) * 1e6 + LAUNCH_US
+                    read_s = kv_per_token * ((kp + pc) if pc else 0) / bw
+                    read_s += kv_per_token * nd * (kd + 1) / decode_bw
+                    t = max(flops / flops_rate, read_s) + nd * cal.decode_seq_s
+                    t = t * 1e6 + LAUNCH_US
                     rows.append((pc, kp, nd, kd, t))
     a = np.array(rows, dtype=np.float64)
     return AttentionPoints(a[:, 0], a[:, 1], a[:, 2], a[:, 3], a[:, 4])

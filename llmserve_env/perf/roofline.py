@@ -5,7 +5,10 @@ bytes / (bandwidth x eff_memory))``; the layer sequence is that of a decoder-onl
 transformer (QKV and O projections, attention, gated MLP or routed experts, norms),
 plus the LM head, tensor-parallel all-reduces (:mod:`llmserve_env.perf.comm`: measured
 tables when given, else alpha-beta with ring factors) and fixed per-layer and
-per-iteration overheads. The floors are physical: every derate is at most 1, so a
+per-iteration overheads. Decode attention reads its KV at its own bandwidth derate
+(paged, gathered reads) and pays a fixed time per decoding sequence (block-table walk,
+per-sequence scheduling and reduction; on the TPU v6e measurements, about 2 us a
+sequence and layer, most of a short-context decode). The floors are physical: every derate is at most 1, so a
 decode step never beats reading the weights and the attended KV at the device's
 bandwidth, and no step beats its FLOPs at the device's peak.
 
@@ -50,6 +53,11 @@ class RooflineCalibration:
         eff_gemm: Fraction of peak FLOP/s dense GEMMs reach.
         eff_attn: Fraction of peak FLOP/s attention kernels reach.
         eff_mem: Fraction of peak memory bandwidth streaming kernels reach.
+        eff_decode_mem: Fraction of peak memory bandwidth decode attention reaches on
+            the KV cache (paged, gathered reads: not a GEMM's stream).
+        decode_seq_s: Time per decoding sequence per layer in decode attention, beside
+            its KV reads (block-table walk, per-sequence scheduling and reduction; the
+            dominant cost of short contexts on some devices).
         overhead_s: Fixed time per iteration (scheduling, input preparation, sampling,
             output processing on the CPU).
         per_layer_overhead_s: Fixed time per decoder layer (the floors of its kernels:
@@ -62,6 +70,8 @@ class RooflineCalibration:
     eff_gemm: float = 0.72
     eff_attn: float = 0.44
     eff_mem: float = 0.80
+    eff_decode_mem: float = 0.92
+    decode_seq_s: float = 0.05e-6
     overhead_s: float = 2.0e-3
     per_layer_overhead_s: float = 35e-6
     comm_latency_s: float = 0.5e-6
@@ -69,11 +79,17 @@ class RooflineCalibration:
     comm_base_s: float = 5e-6
 
     def __post_init__(self) -> None:
-        for name in ("eff_gemm", "eff_attn", "eff_mem", "comm_eff"):
+        for name in ("eff_gemm", "eff_attn", "eff_mem", "eff_decode_mem", "comm_eff"):
             value = getattr(self, name)
             if not 0.0 < value <= 1.0:
                 raise ValueError(f"{name} must be in (0, 1] (a derate of the peak), got {value}")
-        for name in ("overhead_s", "per_layer_overhead_s", "comm_latency_s", "comm_base_s"):
+        for name in (
+            "overhead_s",
+            "per_layer_overhead_s",
+            "decode_seq_s",
+            "comm_latency_s",
+            "comm_base_s",
+        ):
             if getattr(self, name) < 0.0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -100,12 +116,17 @@ def _cal(
     t0_gemm_us: float,
     t0_attn_us: float,
     comm: tuple[float, float, float],
+    decode: tuple[float, float] | None = None,
 ) -> RooflineCalibration:
     base_us, step_us, comm_eff = comm
+    # No decode measurements: decode attention streams its KV like any other kernel.
+    eff_decode_mem, decode_seq_us = decode if decode is not None else (eff_mem, 0.0)
     return RooflineCalibration(
         eff_gemm=eff_gemm,
         eff_attn=eff_attn,
         eff_mem=eff_mem,
+        eff_decode_mem=eff_decode_mem,
+        decode_seq_s=decode_seq_us * 1e-6,
         per_layer_overhead_s=(4 * t0_gemm_us + t0_attn_us) * 1e-6,
         comm_base_s=base_us * 1e-6,
         comm_latency_s=step_us * 1e-6,
@@ -116,46 +137,47 @@ def _cal(
 # Fitted with benchmarks/calibration/fit_roofline.py (grid search, mean |log error|)
 # against datasheet peaks in profiles/devices.yaml. Per-kernel floors t0 enter as
 # per_layer_overhead_s = 4 t0_gemm + t0_attn; collectives as (base us, us per ring step,
-# link efficiency) fitted on vLLM's measured custom all-reduce. The CPU overhead per
+# link efficiency) fitted on vLLM's measured custom all-reduce; decode attention as
+# (eff_decode_mem, us per decoding sequence per layer) fitted on decode attention times. The CPU overhead per
 # iteration (overhead_s) is fitted end to end (VALIDATION.md) and shared by all families.
 FAMILY_CALIBRATIONS: dict[str, FamilyCalibration] = {
     "nvidia-hopper": FamilyCalibration(
-        _cal(0.76, 0.44, 0.88, 5, 15, (5, 0, 0.69)),
+        _cal(0.76, 0.44, 0.88, 5, 15, (5, 0, 0.69), (0.92, 0.05)),
         "aiconfigurator-core 0.12 H100/H200 vLLM GEMM + attention + all-reduce; "
         "LLMServingSim paper H100 layers; Vidur H100 mlp.csv",
-        "GEMM 9.7-15.4 %, prefill attention 27-45 %, decode attention 26-52 %, all-reduce 13-14 %",
+        "GEMM 9.7-15.4 %, prefill attention 27-45 %, decode attention 26-49 %, all-reduce 13-14 %",
     ),
     "nvidia-ampere-dc": FamilyCalibration(
-        _cal(0.70, 0.46, 0.72, 6, 15, (4, 0.25, 0.60)),
+        _cal(0.70, 0.46, 0.72, 6, 15, (4, 0.25, 0.60), (0.66, 0.05)),
         "aiconfigurator-core 0.12 A100-SXM vLLM GEMM + attention + all-reduce; Vidur A100 mlp.csv",
-        "GEMM 8.0-12.1 %, prefill attention 26 %, decode attention 26 %, all-reduce 15 %",
+        "GEMM 8.0-12.1 %, prefill attention 26 %, decode attention 25 %, all-reduce 15 %",
     ),
     "nvidia-blackwell": FamilyCalibration(
-        _cal(0.70, 0.30, 0.74, 3, 15, (6, 0, 0.60)),
+        _cal(0.70, 0.30, 0.74, 3, 15, (6, 0, 0.60), (1.0, 0.02)),
         "aiconfigurator-core 0.12 B200/GB200 vLLM GEMM + attention + all-reduce",
-        "GEMM 11.5-12.8 %, prefill attention 33-35 %, decode attention 38-43 %, all-reduce 18-26 %",
+        "GEMM 11.5-12.8 %, prefill attention 33-35 %, decode attention 38-41 %, all-reduce 18-26 %",
     ),
     "nvidia-blackwell-ws": FamilyCalibration(
-        _cal(0.74, 0.46, 0.82, 3, 12, (0, 2, 0.44)),
+        _cal(0.74, 0.46, 0.82, 3, 12, (0, 2, 0.44), (0.84, 0.02)),
         "aiconfigurator-core 0.12 RTX PRO 6000 vLLM tables; LLMServingSim current RTXPRO6000",
-        "GEMM 12.0-14.6 %, prefill attention 26-34 %, decode attention 9-27 %, all-reduce 17 %",
+        "GEMM 12.0-14.6 %, prefill attention 26-34 %, decode attention 9-28 %, all-reduce 17 %",
     ),
     "nvidia-ada": FamilyCalibration(
-        _cal(0.62, 0.42, 0.80, 2, 8, (1, 2, 0.20)),
+        _cal(0.62, 0.42, 0.80, 2, 8, (1, 2, 0.20), (0.84, 0.02)),
         "aiconfigurator-core 0.12 L40S vLLM tables; LLMServingSim current RTX4090",
-        "GEMM 17.5-40.1 %, prefill attention 22-41 %, decode attention 21-36 %, "
+        "GEMM 17.5-40.1 %, prefill attention 22-41 %, decode attention 19-35 %, "
         "all-reduce (PCIe) 64 %",
     ),
     "nvidia-ampere": FamilyCalibration(
-        _cal(0.76, 0.86, 1.0, 12, 30, (4, 1, 0.60)),
+        _cal(0.76, 0.86, 1.0, 12, 30, (4, 1, 0.60), (0.36, 0.05)),
         "LLMServingSim paper A6000 / RTX3090 layers.csv and attention.csv "
         "(collectives assumed as A100)",
-        "GEMM 12.1-16.8 %, prefill attention 52 %, decode attention 71 %",
+        "GEMM 12.1-16.8 %, prefill attention 52 %, decode attention 75 %",
     ),
     "google-tpu": FamilyCalibration(
-        _cal(0.80, 0.20, 1.0, 6, 30, (5, 1, 0.70)),
+        _cal(0.80, 0.20, 1.0, 6, 30, (5, 1, 0.70), (0.30, 2.0)),
         "LLMServingSim paper TPU-v6e-1 layers.csv and attention export (collectives assumed)",
-        "GEMM 17.7 %, prefill attention 57 %, decode attention 90 %",
+        "GEMM 17.7 %, prefill attention 57 %, decode attention 7 %",
     ),
     "amd-cdna3": FamilyCalibration(
         _cal(0.55, 0.35, 0.80, 5, 15, (5, 0.5, 0.65)),
@@ -273,6 +295,7 @@ class RooflineModel:
         self._flops_gemm = device.peak_flops(dtype) * cal.eff_gemm
         self._flops_attn = device.peak_flops(dtype) * cal.eff_attn
         self._bw = device.mem_bw_gbps * 1e9 * cal.eff_mem
+        self._decode_bw = device.mem_bw_gbps * 1e9 * cal.eff_decode_mem
         # Processing-in-memory units (0.0: none): peak FLOP/s and internal bandwidth.
         self._pim_flops = (device.pim_tflops or 0.0) * 1e12 * cal.eff_gemm
         self._pim_bw = (device.pim_bw_gbps or 0.0) * 1e9 * cal.eff_mem
@@ -309,13 +332,16 @@ class RooflineModel:
         self._gather_bytes_per_seq = arch.logits_bytes_per_seq() if tp > 1 else 0
         self._gather_cache: dict[int, float] = {}
         self._fixed = cal.overhead_s + layers * cal.per_layer_overhead_s
+        # Decode attention's cost per decoding sequence, all layers.
+        self._decode_seq_s = layers * cal.decode_seq_s
         self._decode_cache: dict[int, tuple[float, float, float]] = {}
 
     # ------------------------------------------------------------------ pieces
 
-    def _roof(self, flops: float, nbytes: float, peak: float) -> float:
-        """An operator group on the compute units, or in memory where that is faster."""
-        host = max(flops / peak, nbytes / self._bw)
+    def _roof(self, flops: float, nbytes: float, peak: float, bw: float = 0.0) -> float:
+        """An operator group on the compute units (reading at ``bw``, by default the
+        streaming bandwidth), or in memory where that is faster."""
+        host = max(flops / peak, nbytes / (bw or self._bw))
         if not self._pim_bw:
             return host
         return min(host, max(flops / self._pim_flops, nbytes / self._pim_bw))
@@ -372,7 +398,9 @@ class RooflineModel:
     def _decode_attn_s_per_kv(self) -> float:
         """Seconds of decode attention per attended KV token (affine in the KV sum)."""
         flops_per_kv = 4.0 * self.arch.num_layers * self._q_width
-        return self._roof(flops_per_kv, self._kv_bytes_per_token_all_layers, self._flops_attn)
+        return self._roof(
+            flops_per_kv, self._kv_bytes_per_token_all_layers, self._flops_attn, self._decode_bw
+        )
 
     # ------------------------------------------------------------------ protocol
 
@@ -402,6 +430,7 @@ class RooflineModel:
             total += self._roof(flops, nbytes, self._flops_attn)
         if batch.num_decodes:
             total += batch.decode_kv_sum * self._decode_attn_s_per_kv()
+            total += batch.num_decodes * self._decode_seq_s
         return total
 
     def _decode_terms(self, num_decodes: int) -> tuple[float, float, float]:
@@ -409,6 +438,7 @@ class RooflineModel:
         cached = self._decode_cache.get(num_decodes)
         if cached is None:
             base = self._fixed + self._linear_time(num_decodes, num_decodes)
+            base += num_decodes * self._decode_seq_s
             cached = (base, self._decode_attn_s_per_kv(), 0.0)
             if len(self._decode_cache) < 4096:
                 self._decode_cache[num_decodes] = cached

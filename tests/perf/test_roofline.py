@@ -165,6 +165,70 @@ def test_calibration_rejects_unphysical_derates() -> None:
         RooflineCalibration(overhead_s=-1.0)
 
 
+def test_calibration_rejects_unphysical_decode_constants() -> None:
+    with pytest.raises(ValueError, match="eff_decode_mem"):
+        RooflineCalibration(eff_decode_mem=1.5)
+    with pytest.raises(ValueError, match="decode_seq_s"):
+        RooflineCalibration(decode_seq_s=-1e-6)
+
+
+def test_decode_attention_pays_per_sequence_and_reads_at_its_own_bandwidth() -> None:
+    arch, device = load_model_arch("meta-llama/Llama-3.1-8B"), resolve_device("H100")
+    base = RooflineCalibration(eff_decode_mem=1.0, decode_seq_s=0.0)
+    seq = dataclasses.replace(base, decode_seq_s=2e-6)
+    slow = dataclasses.replace(base, eff_decode_mem=0.5)
+    plain, per_seq, half_bw = (
+        RooflineModel(arch, device, calibration=c) for c in (base, seq, slow)
+    )
+    n, each = 48, 700
+    kv = n * each
+    for batch in (BatchShape((), (), n, kv, each), BatchShape((512,), (0,), n, kv, each)):
+        t = plain.iteration_time_s(batch)
+        # Each decoding sequence costs its time in every layer...
+        assert per_seq.iteration_time_s(batch) - t == pytest.approx(n * arch.num_layers * 2e-6)
+        # ... and a memory-bound decode's KV read takes twice as long at half the bandwidth.
+        read_s = kv * arch.kv_bytes_per_token_per_gpu("bf16", 1) / (device.mem_bw_gbps * 1e9)
+        assert half_bw.iteration_time_s(batch) - t == pytest.approx(read_s)
+    # The vectorised stretch and its line carry the same cost.
+    sums = np.array([float(kv), float(kv + n)])
+    lengths = np.array([float(each), float(each + 1)])
+    delta = per_seq.decode_times_s(n, sums, lengths, lengths) - plain.decode_times_s(
+        n, sums, lengths, lengths
+    )
+    np.testing.assert_allclose(delta, n * arch.num_layers * 2e-6, rtol=1e-9)
+    line, plain_line = (
+        per_seq.decode_line_s(n, kv, each, each, 10),
+        plain.decode_line_s(n, kv, each, each, 10),
+    )
+    assert line is not None and plain_line is not None
+    assert line[0] - plain_line[0] == pytest.approx(n * arch.num_layers * 2e-6)
+    assert line[1] == pytest.approx(plain_line[1])
+
+
+def test_decode_constants_are_fitted_or_stated_as_streaming() -> None:
+    # The TPU v6e measurements pay about 2 us per decoding sequence and layer, most of a
+    # short-context decode there; the NVIDIA families a few tens of nanoseconds.
+    tpu = calibration_for(resolve_device("TPU-v6e"))
+    assert tpu.decode_seq_s == pytest.approx(2e-6)
+    assert tpu.eff_decode_mem < tpu.eff_mem
+    assert calibration_for(resolve_device("H100")).decode_seq_s < 0.1e-6
+    # Families without decode measurements read the KV like any other stream.
+    for family in ("amd-cdna3", "intel-gaudi"):
+        cal = FAMILY_CALIBRATIONS[family].calibration
+        assert cal.eff_decode_mem == cal.eff_mem and cal.decode_seq_s == 0.0
+
+
+def test_vidur_fill_attention_charges_decode_per_sequence() -> None:
+    from llmserve_env.perf.analytical_ops import attention_points
+
+    arch, device = load_model_arch("meta-llama/Llama-3.1-8B"), resolve_device("H100")
+    base = RooflineCalibration(decode_seq_s=0.0)
+    plain = attention_points(arch, device, 1, "bf16", base)
+    seq = attention_points(arch, device, 1, "bf16", dataclasses.replace(base, decode_seq_s=3e-6))
+    np.testing.assert_allclose(seq.time_us - plain.time_us, 3.0 * seq.num_decodes, atol=1e-9)
+    assert seq.num_decodes.max() > 0
+
+
 def test_bad_arguments() -> None:
     arch, device = load_model_arch("meta-llama/Llama-3.1-8B"), resolve_device("H100")
     with pytest.raises(ValueError, match="tp"):
