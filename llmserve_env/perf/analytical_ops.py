@@ -2,7 +2,9 @@
 
 Vidur's published profiles time the token-parallel operators only; an import fills the
 attention grid and the LM head from these estimates and says so in the profile's
-provenance. The formulas and derates are those of :mod:`llmserve_env.perf.roofline`.
+provenance. The formulas are those of :mod:`llmserve_env.perf.roofline`, and so are the
+derates: the device family's (:func:`~llmserve_env.perf.roofline.calibration_for`) unless
+a calibration is given.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import numpy as np
 from llmserve_env.perf.hardware import DeviceSpec
 from llmserve_env.perf.model_arch import DTYPE_BYTES, ModelArch
 from llmserve_env.perf.profile_format import AttentionPoints, Curve
-from llmserve_env.perf.roofline import RooflineCalibration
+from llmserve_env.perf.roofline import RooflineCalibration, calibration_for
 
 LAUNCH_US = 5.0
 """Floor of one kernel launch (microseconds)."""
@@ -29,7 +31,7 @@ def attention_points(
     decodes doubling to 256), by roofline: ``max(FLOPs / (peak x eff_attn), KV read
     time)`` plus a launch floor and ``decode_seq_s`` per decode, the prefill's KV read at
     ``bandwidth x eff_mem`` and the decodes' at ``bandwidth x eff_decode_mem``."""
-    cal = calibration or RooflineCalibration()
+    cal = calibration or calibration_for(device)
     flops_rate = device.peak_flops(dtype) * cal.eff_attn
     bw = device.mem_bw_gbps * 1e9 * cal.eff_mem
     decode_bw = device.mem_bw_gbps * 1e9 * cal.eff_decode_mem
@@ -63,7 +65,7 @@ def lm_head_curve(
     calibration: RooflineCalibration | None = None,
 ) -> Curve:
     """The LM head (last token of each sequence) vs sequences, by roofline."""
-    cal = calibration or RooflineCalibration()
+    cal = calibration or calibration_for(device)
     params = arch.vocab_size * arch.hidden_size / tp
     seqs = np.array([2.0**i for i in range(11)])
     flops = 2.0 * seqs * params / (device.peak_flops(dtype) * cal.eff_gemm)

@@ -227,6 +227,13 @@ def test_vidur_fill_attention_charges_decode_per_sequence() -> None:
     seq = attention_points(arch, device, 1, "bf16", dataclasses.replace(base, decode_seq_s=3e-6))
     np.testing.assert_allclose(seq.time_us - plain.time_us, 3.0 * seq.num_decodes, atol=1e-9)
     assert seq.num_decodes.max() > 0
+    # Without a calibration the fill takes the device family's, not the generic one.
+    tpu = resolve_device("TPU-v6e")
+    default = attention_points(arch, tpu, 1, "bf16")
+    family = attention_points(arch, tpu, 1, "bf16", calibration_for(tpu))
+    generic = attention_points(arch, tpu, 1, "bf16", RooflineCalibration())
+    np.testing.assert_array_equal(default.time_us, family.time_us)
+    assert not np.allclose(default.time_us, generic.time_us)
 
 
 def test_bad_arguments() -> None:

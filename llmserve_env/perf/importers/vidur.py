@@ -17,7 +17,8 @@ Conversion: medians (repeated sizes averaged), times x 1000 to microseconds; ope
 becomes ``embedding``), layer sequence as Vidur charges it (two residual ``add`` per
 layer, all-reduce after the two row-parallel projections). Vidur has no LM head, and
 the published data set has no attention file, so the importer fills both by roofline
-(:mod:`llmserve_env.perf.analytical_ops`) for the named device and says so in the
+(:mod:`llmserve_env.perf.analytical_ops`, with that device family's calibrated derates)
+for the named device and says so in the
 profile's provenance; with an ``attention.csv`` the attention grid holds its prefill
 and decode points (no mixed batches: Vidur times them apart, so mixed points are
 their sums, as Vidur charges them).
