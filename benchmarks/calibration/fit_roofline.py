@@ -216,7 +216,7 @@ def paper_sources(shared: Path, limit: int) -> list[Observations]:
                         # The GPU profiles' kv_cache_size reads as the KV of the whole
                         # decode batch (per request, their large batches would read
                         # faster than the device's bandwidth); the TPU export's as each
-                        # request's (per batch, a batch of 128 would read 4 GB/s).
+                        # request's (per batch, a batch of 128 would read 3 GB/s).
                         per_request = kv if tpu_export else kv / b
                         obs.decode.append(
                             (*_attn_decode(b, per_request + 1, heads, kvh, arch.head_dim), b, t)
