@@ -8,7 +8,8 @@ log error:
 
 - ``eff_gemm``, ``eff_mem`` and the per-kernel floor ``t0_gemm`` on GEMMs (QKV, O,
   gate-up and down projections, and NVIDIA's GEMM sweeps);
-- ``eff_attn`` and ``t0_attn`` on prefill attention (FLOP-bound);
+- ``eff_attn``, ``t0_attn`` and ``prefill_token`` (time per new query token) on
+  prefill attention (FLOP-bound);
 - ``eff_decode_mem`` (the bandwidth decode attention reaches on the KV cache) and
   ``decode_seq`` (time per decoding sequence) on decode attention, with the prefill
   fit's ``eff_attn`` and ``t0_attn``.
@@ -59,8 +60,9 @@ class Observations:
     device: str
     source: str
     gemm: list[tuple[float, float, float, float]] = field(default_factory=list)  # m n k t
-    prefill: list[tuple[float, float, float]] = field(default_factory=list)  # flops bytes t
-    decode: list[tuple[float, float, float, float]] = field(default_factory=list)  # f b seqs t
+    # flops, bytes, units (new tokens of prefill rows, sequences of decode rows), time
+    prefill: list[tuple[float, float, float, float]] = field(default_factory=list)
+    decode: list[tuple[float, float, float, float]] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- sources
@@ -123,7 +125,7 @@ def aiconfigurator_sources(limit: int) -> list[Observations]:
                 ctx.latency,
                 strict=True,
             ):
-                rows.append((*_attn_prefill(b, isl, 0, h, kvh, hd), t * 1e-3))
+                rows.append((*_attn_prefill(b, isl, 0, h, kvh, hd), b * isl, t * 1e-3))
             obs.prefill = _thin(rows, limit)
             gen = pd.read_parquet(attn[-1] / "generation_attention_perf.parquet")
             gen = gen[(gen.kv_cache_dtype == "bfloat16") & (gen.get("window_size", 0) == 0)]
@@ -210,7 +212,7 @@ def paper_sources(shared: Path, limit: int) -> list[Observations]:
                     if row["is_prefill"] == "True":
                         chunk = float(row["prefill_chunk_size"])
                         obs.prefill.append(
-                            (*_attn_prefill(b, chunk, kv, heads, kvh, arch.head_dim), t)
+                            (*_attn_prefill(b, chunk, kv, heads, kvh, arch.head_dim), b * chunk, t)
                         )
                     else:
                         # The GPU profiles' kv_cache_size reads as the KV of the whole
@@ -256,7 +258,7 @@ def current_sources(shared: Path, limit: int) -> list[Observations]:
                 t = float(row["time_us"]) * 1e-6
                 if nd == 0 and chunk > 0:
                     obs.prefill.append(
-                        (*_attn_prefill(1, chunk, kvp, heads, kvh, arch.head_dim), t)
+                        (*_attn_prefill(1, chunk, kvp, heads, kvh, arch.head_dim), chunk, t)
                     )
                 elif chunk == 0 and nd > 0:
                     obs.decode.append(
@@ -303,6 +305,7 @@ def vidur_sources(shared: Path, limit: int) -> list[Observations]:
 
 EFF = np.round(np.arange(0.20, 1.001, 0.02), 2)
 FLOORS = np.array([0.0, 1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30]) * 1e-6
+TOKEN_COSTS = np.array([0.0, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4]) * 1e-6
 SEQ_COSTS = np.array([0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 4, 6]) * 1e-6
 
 
@@ -324,14 +327,13 @@ def _gemm_arrays(obs: list[Observations], specs: dict[str, DeviceSpec]) -> dict[
 def _attn_arrays(
     rows: list[tuple[str, tuple[float, ...]]], specs: dict[str, DeviceSpec]
 ) -> dict[str, np.ndarray]:
-    """FLOPs at peak and bytes at full bandwidth (seconds), the sequences of decode rows
-    (``(flops, bytes, seqs, t)``; prefill rows ``(flops, bytes, t)`` have one), and the
-    measured time."""
+    """FLOPs at peak and bytes at full bandwidth (seconds), the units (new tokens of
+    prefill rows, sequences of decode rows) and the measured time."""
     flops = np.array([r[1][0] / specs[r[0]].peak_flops("bf16") for r in rows])
     nbytes = np.array([r[1][1] / (specs[r[0]].mem_bw_gbps * 1e9) for r in rows])
-    seqs = np.array([r[1][2] if len(r[1]) == 4 else 1.0 for r in rows])
-    t = np.array([r[1][-1] for r in rows])
-    return {"flops": flops, "bytes": nbytes, "seqs": seqs, "t": t}
+    units = np.array([r[1][2] for r in rows])
+    t = np.array([r[1][3] for r in rows])
+    return {"flops": flops, "bytes": nbytes, "units": units, "t": t}
 
 
 def _log_err(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
@@ -353,17 +355,28 @@ def fit_gemm(data: dict[str, np.ndarray]) -> tuple[float, float, float]:
     return best[1], best[2], best[3]
 
 
-def fit_attn(data: dict[str, np.ndarray], eff_mem: float) -> tuple[float, float]:
-    """``(eff_attn, t0)`` on prefill attention, bandwidth at ``eff_mem``."""
-    best = (np.inf, 0.0, 0.0)
+def prefill_time(
+    data: dict[str, np.ndarray], eff_attn: float, eff_mem: float, t0_attn: float, token: float
+) -> np.ndarray:
+    """The roofline's prefill attention: the larger of its FLOPs and its KV reads, plus
+    the kernel floor and ``token`` per new query token."""
+    roof = np.maximum(data["flops"] / eff_attn, data["bytes"] / eff_mem)
+    return roof + t0_attn + token * data["units"]
+
+
+def fit_attn(data: dict[str, np.ndarray], eff_mem: float) -> tuple[float, float, float]:
+    """``(eff_attn, t0, prefill_token)`` on prefill attention, bandwidth at ``eff_mem``."""
+    best = (np.inf, 0.0, 0.0, 0.0)
     memory = data["bytes"] / eff_mem
+    compute = data["flops"][None, :] / EFF[:, None]
     for t0 in FLOORS:
-        pred = np.maximum(data["flops"][None, :] / EFF[:, None], memory[None, :]) + t0
-        err = _log_err(pred, data["t"][None, :]).mean(axis=1)
-        i = int(np.argmin(err))
-        if err[i] < best[0]:
-            best = (float(err[i]), float(EFF[i]), float(t0))
-    return best[1], best[2]
+        for token in TOKEN_COSTS:
+            pred = np.maximum(compute, memory[None, :]) + t0 + token * data["units"][None, :]
+            err = _log_err(pred, data["t"][None, :]).mean(axis=1)
+            i = int(np.argmin(err))
+            if err[i] < best[0]:
+                best = (float(err[i]), float(EFF[i]), float(t0), float(token))
+    return best[1], best[2], best[3]
 
 
 def decode_time(
@@ -376,7 +389,7 @@ def decode_time(
     """The roofline's decode attention: the larger of its FLOPs and its KV reads at
     ``eff_decode_mem``, plus the kernel floor and ``decode_seq`` per sequence."""
     roof = np.maximum(data["flops"] / eff_attn, data["bytes"] / eff_decode_mem)
-    return roof + t0_attn + decode_seq * data["seqs"]
+    return roof + t0_attn + decode_seq * data["units"]
 
 
 def fit_decode(data: dict[str, np.ndarray], eff_attn: float, t0_attn: float) -> tuple[float, float]:
@@ -386,7 +399,7 @@ def fit_decode(data: dict[str, np.ndarray], eff_attn: float, t0_attn: float) -> 
     compute = data["flops"][None, :] / eff_attn
     memory = data["bytes"][None, :] / EFF[:, None]
     for seq in SEQ_COSTS:
-        pred = np.maximum(compute, memory) + t0_attn + seq * data["seqs"][None, :]
+        pred = np.maximum(compute, memory) + t0_attn + seq * data["units"][None, :]
         err = _log_err(pred, data["t"][None, :]).mean(axis=1)
         i = int(np.argmin(err))
         if err[i] < best[0]:
@@ -464,9 +477,9 @@ def main() -> None:
         gemm = _gemm_arrays(obs, specs)
         eff_gemm, eff_mem, t0_gemm = fit_gemm(gemm)
         pre_rows = [(o.device, r) for o in obs for r in o.prefill]
-        eff_attn, t0_attn = (0.0, 0.0)
+        eff_attn, t0_attn, pre_token = (0.0, 0.0, 0.0)
         if pre_rows:
-            eff_attn, t0_attn = fit_attn(_attn_arrays(pre_rows, specs), eff_mem)
+            eff_attn, t0_attn, pre_token = fit_attn(_attn_arrays(pre_rows, specs), eff_mem)
         dec_rows = [(o.device, r) for o in obs for r in o.decode]
         eff_dec, dec_seq = (0.0, 0.0)
         if dec_rows and eff_attn:
@@ -478,6 +491,7 @@ def main() -> None:
             "eff_decode_mem": eff_dec,
             "t0_gemm_us": t0_gemm * 1e6,
             "t0_attn_us": t0_attn * 1e6,
+            "prefill_token_us": pre_token * 1e6,
             "decode_seq_us": dec_seq * 1e6,
             "devices": sorted({o.device for o in obs}),
             "sources": sorted({o.source for o in obs}),
@@ -488,17 +502,16 @@ def main() -> None:
             row: list[object] = [family, o.device, o.source, len(o.gemm), mape(pred, g["t"])]
             if o.prefill and eff_attn:
                 a = _attn_arrays([(o.device, r) for r in o.prefill], specs)
-                p = np.maximum(a["flops"] / eff_attn, a["bytes"] / eff_mem) + t0_attn
+                p = prefill_time(a, eff_attn, eff_mem, t0_attn, pre_token)
                 row += [len(o.prefill), mape(p, a["t"])]
             else:
                 row += [0, "-"]
             if o.decode and eff_dec:
                 a = _attn_arrays([(o.device, r) for r in o.decode], specs)
                 p = decode_time(a, eff_attn, t0_attn, eff_dec, dec_seq)
-                before = np.maximum(a["flops"] / eff_attn, a["bytes"] / eff_mem) + t0_attn
-                row += [len(o.decode), mape(p, a["t"]), mape(before, a["t"])]
+                row += [len(o.decode), mape(p, a["t"])]
             else:
-                row += [0, "-", "-"]
+                row += [0, "-"]
             dev_rows.append(row)
         all_err = []
         g_pred = np.maximum(gemm["flops"] / eff_gemm, gemm["bytes"] / eff_mem) + t0_gemm
@@ -513,6 +526,7 @@ def main() -> None:
                 eff_dec or "-",
                 t0_gemm * 1e6,
                 t0_attn * 1e6,
+                pre_token * 1e6 if eff_attn else "-",
                 dec_seq * 1e6 if eff_dec else "-",
                 all_err[0],
             ]
@@ -529,6 +543,7 @@ def main() -> None:
                 "eff_decode_mem",
                 "t0_gemm us",
                 "t0_attn us",
+                "prefill us/token",
                 "decode us/seq",
                 "GEMM MAPE %",
             ],
@@ -548,7 +563,6 @@ def main() -> None:
                 "err %",
                 "decode attn",
                 "err %",
-                "err % with GEMM bandwidth, no per-sequence cost",
             ],
             dev_rows,
         )

@@ -29,7 +29,8 @@ def attention_points(
 ) -> AttentionPoints:
     """One attention layer on the 4-D grid (chunks and contexts doubling from 16,
     decodes doubling to 256), by roofline: ``max(FLOPs / (peak x eff_attn), KV read
-    time)`` plus a launch floor and ``decode_seq_s`` per decode, the prefill's KV read at
+    time)`` plus a launch floor, ``decode_seq_s`` per decode and ``prefill_token_s`` per
+    new prefill token, the prefill's KV read at
     ``bandwidth x eff_mem`` and the decodes' at ``bandwidth x eff_decode_mem``."""
     cal = calibration or calibration_for(device)
     flops_rate = device.peak_flops(dtype) * cal.eff_attn
@@ -51,6 +52,7 @@ def attention_points(
                     read_s = kv_per_token * ((kp + pc) if pc else 0) / bw
                     read_s += kv_per_token * nd * (kd + 1) / decode_bw
                     t = max(flops / flops_rate, read_s) + nd * cal.decode_seq_s
+                    t += pc * cal.prefill_token_s
                     t = t * 1e6 + LAUNCH_US
                     rows.append((pc, kp, nd, kd, t))
     a = np.array(rows, dtype=np.float64)

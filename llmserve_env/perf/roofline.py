@@ -8,7 +8,9 @@ tables when given, else alpha-beta with ring factors) and fixed per-layer and
 per-iteration overheads. Decode attention reads its KV at its own bandwidth derate
 (paged, gathered reads) and pays a fixed time per decoding sequence (block-table walk,
 per-sequence scheduling and reduction; on the TPU v6e measurements, about 2 us a
-sequence and layer, most of a short-context decode). The floors are physical: every derate is at most 1, so a
+sequence and layer, most of a short-context decode); prefill attention pays a time per
+new token (writing its keys and values into the paged cache; 0.25 us a token and layer
+on the TPU v6e, a few nanoseconds on NVIDIA GPUs). The floors are physical: every derate is at most 1, so a
 decode step never beats reading the weights and the attended KV at the device's
 bandwidth, and no step beats its FLOPs at the device's peak.
 
@@ -58,6 +60,9 @@ class RooflineCalibration:
         decode_seq_s: Time per decoding sequence per layer in decode attention, beside
             its KV reads (block-table walk, per-sequence scheduling and reduction; the
             dominant cost of short contexts on some devices).
+        prefill_token_s: Time per new prefill token per layer in prefill attention,
+            beside its FLOPs and KV reads (writing its keys and values into the paged
+            cache, per-token work of the kernel).
         overhead_s: Fixed time per iteration (scheduling, input preparation, sampling,
             output processing on the CPU).
         per_layer_overhead_s: Fixed time per decoder layer (the floors of its kernels:
@@ -68,12 +73,13 @@ class RooflineCalibration:
     """
 
     eff_gemm: float = 0.72
-    eff_attn: float = 0.44
+    eff_attn: float = 0.54
     eff_mem: float = 0.80
-    eff_decode_mem: float = 0.92
+    eff_decode_mem: float = 0.84
     decode_seq_s: float = 0.05e-6
-    overhead_s: float = 2.0e-3
-    per_layer_overhead_s: float = 35e-6
+    prefill_token_s: float = 0.005e-6
+    overhead_s: float = 3.0e-3
+    per_layer_overhead_s: float = 32e-6
     comm_latency_s: float = 0.5e-6
     comm_eff: float = 0.65
     comm_base_s: float = 5e-6
@@ -87,6 +93,7 @@ class RooflineCalibration:
             "overhead_s",
             "per_layer_overhead_s",
             "decode_seq_s",
+            "prefill_token_s",
             "comm_latency_s",
             "comm_base_s",
         ):
@@ -117,6 +124,7 @@ def _cal(
     t0_attn_us: float,
     comm: tuple[float, float, float],
     decode: tuple[float, float] | None = None,
+    prefill_token_us: float = 0.0,
 ) -> RooflineCalibration:
     base_us, step_us, comm_eff = comm
     # No decode measurements: decode attention streams its KV like any other kernel.
@@ -127,6 +135,7 @@ def _cal(
         eff_mem=eff_mem,
         eff_decode_mem=eff_decode_mem,
         decode_seq_s=decode_seq_us * 1e-6,
+        prefill_token_s=prefill_token_us * 1e-6,
         per_layer_overhead_s=(4 * t0_gemm_us + t0_attn_us) * 1e-6,
         comm_base_s=base_us * 1e-6,
         comm_latency_s=step_us * 1e-6,
@@ -138,46 +147,47 @@ def _cal(
 # against datasheet peaks in profiles/devices.yaml. Per-kernel floors t0 enter as
 # per_layer_overhead_s = 4 t0_gemm + t0_attn; collectives as (base us, us per ring step,
 # link efficiency) fitted on vLLM's measured custom all-reduce; decode attention as
-# (eff_decode_mem, us per decoding sequence per layer) fitted on decode attention times. The CPU overhead per
+# (eff_decode_mem, us per decoding sequence per layer) fitted on decode attention times;
+# the last figure is prefill attention's us per new token per layer. The CPU overhead per
 # iteration (overhead_s) is fitted end to end (VALIDATION.md) and shared by all families.
 FAMILY_CALIBRATIONS: dict[str, FamilyCalibration] = {
     "nvidia-hopper": FamilyCalibration(
-        _cal(0.76, 0.44, 0.88, 5, 15, (5, 0, 0.69), (0.92, 0.05)),
+        _cal(0.76, 0.56, 0.88, 5, 12, (5, 0, 0.69), (0.84, 0.05), 0.005),
         "aiconfigurator-core 0.12 H100/H200 vLLM GEMM + attention + all-reduce; "
         "LLMServingSim paper H100 layers; Vidur H100 mlp.csv",
-        "GEMM 9.7-15.4 %, prefill attention 27-45 %, decode attention 26-49 %, all-reduce 13-14 %",
+        "GEMM 9.7-15.4 %, prefill attention 22-47 %, decode attention 17-49 %, all-reduce 13-14 %",
     ),
     "nvidia-ampere-dc": FamilyCalibration(
-        _cal(0.70, 0.46, 0.72, 6, 15, (4, 0.25, 0.60), (0.66, 0.05)),
+        _cal(0.70, 0.54, 0.72, 6, 12, (4, 0.25, 0.60), (0.66, 0.1), 0.01),
         "aiconfigurator-core 0.12 A100-SXM vLLM GEMM + attention + all-reduce; Vidur A100 mlp.csv",
-        "GEMM 8.0-12.1 %, prefill attention 26 %, decode attention 25 %, all-reduce 15 %",
+        "GEMM 8.0-12.1 %, prefill attention 20 %, decode attention 30 %, all-reduce 15 %",
     ),
     "nvidia-blackwell": FamilyCalibration(
-        _cal(0.70, 0.30, 0.74, 3, 15, (6, 0, 0.60), (1.0, 0.02)),
+        _cal(0.70, 0.44, 0.74, 3, 12, (6, 0, 0.60), (0.98, 0.02), 0.005),
         "aiconfigurator-core 0.12 B200/GB200 vLLM GEMM + attention + all-reduce",
-        "GEMM 11.5-12.8 %, prefill attention 33-35 %, decode attention 38-41 %, all-reduce 18-26 %",
+        "GEMM 11.5-12.8 %, prefill attention 29-30 %, decode attention 21-25 %, all-reduce 18-26 %",
     ),
     "nvidia-blackwell-ws": FamilyCalibration(
-        _cal(0.74, 0.46, 0.82, 3, 12, (0, 2, 0.44), (0.84, 0.02)),
+        _cal(0.74, 0.50, 0.82, 3, 10, (0, 2, 0.44), (0.82, 0.02), 0.002),
         "aiconfigurator-core 0.12 RTX PRO 6000 vLLM tables; LLMServingSim current RTXPRO6000",
-        "GEMM 12.0-14.6 %, prefill attention 26-34 %, decode attention 9-28 %, all-reduce 17 %",
+        "GEMM 12.0-14.6 %, prefill attention 21-34 %, decode attention 12-27 %, all-reduce 17 %",
     ),
     "nvidia-ada": FamilyCalibration(
-        _cal(0.62, 0.42, 0.80, 2, 8, (1, 2, 0.20), (0.84, 0.02)),
+        _cal(0.62, 0.44, 0.80, 2, 8, (1, 2, 0.20), (0.84, 0.02), 0.002),
         "aiconfigurator-core 0.12 L40S vLLM tables; LLMServingSim current RTX4090",
-        "GEMM 17.5-40.1 %, prefill attention 22-41 %, decode attention 19-35 %, "
+        "GEMM 17.5-40.1 %, prefill attention 21-39 %, decode attention 19-35 %, "
         "all-reduce (PCIe) 64 %",
     ),
     "nvidia-ampere": FamilyCalibration(
-        _cal(0.76, 0.86, 1.0, 12, 30, (4, 1, 0.60), (0.36, 0.05)),
+        _cal(0.76, 0.86, 1.0, 12, 30, (4, 1, 0.60), (0.36, 0.05), 0.0),
         "LLMServingSim paper A6000 / RTX3090 layers.csv and attention.csv "
         "(collectives assumed as A100)",
         "GEMM 12.1-16.8 %, prefill attention 52 %, decode attention 75 %",
     ),
     "google-tpu": FamilyCalibration(
-        _cal(0.80, 0.20, 1.0, 6, 30, (5, 1, 0.70), (0.30, 2.0)),
+        _cal(0.80, 0.20, 1.0, 6, 5, (5, 1, 0.70), (0.28, 2.0), 0.25),
         "LLMServingSim paper TPU-v6e-1 layers.csv and attention export (collectives assumed)",
-        "GEMM 17.7 %, prefill attention 57 %, decode attention 7 %",
+        "GEMM 17.7 %, prefill attention 24 %, decode attention 4 %",
     ),
     "amd-cdna3": FamilyCalibration(
         _cal(0.55, 0.35, 0.80, 5, 15, (5, 0.5, 0.65)),
@@ -334,6 +344,8 @@ class RooflineModel:
         self._fixed = cal.overhead_s + layers * cal.per_layer_overhead_s
         # Decode attention's cost per decoding sequence, all layers.
         self._decode_seq_s = layers * cal.decode_seq_s
+        # Prefill attention's cost per new token, all layers.
+        self._prefill_token_s = layers * cal.prefill_token_s
         self._decode_cache: dict[int, tuple[float, float, float]] = {}
 
     # ------------------------------------------------------------------ pieces
@@ -422,12 +434,15 @@ class RooflineModel:
         if batch.prefill_new:
             flops = 0.0
             kv_tokens = 0.0
+            new_tokens = 0
             for new, ctx in zip(batch.prefill_new, batch.prefill_ctx, strict=True):
                 flops += new * (ctx + (new + 1) / 2.0)
                 kv_tokens += ctx + new
+                new_tokens += new
             flops *= 4.0 * layers * self._q_width
             nbytes = kv_tokens * self._kv_bytes_per_token_all_layers
             total += self._roof(flops, nbytes, self._flops_attn)
+            total += new_tokens * self._prefill_token_s
         if batch.num_decodes:
             total += batch.decode_kv_sum * self._decode_attn_s_per_kv()
             total += batch.num_decodes * self._decode_seq_s

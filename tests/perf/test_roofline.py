@@ -205,6 +205,22 @@ def test_decode_attention_pays_per_sequence_and_reads_at_its_own_bandwidth() -> 
     assert line[1] == pytest.approx(plain_line[1])
 
 
+def test_prefill_attention_pays_per_new_token() -> None:
+    arch, device = load_model_arch("meta-llama/Llama-3.1-8B"), resolve_device("H100")
+    base = RooflineCalibration(prefill_token_s=0.0)
+    plain = RooflineModel(arch, device, calibration=base)
+    per_token = RooflineModel(
+        arch, device, calibration=dataclasses.replace(base, prefill_token_s=1e-6)
+    )
+    # Two chunks (one after cached context) beside decodes: only the new tokens pay.
+    batch = BatchShape((300, 40), (0, 2000), 8, 8 * 500, 500)
+    delta = per_token.iteration_time_s(batch) - plain.iteration_time_s(batch)
+    assert delta == pytest.approx(340 * arch.num_layers * 1e-6)
+    # Decode-only batches pay nothing for it.
+    decodes = BatchShape((), (), 8, 8 * 500, 500)
+    assert per_token.iteration_time_s(decodes) == plain.iteration_time_s(decodes)
+
+
 def test_decode_constants_are_fitted_or_stated_as_streaming() -> None:
     # The TPU v6e measurements pay about 2 us per decoding sequence and layer, most of a
     # short-context decode there; the NVIDIA families a few tens of nanoseconds.
@@ -218,15 +234,19 @@ def test_decode_constants_are_fitted_or_stated_as_streaming() -> None:
         assert cal.eff_decode_mem == cal.eff_mem and cal.decode_seq_s == 0.0
 
 
-def test_vidur_fill_attention_charges_decode_per_sequence() -> None:
+def test_vidur_fill_attention_charges_decodes_and_prefill_tokens() -> None:
     from llmserve_env.perf.analytical_ops import attention_points
 
     arch, device = load_model_arch("meta-llama/Llama-3.1-8B"), resolve_device("H100")
-    base = RooflineCalibration(decode_seq_s=0.0)
+    base = RooflineCalibration(decode_seq_s=0.0, prefill_token_s=0.0)
     plain = attention_points(arch, device, 1, "bf16", base)
     seq = attention_points(arch, device, 1, "bf16", dataclasses.replace(base, decode_seq_s=3e-6))
     np.testing.assert_allclose(seq.time_us - plain.time_us, 3.0 * seq.num_decodes, atol=1e-9)
     assert seq.num_decodes.max() > 0
+    tok = attention_points(arch, device, 1, "bf16", dataclasses.replace(base, prefill_token_s=2e-6))
+    np.testing.assert_allclose(
+        tok.time_us - plain.time_us, 2.0 * tok.prefill_chunk_tokens, atol=1e-9
+    )
     # Without a calibration the fill takes the device family's, not the generic one.
     tpu = resolve_device("TPU-v6e")
     default = attention_points(arch, tpu, 1, "bf16")
