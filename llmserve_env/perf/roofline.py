@@ -10,9 +10,10 @@ per-iteration overheads. Decode attention reads its KV at its own bandwidth dera
 per-sequence scheduling and reduction; on the TPU v6e measurements, about 2 us a
 sequence and layer, most of a short-context decode); prefill attention pays a time per
 new token (writing its keys and values into the paged cache; 0.25 us a token and layer
-on the TPU v6e, a few nanoseconds on NVIDIA GPUs). The floors are physical: every derate is at most 1, so a
-decode step never beats reading the weights and the attended KV at the device's
-bandwidth, and no step beats its FLOPs at the device's peak.
+on the TPU v6e, a few nanoseconds on NVIDIA GPUs). The floors are physical: every
+derate is at most 1 and every added term is at least 0, so a decode step never beats
+reading the weights and the attended KV at the device's bandwidth, and no step beats
+its FLOPs at the device's peak.
 
 Processing-in-memory (a device whose ``pim_tflops`` and ``pim_bw_gbps`` are set, such as
 an accelerator on Samsung's HBM-PIM): an operator group may instead run on the compute

@@ -144,9 +144,10 @@ def test_calibration_lookup() -> None:
 def test_every_catalog_device_has_sane_constants() -> None:
     for device in device_catalog().values():
         cal = calibration_for(device)
-        for eff in (cal.eff_gemm, cal.eff_attn, cal.eff_mem, cal.comm_eff):
+        for eff in (cal.eff_gemm, cal.eff_attn, cal.eff_mem, cal.eff_decode_mem, cal.comm_eff):
             assert 0.0 < eff <= 1.0
         assert cal.per_layer_overhead_s >= 0.0 and cal.overhead_s >= 0.0
+        assert cal.decode_seq_s >= 0.0 and cal.prefill_token_s >= 0.0
     for family in FAMILY_CALIBRATIONS.values():
         assert family.source and family.fit_error
 
@@ -170,6 +171,8 @@ def test_calibration_rejects_unphysical_decode_constants() -> None:
         RooflineCalibration(eff_decode_mem=1.5)
     with pytest.raises(ValueError, match="decode_seq_s"):
         RooflineCalibration(decode_seq_s=-1e-6)
+    with pytest.raises(ValueError, match="prefill_token_s"):
+        RooflineCalibration(prefill_token_s=-1e-9)
 
 
 def test_decode_attention_pays_per_sequence_and_reads_at_its_own_bandwidth() -> None:
