@@ -2,9 +2,11 @@
 
 Vidur's published profiles time the token-parallel operators only; an import fills the
 attention grid and the LM head from these estimates and says so in the profile's
-provenance. The formulas are those of :mod:`llmserve_env.perf.roofline`, and so are the
-derates: the device family's (:func:`~llmserve_env.perf.roofline.calibration_for`) unless
-a calibration is given.
+provenance. The estimates follow :mod:`llmserve_env.perf.roofline` per layer and grid
+point (one maximum of FLOPs and KV reads per point, a fixed launch floor instead of the
+family's kernel floor, the weights' data type for the KV) with its derates: the device
+family's (:func:`~llmserve_env.perf.roofline.calibration_for`) unless a calibration is
+given.
 """
 
 from __future__ import annotations
