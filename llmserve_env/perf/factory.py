@@ -12,7 +12,7 @@
   covering the case); else the roofline model.
 
 A profile without collective measurements for its ``tp`` gets ring-algorithm
-alpha-beta collectives from the device's scale-up link (bandwidth x its family's
+alpha-beta collectives from the device's scale-up link (bandwidth x
 ``RooflineCalibration.comm_eff``, ``comm_latency_s`` per step), as the roofline model
 charges them.
 """
@@ -57,7 +57,7 @@ from llmserve_env.perf.profile_format import (
     read_profile,
 )
 from llmserve_env.perf.profile_model import ProfileLatencyModel
-from llmserve_env.perf.roofline import RooflineModel, calibration_for
+from llmserve_env.perf.roofline import RooflineCalibration, RooflineModel
 
 
 def measured_dir() -> Path:
@@ -151,7 +151,7 @@ def _with_collectives(profile: Profile, device: DeviceSpec) -> Profile:
     needed = _missing_collectives(profile.meta, profile.collectives)
     if not needed:
         return profile
-    cal = calibration_for(device)
+    cal = RooflineCalibration()
     fill = analytical_collectives(
         tp, device.scaleup_bw_gbps * cal.comm_eff, cal.comm_latency_s * 1e6, tuple(needed)
     )
@@ -171,7 +171,7 @@ def _fill_key(device: DeviceSpec, missing: list[str]) -> str:
     finds the tables cached)."""
     if not missing:
         return NO_FILL
-    cal = calibration_for(device)
+    cal = RooflineCalibration()
     return f"collectives:{device.scaleup_bw_gbps}:{cal.comm_eff}:{cal.comm_latency_s}"
 
 

@@ -50,7 +50,8 @@ class RooflineCalibration:
     """Derates and overheads of the roofline model.
 
     The defaults are the generic constants (the median of the measured NVIDIA
-    datacenter families); :func:`calibration_for` gives a device's fitted ones.
+    datacenter families; the collective constants are older assumed values, which the
+    alpha-beta fill of profiles without collectives uses); :func:`calibration_for` gives a device's fitted ones.
 
     Attributes:
         eff_gemm: Fraction of peak FLOP/s dense GEMMs reach.
@@ -81,8 +82,8 @@ class RooflineCalibration:
     prefill_token_s: float = 0.005e-6
     overhead_s: float = 3.0e-3
     per_layer_overhead_s: float = 32e-6
-    comm_latency_s: float = 0.0
-    comm_eff: float = 0.60
+    comm_latency_s: float = 0.5e-6
+    comm_eff: float = 0.65
     comm_base_s: float = 5e-6
 
     def __post_init__(self) -> None:

@@ -13,12 +13,11 @@ from llmserve_env.config.errors import DataFileError, ScenarioError
 from llmserve_env.config.loader import validate_scenario
 from llmserve_env.perf import factory
 from llmserve_env.perf.base import BatchShape
-from llmserve_env.perf.compiled import analytical_collectives
 from llmserve_env.perf.hardware import resolve_device
 from llmserve_env.perf.model_arch import load_model_arch, models_dir
 from llmserve_env.perf.profile_format import Profile, write_profile
 from llmserve_env.perf.profile_model import ProfileLatencyModel
-from llmserve_env.perf.roofline import RooflineModel, calibration_for
+from llmserve_env.perf.roofline import RooflineModel
 from tests.perf.crafted import crafted_profile
 
 ARCH = load_model_arch("meta-llama/Llama-3.1-8B")
@@ -112,19 +111,6 @@ def test_missing_collectives_are_filled_from_the_device_link(tmp_path: Path) -> 
     batch = BatchShape((), (), 1, 101, 101)
     gap = model.iteration_time_s(batch) - one.iteration_time_s(batch)
     assert 0 < gap < 1e-3
-
-
-def test_filled_collectives_use_the_device_familys_link_constants() -> None:
-    profile = crafted_profile(tp=2)
-    profile = Profile(**{**profile.__dict__, "collectives": {}})
-    for device in (H100, resolve_device("L40S")):
-        cal = calibration_for(device)
-        filled = factory._with_collectives(profile, device).collectives
-        expected = analytical_collectives(
-            2, device.scaleup_bw_gbps * cal.comm_eff, cal.comm_latency_s * 1e6
-        )
-        for key, curve in filled.items():
-            np.testing.assert_allclose(curve.time_us, expected[key].time_us)
 
 
 def test_not_a_profile_folder(tmp_path: Path) -> None:
