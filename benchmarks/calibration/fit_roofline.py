@@ -340,6 +340,13 @@ def _log_err(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
     return np.abs(np.log(pred / true))
 
 
+def _best_eff(pred: np.ndarray, t: np.ndarray) -> tuple[float, float]:
+    """``(error, derate)`` of the best row of ``pred`` (one row per entry of ``EFF``)."""
+    err = _log_err(pred, t[None, :]).mean(axis=1)
+    i = int(np.argmin(err))
+    return float(err[i]), float(EFF[i])
+
+
 def fit_gemm(data: dict[str, np.ndarray]) -> tuple[float, float, float]:
     """``(eff_gemm, eff_mem, t0)`` minimising the mean absolute log error."""
     best = (np.inf, 0.0, 0.0, 0.0)
@@ -347,21 +354,20 @@ def fit_gemm(data: dict[str, np.ndarray]) -> tuple[float, float, float]:
     memory = data["bytes"][None, :] / EFF[:, None]
     for t0 in FLOORS:
         for j, e_mem in enumerate(EFF):
-            pred = np.maximum(compute, memory[j][None, :]) + t0
-            err = _log_err(pred, data["t"][None, :]).mean(axis=1)
-            i = int(np.argmin(err))
-            if err[i] < best[0]:
-                best = (float(err[i]), float(EFF[i]), float(e_mem), float(t0))
+            err, eff = _best_eff(np.maximum(compute, memory[j][None, :]) + t0, data["t"])
+            if err < best[0]:
+                best = (err, eff, float(e_mem), float(t0))
     return best[1], best[2], best[3]
 
 
-def prefill_time(
-    data: dict[str, np.ndarray], eff_attn: float, eff_mem: float, t0_attn: float, token: float
+def attention_time(
+    data: dict[str, np.ndarray], eff_attn: float, eff_mem: float, t0_attn: float, per_unit: float
 ) -> np.ndarray:
-    """The roofline's prefill attention: the larger of its FLOPs and its KV reads, plus
-    the kernel floor and ``token`` per new query token."""
+    """The roofline's attention: the larger of its FLOPs and its KV reads at ``eff_mem``,
+    plus the kernel floor and ``per_unit`` per unit (prefill: new token; decode:
+    sequence)."""
     roof = np.maximum(data["flops"] / eff_attn, data["bytes"] / eff_mem)
-    return roof + t0_attn + token * data["units"]
+    return roof + t0_attn + per_unit * data["units"]
 
 
 def fit_attn(data: dict[str, np.ndarray], eff_mem: float) -> tuple[float, float, float]:
@@ -372,24 +378,10 @@ def fit_attn(data: dict[str, np.ndarray], eff_mem: float) -> tuple[float, float,
     for t0 in FLOORS:
         for token in TOKEN_COSTS:
             pred = np.maximum(compute, memory[None, :]) + t0 + token * data["units"][None, :]
-            err = _log_err(pred, data["t"][None, :]).mean(axis=1)
-            i = int(np.argmin(err))
-            if err[i] < best[0]:
-                best = (float(err[i]), float(EFF[i]), float(t0), float(token))
+            err, eff = _best_eff(pred, data["t"])
+            if err < best[0]:
+                best = (err, eff, float(t0), float(token))
     return best[1], best[2], best[3]
-
-
-def decode_time(
-    data: dict[str, np.ndarray],
-    eff_attn: float,
-    t0_attn: float,
-    eff_decode_mem: float,
-    decode_seq: float,
-) -> np.ndarray:
-    """The roofline's decode attention: the larger of its FLOPs and its KV reads at
-    ``eff_decode_mem``, plus the kernel floor and ``decode_seq`` per sequence."""
-    roof = np.maximum(data["flops"] / eff_attn, data["bytes"] / eff_decode_mem)
-    return roof + t0_attn + decode_seq * data["units"]
 
 
 def fit_decode(data: dict[str, np.ndarray], eff_attn: float, t0_attn: float) -> tuple[float, float]:
@@ -399,11 +391,11 @@ def fit_decode(data: dict[str, np.ndarray], eff_attn: float, t0_attn: float) -> 
     compute = data["flops"][None, :] / eff_attn
     memory = data["bytes"][None, :] / EFF[:, None]
     for seq in SEQ_COSTS:
-        pred = np.maximum(compute, memory) + t0_attn + seq * data["units"][None, :]
-        err = _log_err(pred, data["t"][None, :]).mean(axis=1)
-        i = int(np.argmin(err))
-        if err[i] < best[0]:
-            best = (float(err[i]), float(EFF[i]), float(seq))
+        err, eff = _best_eff(
+            np.maximum(compute, memory) + t0_attn + seq * data["units"][None, :], data["t"]
+        )
+        if err < best[0]:
+            best = (err, eff, float(seq))
     return best[1], best[2]
 
 
@@ -439,10 +431,9 @@ def comm_fits() -> list[list[object]]:
         for base in bases:
             for alpha in alphas:
                 pred = base + steps * alpha + factor * nbytes[None, :] / (link * EFF[:, None])
-                err = _log_err(pred, t[None, :]).mean(axis=1)
-                i = int(np.argmin(err))
-                if err[i] < best[0]:
-                    best = (float(err[i]), float(base), float(alpha), float(EFF[i]))
+                err, eff = _best_eff(pred, t)
+                if err < best[0]:
+                    best = (err, float(base), float(alpha), eff)
         _, base, alpha, eff = best
         pred = base + steps * alpha + factor * nbytes / (link * eff)
         rows.append(
@@ -502,13 +493,13 @@ def main() -> None:
             row: list[object] = [family, o.device, o.source, len(o.gemm), mape(pred, g["t"])]
             if o.prefill and eff_attn:
                 a = _attn_arrays([(o.device, r) for r in o.prefill], specs)
-                p = prefill_time(a, eff_attn, eff_mem, t0_attn, pre_token)
+                p = attention_time(a, eff_attn, eff_mem, t0_attn, pre_token)
                 row += [len(o.prefill), mape(p, a["t"])]
             else:
                 row += [0, "-"]
             if o.decode and eff_dec:
                 a = _attn_arrays([(o.device, r) for r in o.decode], specs)
-                p = decode_time(a, eff_attn, t0_attn, eff_dec, dec_seq)
+                p = attention_time(a, eff_attn, eff_dec, t0_attn, dec_seq)
                 row += [len(o.decode), mape(p, a["t"])]
             else:
                 row += [0, "-"]
