@@ -491,18 +491,16 @@ def main() -> None:
             g = _gemm_arrays([o], specs)
             pred = np.maximum(g["flops"] / eff_gemm, g["bytes"] / eff_mem) + t0_gemm
             row: list[object] = [family, o.device, o.source, len(o.gemm), mape(pred, g["t"])]
-            if o.prefill and eff_attn:
-                a = _attn_arrays([(o.device, r) for r in o.prefill], specs)
-                p = attention_time(a, eff_attn, eff_mem, t0_attn, pre_token)
-                row += [len(o.prefill), mape(p, a["t"])]
-            else:
-                row += [0, "-"]
-            if o.decode and eff_dec:
-                a = _attn_arrays([(o.device, r) for r in o.decode], specs)
-                p = attention_time(a, eff_attn, eff_dec, t0_attn, dec_seq)
-                row += [len(o.decode), mape(p, a["t"])]
-            else:
-                row += [0, "-"]
+            for rows, read_eff, per_unit in (
+                (o.prefill, eff_mem, pre_token),
+                (o.decode, eff_dec, dec_seq),
+            ):
+                if rows and eff_attn and read_eff:
+                    a = _attn_arrays([(o.device, r) for r in rows], specs)
+                    p = attention_time(a, eff_attn, read_eff, t0_attn, per_unit)
+                    row += [len(rows), mape(p, a["t"])]
+                else:
+                    row += [0, "-"]
             dev_rows.append(row)
         all_err = []
         g_pred = np.maximum(gemm["flops"] / eff_gemm, gemm["bytes"] / eff_mem) + t0_gemm
