@@ -39,6 +39,7 @@ from typing import Any
 
 from llmserve_env.config.errors import DataFileError, LLMServeError
 from llmserve_env.interop.llmservingsim_power import device_power, node_power
+from llmserve_env.perf.comm import AlphaBetaComm
 from llmserve_env.perf.hardware import DeviceSpec, resolve_device
 from llmserve_env.perf.model_arch import ModelArch, load_model_arch
 
@@ -121,6 +122,15 @@ class ConvertedCluster:
     notes: list[str] = field(default_factory=list)
     link_bw_gbps: float = 0.0
     link_latency_us: float = 0.0
+
+    def link(self) -> AlphaBetaComm:
+        """The config's link as LLMServingSim times collectives over it: the ring
+        algorithm at the full ``link_bw``, ``link_latency`` per step, nothing else.
+
+        Raises:
+            ValueError: the config gives no link bandwidth.
+        """
+        return AlphaBetaComm(self.link_bw_gbps, self.link_latency_us * 1e-6, efficiency=1.0)
 
 
 def read_cluster_config(path: str | Path) -> dict[str, Any]:

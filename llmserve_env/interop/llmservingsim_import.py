@@ -155,9 +155,7 @@ def convert_profile(
         lines.append(line)
     missing = [op for op in COLLECTIVE_OPS if (op, tp) not in fill]
     if missing and converted.link_bw_gbps > 0:
-        link = analytical_collectives(
-            tp, converted.link_bw_gbps, converted.link_latency_us, tuple(missing)
-        )
+        link = analytical_collectives(tp, converted.link(), tuple(missing))
         fill.update(link)
         lines.append(
             f"ring alpha-beta ({', '.join(missing)}) from the cluster config: link_bw "

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from llmserve_env.perf.comm import CommModel
 from llmserve_env.perf.profile_format import (
     COLLECTIVE_OPS,
     Curve,
@@ -294,35 +295,23 @@ def compile_profile(profile: Profile) -> CompiledProfile:
 
 def analytical_collectives(
     num_gpus: int,
-    link_bw_gbps: float,
-    latency_us: float,
+    comm: CommModel,
     ops: tuple[str, ...] = COLLECTIVE_OPS,
 ) -> dict[tuple[str, int], Curve]:
-    """Ring-algorithm alpha-beta collective times, for profiles without measurements.
+    """Collective curves tabulated from a link model, for profiles without measurements.
 
-    ``all_reduce`` moves ``2 (n-1)/n`` of the buffer over each link in ``2 (n-1)``
-    steps; ``all_gather``, ``reduce_scatter`` and ``all_to_all`` half of that;
-    ``send_recv`` the buffer once in one step.
+    Each of ``ops`` over ``num_gpus`` GPUs is timed by ``comm`` (an
+    :class:`~llmserve_env.perf.comm.AlphaBetaComm` for a ring over a link) at message
+    sizes from 1 KiB to 1 GiB, by powers of two; the compiled curve interpolates
+    between them and extends the last segment beyond.
 
     Args:
         num_gpus: GPUs taking part.
-        link_bw_gbps: Effective per-direction link bandwidth (GB/s).
-        latency_us: Latency of one step (microseconds).
+        comm: What one collective costs.
         ops: Collectives to produce.
     """
-    n = num_gpus
     sizes = np.array([2.0**k for k in range(10, 31)])
-    out: dict[tuple[str, int], Curve] = {}
-    for op in ops:
-        if op == "all_reduce":
-            factor, steps = 2.0 * (n - 1) / n, 2 * (n - 1)
-        elif op == "send_recv":
-            factor, steps = 1.0, 1
-        else:
-            factor, steps = (n - 1) / n, n - 1
-        times = sizes * factor / (link_bw_gbps * 1e3) + steps * latency_us
-        out[(op, n)] = Curve(sizes, times)
-    return out
+    return {(op, num_gpus): Curve(sizes, comm.times_s(op, sizes, num_gpus) * 1e6) for op in ops}
 
 
 # --------------------------------------------------------------------------- cache

@@ -12,9 +12,9 @@
   covering the case); else the roofline model.
 
 A profile without collective measurements for its ``tp`` gets ring-algorithm
-alpha-beta collectives from the device's scale-up link (bandwidth x
-``RooflineCalibration.comm_eff``, ``comm_latency_s`` per step), as the roofline model
-charges them.
+alpha-beta collectives over the device's scale-up link with its family's fitted
+constants (:func:`~llmserve_env.perf.comm.alpha_beta_for`: a fixed cost per collective,
+a latency per ring step, a link efficiency), the ones the roofline model charges.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ from llmserve_env.perf.profile_format import (
     read_profile,
 )
 from llmserve_env.perf.profile_model import ProfileLatencyModel
-from llmserve_env.perf.roofline import RooflineCalibration, RooflineModel
+from llmserve_env.perf.roofline import RooflineModel
 
 
 def measured_dir() -> Path:
@@ -151,11 +151,9 @@ def _with_collectives(profile: Profile, device: DeviceSpec) -> Profile:
     needed = _missing_collectives(profile.meta, profile.collectives)
     if not needed:
         return profile
-    cal = RooflineCalibration()
-    fill = analytical_collectives(
-        tp, device.scaleup_bw_gbps * cal.comm_eff, cal.comm_latency_s * 1e6, tuple(needed)
+    return profile.with_collectives(
+        analytical_collectives(tp, alpha_beta_for(device), tuple(needed))
     )
-    return profile.with_collectives(fill)
 
 
 def _arch_key(arch: ModelArch) -> str:
@@ -171,8 +169,7 @@ def _fill_key(device: DeviceSpec, missing: list[str]) -> str:
     finds the tables cached)."""
     if not missing:
         return NO_FILL
-    cal = RooflineCalibration()
-    return f"collectives:{device.scaleup_bw_gbps}:{cal.comm_eff}:{cal.comm_latency_s}"
+    return f"collectives:{alpha_beta_for(device)!r}"
 
 
 def load_profile_tables(

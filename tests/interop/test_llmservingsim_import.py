@@ -12,6 +12,7 @@ from llmserve_env.interop.bench import bench_setup, find_profiles_root, load_ben
 from llmserve_env.interop.llmservingsim_config import ImportOptions, convert_cluster
 from llmserve_env.interop.llmservingsim_import import convert_profile, find_llmservingsim_profile
 from llmserve_env.perf import aiconfig
+from llmserve_env.perf.comm import AlphaBetaComm
 from llmserve_env.perf.compiled import analytical_collectives
 from llmserve_env.perf.profile_format import read_meta
 
@@ -58,7 +59,7 @@ def test_tp2_all_reduce_comes_from_vllms_measured_table(shared: Path) -> None:
 def test_link_choice_keeps_the_ring_alpha_beta_of_the_config(shared: Path) -> None:
     folder, converted = _qwen32b_tp2(shared)
     profile = convert_profile(folder, converted, 0, "link").profile  # type: ignore[arg-type]
-    expected = analytical_collectives(2, 16.0, 20.0)
+    expected = analytical_collectives(2, AlphaBetaComm(16.0, 20e-6, efficiency=1.0))
     for key, curve in expected.items():
         assert profile.collectives[key].time_us == pytest.approx(curve.time_us)
     assert profile.meta.provenance["collectives"] == (
@@ -85,7 +86,9 @@ def test_uncovered_device_falls_back_to_the_link(shared: Path) -> None:
     assert "ring alpha-beta (all_reduce, all_gather" in prov and "link_bw 112 GB/s" in prov
     curve = profile.collectives[("all_reduce", 2)]
     assert curve.time_us == pytest.approx(
-        analytical_collectives(2, 112.0, 0.0)[("all_reduce", 2)].time_us
+        analytical_collectives(2, AlphaBetaComm(112.0, 0.0, efficiency=1.0))[
+            ("all_reduce", 2)
+        ].time_us
     )
 
 

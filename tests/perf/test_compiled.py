@@ -7,13 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from llmserve_env.perf.comm import AlphaBetaComm
 from llmserve_env.perf.compiled import (
     CompiledProfile,
     analytical_collectives,
     cached_compile,
     compile_profile,
 )
-from llmserve_env.perf.profile_format import Profile
+from llmserve_env.perf.profile_format import COLLECTIVE_OPS, Profile
 from tests.perf.crafted import SKEW_BY_RATE, crafted_profile
 
 
@@ -81,12 +82,19 @@ def test_missing_collective_is_an_error() -> None:
 
 
 def test_analytical_collectives_ring_formula() -> None:
-    table = analytical_collectives(4, link_bw_gbps=100.0, latency_us=5.0)
+    link = AlphaBetaComm(bandwidth_gbps=100.0, latency_s=5e-6, efficiency=0.5, base_s=3e-6)
+    table = analytical_collectives(4, link)
+    assert set(table) == {(op, 4) for op in COLLECTIVE_OPS}
     ar = table[("all_reduce", 4)]
     size = ar.x[5]
-    assert np.interp(size, ar.x, ar.time_us) == pytest.approx(2 * 3 / 4 * size / 100e3 + 6 * 5.0)
+    # fixed cost + 2 (n-1) ring steps + 2 (n-1)/n of the buffer at half the link's 100 GB/s
+    assert np.interp(size, ar.x, ar.time_us) == pytest.approx(3.0 + 6 * 5.0 + 1.5 * size / 50e3)
+    gather = table[("all_gather", 4)]
+    assert gather.time_us[-1] == pytest.approx(3.0 + 3 * 5.0 + 0.75 * gather.x[-1] / 50e3)
     sr = table[("send_recv", 4)]
-    assert sr.time_us[0] == pytest.approx(1024 / 100e3 + 5.0)
+    assert sr.time_us[0] == pytest.approx(3.0 + 5.0 + 1024 / 50e3)
+    only = analytical_collectives(2, link, ("all_to_all",))
+    assert list(only) == [("all_to_all", 2)]
 
 
 def _with_logits_gather(profile: Profile, bytes_per_seq: int) -> Profile:

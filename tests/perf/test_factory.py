@@ -13,6 +13,7 @@ from llmserve_env.config.errors import DataFileError, ScenarioError
 from llmserve_env.config.loader import validate_scenario
 from llmserve_env.perf import factory
 from llmserve_env.perf.base import BatchShape
+from llmserve_env.perf.comm import alpha_beta_for
 from llmserve_env.perf.hardware import resolve_device
 from llmserve_env.perf.model_arch import load_model_arch, models_dir
 from llmserve_env.perf.profile_format import Profile, write_profile
@@ -110,7 +111,12 @@ def test_missing_collectives_are_filled_from_the_device_link(tmp_path: Path) -> 
     )
     batch = BatchShape((), (), 1, 101, 101)
     gap = model.iteration_time_s(batch) - one.iteration_time_s(batch)
-    assert 0 < gap < 1e-3
+    # two all-reduces (one per layer) of one token's 100 bytes, each at least the link
+    # model's time at its smallest tabulated size (1 KiB): Hopper's fixed cost dominates
+    link = alpha_beta_for(H100)
+    assert (link.latency_s, link.efficiency, link.base_s) == pytest.approx((0.0, 0.69, 5e-6))
+    assert gap == pytest.approx(2 * link.time_s("all_reduce", 1024, 2))
+    assert 10e-6 < gap < 10.1e-6
 
 
 def test_not_a_profile_folder(tmp_path: Path) -> None:

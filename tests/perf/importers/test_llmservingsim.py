@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from llmserve_env.config.errors import DataFileError
-from llmserve_env.perf.compiled import compile_profile
+from llmserve_env.perf.comm import AlphaBetaComm
+from llmserve_env.perf.compiled import analytical_collectives, compile_profile
 from llmserve_env.perf.importers.llmservingsim import (
     find_tp_folders,
     import_llmservingsim,
@@ -46,9 +47,8 @@ def test_dense_llama(shared: Path) -> None:
 
 
 def test_embedding_all_reduce_is_charged_only_with_tensor_parallelism(shared: Path) -> None:
-    from llmserve_env.perf.compiled import analytical_collectives
 
-    link = analytical_collectives(2, 16.0, 20.0)
+    link = analytical_collectives(2, AlphaBetaComm(16.0, 20e-6, efficiency=1.0))
     tp2 = read_tp_folder(shared / LLAMA / "tp2").profile.with_collectives(link)
     compiled = compile_profile(tp2)
     layers = tp2.meta.num_layers
@@ -75,9 +75,8 @@ def test_embedding_all_reduce_is_charged_only_with_tensor_parallelism(shared: Pa
 def test_logits_all_gather_is_charged_per_sequence_only_with_tensor_parallelism(
     shared: Path,
 ) -> None:
-    from llmserve_env.perf.compiled import analytical_collectives
 
-    link = analytical_collectives(2, 16.0, 20.0)
+    link = analytical_collectives(2, AlphaBetaComm(16.0, 20e-6, efficiency=1.0))
     tp2 = read_tp_folder(shared / LLAMA / "tp2").profile
     # LogitsProcessor all-gathers num_seqs x vocab logits (Llama-3.1: 128,256, BF16)
     assert tp2.meta.sequence.head == ("final_layernorm", "lm_head", "all_gather@seq", "sampler")
