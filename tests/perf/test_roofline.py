@@ -224,6 +224,25 @@ def test_prefill_attention_pays_per_new_token() -> None:
     assert per_token.iteration_time_s(decodes) == plain.iteration_time_s(decodes)
 
 
+def test_data_parallel_rank_pays_attention_terms_only_for_its_own_requests() -> None:
+    # A lockstep rank runs its weight-bearing layers at the group's largest batch, but
+    # attends only to its own requests: the per-sequence and per-token attention terms
+    # count the rank's decodes and prefill tokens, whatever the group pads it to.
+    arch, device = load_model_arch("meta-llama/Llama-3.1-8B"), resolve_device("H100")
+    base = RooflineCalibration(decode_seq_s=0.0, prefill_token_s=0.0)
+    terms = dataclasses.replace(base, decode_seq_s=2e-6, prefill_token_s=1e-6)
+    plain, charged = (RooflineModel(arch, device, calibration=c) for c in (base, terms))
+    own = BatchShape((120,), (300,), 6, 6 * 400, 400)
+    expected = arch.num_layers * (6 * 2e-6 + 120 * 1e-6)
+    for group_tokens in (0, 126, 512, 2048):
+        delta = charged.rank_time_s(own, group_tokens) - plain.rank_time_s(own, group_tokens)
+        assert delta == pytest.approx(expected)
+    # A rank with nothing of its own runs the padded dummy batch and pays neither term.
+    idle = BatchShape((), ())
+    assert charged.rank_time_s(idle, 2048) == plain.rank_time_s(idle, 2048) > 0.0
+    assert charged.rank_time_s(own, 2048) > charged.rank_time_s(own, 0)
+
+
 def test_decode_constants_are_fitted_or_stated_as_streaming() -> None:
     # The TPU v6e measurements pay about 2 us per decoding sequence and layer, most of a
     # short-context decode there; the NVIDIA families a few tens of nanoseconds.

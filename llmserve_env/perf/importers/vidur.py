@@ -52,6 +52,7 @@ from llmserve_env.perf.profile_format import (
     Profile,
     ProfileMeta,
 )
+from llmserve_env.perf.roofline import device_family
 
 _OPS = (
     "emb",
@@ -275,7 +276,9 @@ def import_vidur(
     arch = model_arch_for(model, path, arch)
     dense = _median_curves(path, tp, arch)
     files = [path]
-    warnings = ["Vidur times no LM head: lm_head filled by roofline"]
+    # The roofline fills use the device family's fitted constants; say which.
+    roofline = f"roofline ({device_family(device)} calibration)"
+    warnings = [f"Vidur times no LM head: lm_head filled by {roofline}"]
     collectives: dict[tuple[str, int], Curve] = {}
     if network is not None and tp > 1:
         collectives, net_files = _network(Path(network), tp)
@@ -295,7 +298,7 @@ def import_vidur(
         attn_note = "attention from Vidur's attention.csv (prefill + decode added)"
     else:
         attention = analytical_ops.attention_points(arch, device, tp, dtype)
-        attn_note = "attention filled by roofline (no attention.csv)"
+        attn_note = f"attention filled by {roofline} (no attention.csv)"
         warnings.append(attn_note)
     meta = ProfileMeta(
         device=device.name,
@@ -309,7 +312,7 @@ def import_vidur(
         provenance=provenance(
             tool="Vidur profiler (microsoft/vidur data/profiling)",
             original_files=file_records(files),
-            notes=f"medians; {attn_note}; lm_head filled by roofline",
+            notes=f"medians; {attn_note}; lm_head filled by {roofline}",
         ),
     )
     profile = Profile(

@@ -29,7 +29,9 @@ def test_tp2_with_network(shared: Path) -> None:
     assert p.meta.source == "vidur" and p.meta.tp == 2
     assert ("all_reduce", 2) in p.collectives
     assert p.meta.sequence.layer.count("add") == 2
-    assert any("roofline" in w for w in result.warnings)
+    # the fills say which family's fitted constants they used
+    assert "lm_head filled by roofline (nvidia-hopper calibration)" in p.meta.provenance["notes"]
+    assert any("roofline (nvidia-hopper calibration)" in w for w in result.warnings)
     compiled = compile_profile(p)
     assert compiled.per_token(4096) > compiled.per_token(1) > 0
 
