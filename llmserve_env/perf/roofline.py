@@ -157,7 +157,7 @@ FAMILY_CALIBRATIONS: dict[str, FamilyCalibration] = {
         _cal(0.76, 0.56, 0.88, 5, 12, (5, 0, 0.69), (0.84, 0.05), 0.005),
         "aiconfigurator-core 0.12 H100/H200 vLLM GEMM + attention + all-reduce; "
         "LLMServingSim paper H100 layers; Vidur H100 mlp.csv",
-        "GEMM 9.7-15.4 %, prefill attention 22-47 %, decode attention 17-49 %, all-reduce 13-14 %",
+        "GEMM 9.7-15.4 %, prefill attention 22-47 %, decode attention 17-43 %, all-reduce 13-14 %",
     ),
     "nvidia-ampere-dc": FamilyCalibration(
         _cal(0.70, 0.54, 0.72, 6, 12, (4, 0.25, 0.60), (0.66, 0.1), 0.01),
@@ -184,7 +184,7 @@ FAMILY_CALIBRATIONS: dict[str, FamilyCalibration] = {
         _cal(0.76, 0.86, 1.0, 12, 30, (4, 1, 0.60), (0.36, 0.05), 0.0),
         "LLMServingSim paper A6000 / RTX3090 layers.csv and attention.csv "
         "(collectives assumed as A100)",
-        "GEMM 12.1-16.8 %, prefill attention 52 %, decode attention 75 %",
+        "GEMM 12.1-16.8 %, prefill attention 52 %, decode attention 38 %",
     ),
     "google-tpu": FamilyCalibration(
         _cal(0.80, 0.20, 1.0, 6, 5, (5, 1, 0.70), (0.28, 2.0), 0.25),
