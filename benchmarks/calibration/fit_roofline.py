@@ -214,16 +214,13 @@ def paper_sources(shared: Path, limit: int) -> list[Observations]:
                         obs.prefill.append(
                             (*_attn_prefill(b, chunk, kv, heads, kvh, arch.head_dim), b * chunk, t)
                         )
-                    else:
+                    elif tpu_export or kv >= b:
                         # The GPU profiles' kv_cache_size reads as the KV of the whole
                         # decode batch (per request, their large batches would read
                         # faster than the device's bandwidth); the TPU export's as each
-                        # request's (per batch, a batch of 128 would read 3 GB/s).
-                        if not tpu_export and kv < b:
-                            # Fewer KV tokens than decodes cannot be a whole batch's
-                            # (each decode attends to at least its prompt): a grid row
-                            # the per-batch reading cannot place, so it is not fitted.
-                            continue
+                        # request's (per batch, a batch of 128 would read 3 GB/s). GPU
+                        # rows with fewer KV tokens than decodes (2-3 us: a kernel that
+                        # read nothing) are not fitted.
                         per_request = kv if tpu_export else kv / b
                         obs.decode.append(
                             (*_attn_decode(b, per_request + 1, heads, kvh, arch.head_dim), b, t)

@@ -302,8 +302,8 @@ def analytical_collectives(
 
     Each of ``ops`` over ``num_gpus`` GPUs is timed by ``comm`` (an
     :class:`~llmserve_env.perf.comm.AlphaBetaComm` for a ring over a link) at message
-    sizes from 1 KiB to 1 GiB, by powers of two; the compiled curve interpolates
-    between them and extends the last segment beyond.
+    sizes from 1 KiB to 1 GiB, by powers of two; compiling interpolates them as it
+    does measured curves.
 
     Args:
         num_gpus: GPUs taking part.

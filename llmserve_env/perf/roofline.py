@@ -49,9 +49,9 @@ from llmserve_env.perf.model_arch import DTYPE_BYTES, ModelArch
 class RooflineCalibration:
     """Derates and overheads of the roofline model.
 
-    The defaults are the generic constants (the median of the measured NVIDIA
-    datacenter families; the collective constants are older assumed values, which the
-    alpha-beta fill of profiles without collectives uses); :func:`calibration_for` gives a device's fitted ones.
+    The defaults are the generic constants of devices in no fitted family (the median
+    of the measured NVIDIA datacenter families, but for the collective constants, which
+    are older assumed values); :func:`calibration_for` gives a device's fitted ones.
 
     Attributes:
         eff_gemm: Fraction of peak FLOP/s dense GEMMs reach.

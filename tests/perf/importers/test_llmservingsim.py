@@ -47,7 +47,6 @@ def test_dense_llama(shared: Path) -> None:
 
 
 def test_embedding_all_reduce_is_charged_only_with_tensor_parallelism(shared: Path) -> None:
-
     link = analytical_collectives(2, AlphaBetaComm(16.0, 20e-6, efficiency=1.0))
     tp2 = read_tp_folder(shared / LLAMA / "tp2").profile.with_collectives(link)
     compiled = compile_profile(tp2)
@@ -75,7 +74,6 @@ def test_embedding_all_reduce_is_charged_only_with_tensor_parallelism(shared: Pa
 def test_logits_all_gather_is_charged_per_sequence_only_with_tensor_parallelism(
     shared: Path,
 ) -> None:
-
     link = analytical_collectives(2, AlphaBetaComm(16.0, 20e-6, efficiency=1.0))
     tp2 = read_tp_folder(shared / LLAMA / "tp2").profile
     # LogitsProcessor all-gathers num_seqs x vocab logits (Llama-3.1: 128,256, BF16)
